@@ -1,0 +1,82 @@
+// swift-tools-version: 6.0
+import PackageDescription
+
+// MARK: - Shared settings
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+// MARK: - Package
+
+let package = Package(
+    name: "dx",
+    products: [
+        .library(name: "DXCore", targets: ["DXCore"]),
+        .executable(name: "dx-host", targets: ["DXHost"]),
+        .executable(name: "dx-guest", targets: ["DXGuest"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+    ],
+    targets: [
+        // MARK: Library
+        .target(
+            name: "CShm",
+            linkerSettings: [.linkedLibrary("pthread")]
+        ),
+        .target(
+            name: "DXCore",
+            dependencies: [
+                "CShm",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Executables
+        .target(
+            name: "DXCommandLine",
+            dependencies: [
+                "DXCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "DXHost",
+            dependencies: [
+                "DXCore",
+                "DXCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "DXGuest",
+            dependencies: [
+                "DXCore",
+                "DXCommandLine",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Tests
+        .testTarget(
+            name: "DXCoreTests",
+            dependencies: ["DXCore", "CShm"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "DXIntegrationTests",
+            dependencies: ["DXCore"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,149 @@
+// CShm: the few things Swift cannot import or express directly.
+//
+// - C11 atomics on raw shared memory (every access names its ordering),
+// - the CPU-relax hint (`pause` on x86, `yield` on Arm),
+// - process-shared semaphores with a bounded wait on the monotonic clock,
+// - shm_open / shm_unlink and a few Linux calls without a Swift overlay.
+//
+// Every symbol is prefixed CShm_. The atomics are static inline so that the Swift
+// optimizer sees through them: the call path compiles to plain loads, stores and
+// locked instructions.
+#ifndef CSHM_H
+#define CSHM_H
+
+#include <stdint.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <semaphore.h>
+#include <sys/types.h>
+
+// MARK: - CPU relax
+
+/// One spin-wait hint: `pause` on x86, `yield` on Arm, nothing elsewhere.
+static inline void CShm_cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield" ::: "memory");
+#endif
+}
+
+// MARK: - Atomics on shared memory (64-bit)
+
+static inline uint64_t CShm_load_relaxed_u64(const void *p) {
+    return atomic_load_explicit((_Atomic uint64_t *)p, memory_order_relaxed);
+}
+static inline uint64_t CShm_load_acquire_u64(const void *p) {
+    return atomic_load_explicit((_Atomic uint64_t *)p, memory_order_acquire);
+}
+static inline uint64_t CShm_load_seqcst_u64(const void *p) {
+    return atomic_load_explicit((_Atomic uint64_t *)p, memory_order_seq_cst);
+}
+static inline void CShm_store_relaxed_u64(void *p, uint64_t v) {
+    atomic_store_explicit((_Atomic uint64_t *)p, v, memory_order_relaxed);
+}
+static inline void CShm_store_release_u64(void *p, uint64_t v) {
+    atomic_store_explicit((_Atomic uint64_t *)p, v, memory_order_release);
+}
+static inline void CShm_store_seqcst_u64(void *p, uint64_t v) {
+    atomic_store_explicit((_Atomic uint64_t *)p, v, memory_order_seq_cst);
+}
+/// Compare-and-swap with acquire-release ordering on success, acquire on failure.
+/// Returns true when `*p` held `expected` and now holds `desired`.
+static inline bool CShm_cas_acqrel_u64(void *p, uint64_t expected, uint64_t desired) {
+    return atomic_compare_exchange_strong_explicit((_Atomic uint64_t *)p, &expected, desired,
+                                                   memory_order_acq_rel, memory_order_acquire);
+}
+static inline uint64_t CShm_fetch_add_acqrel_u64(void *p, uint64_t v) {
+    return atomic_fetch_add_explicit((_Atomic uint64_t *)p, v, memory_order_acq_rel);
+}
+
+// MARK: - Atomics on shared memory (32-bit)
+
+static inline uint32_t CShm_load_relaxed_u32(const void *p) {
+    return atomic_load_explicit((_Atomic uint32_t *)p, memory_order_relaxed);
+}
+static inline uint32_t CShm_load_acquire_u32(const void *p) {
+    return atomic_load_explicit((_Atomic uint32_t *)p, memory_order_acquire);
+}
+static inline uint32_t CShm_load_seqcst_u32(const void *p) {
+    return atomic_load_explicit((_Atomic uint32_t *)p, memory_order_seq_cst);
+}
+static inline void CShm_store_relaxed_u32(void *p, uint32_t v) {
+    atomic_store_explicit((_Atomic uint32_t *)p, v, memory_order_relaxed);
+}
+static inline void CShm_store_release_u32(void *p, uint32_t v) {
+    atomic_store_explicit((_Atomic uint32_t *)p, v, memory_order_release);
+}
+static inline void CShm_store_seqcst_u32(void *p, uint32_t v) {
+    atomic_store_explicit((_Atomic uint32_t *)p, v, memory_order_seq_cst);
+}
+
+/// Compare-and-swap (32-bit), acquire-release on success, acquire on failure.
+static inline bool CShm_cas_acqrel_u32(void *p, uint32_t expected, uint32_t desired) {
+    return atomic_compare_exchange_strong_explicit((_Atomic uint32_t *)p, &expected, desired,
+                                                   memory_order_acq_rel, memory_order_acquire);
+}
+/// Exchange (32-bit), acquire-release.
+static inline uint32_t CShm_exchange_acqrel_u32(void *p, uint32_t v) {
+    return atomic_exchange_explicit((_Atomic uint32_t *)p, v, memory_order_acq_rel);
+}
+
+/// A full (sequentially consistent) fence.
+static inline void CShm_fence_seqcst(void) {
+    atomic_thread_fence(memory_order_seq_cst);
+}
+
+// MARK: - Clock
+
+/// CLOCK_MONOTONIC in nanoseconds (a vDSO call, no system call on x86_64 and aarch64).
+uint64_t CShm_monotonic_ns(void);
+
+// MARK: - Process-shared semaphores
+
+/// `sem_init(sem, 1, 0)`: a semaphore shared between processes. Returns 0 or errno.
+int CShm_sem_init_shared(sem_t *sem);
+/// `sem_post`. Returns 0 or errno.
+int CShm_sem_post(sem_t *sem);
+/// Waits at most `timeout_ns` on the monotonic clock (`sem_clockwait`), retrying on EINTR
+/// until the deadline. Returns 0 when the semaphore was taken, ETIMEDOUT, or another errno.
+int CShm_sem_wait_ns(sem_t *sem, uint64_t timeout_ns);
+/// `sem_trywait`. Returns 0 when taken, EAGAIN when the count was zero.
+int CShm_sem_trywait(sem_t *sem);
+/// `sem_destroy`.
+void CShm_sem_destroy(sem_t *sem);
+/// `sizeof(sem_t)`, pinned by a unit test against the layout.
+int CShm_sem_size(void);
+
+// MARK: - Shared memory objects
+
+/// `shm_open(name, flags, mode)`. Returns a descriptor or -1 with errno set.
+int CShm_shm_open(const char *name, int flags, mode_t mode);
+/// `shm_unlink(name)`. Returns 0 or -1 with errno set.
+int CShm_shm_unlink(const char *name);
+
+// MARK: - Processes and threads
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat),
+/// or 0 when the process does not exist or the file cannot be parsed.
+uint64_t CShm_process_start_time(pid_t pid);
+/// User plus system CPU time of process `pid` in nanoseconds (fields 14 and 15 of
+/// /proc/PID/stat), or -1 when it cannot be read.
+int64_t CShm_process_cpu_ns(pid_t pid);
+/// CPU time of the calling process (all threads), in nanoseconds.
+int64_t CShm_self_cpu_ns(void);
+/// True when process `pid` exists and is not a zombie: `kill(pid, 0)` succeeds (or fails
+/// with EPERM) and /proc/PID/stat does not show state Z or X.
+bool CShm_process_alive(pid_t pid);
+/// Pins the calling thread to one CPU. Returns 0 or errno.
+int CShm_pin_self_to_cpu(int cpu);
+/// The number of CPUs the calling thread may run on.
+int CShm_available_cpus(void);
+
+/// Starts a detached-capable POSIX thread running `body(context)` with the given stack size.
+/// Returns 0 or errno; the thread handle is written to `out`.
+int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_t stack_size);
+/// Joins a thread started with CShm_thread_start. Returns 0 or errno.
+int CShm_thread_join(uint64_t thread);
+
+#endif

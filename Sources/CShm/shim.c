@@ -1,0 +1,156 @@
+#define _GNU_SOURCE
+#include "CShm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+uint64_t CShm_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int CShm_sem_init_shared(sem_t *sem) {
+    return sem_init(sem, 1, 0) == 0 ? 0 : errno;
+}
+
+int CShm_sem_post(sem_t *sem) {
+    return sem_post(sem) == 0 ? 0 : errno;
+}
+
+int CShm_sem_wait_ns(sem_t *sem, uint64_t timeout_ns) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    uint64_t ns = (uint64_t)deadline.tv_nsec + timeout_ns % 1000000000ull;
+    deadline.tv_sec += (time_t)(timeout_ns / 1000000000ull + ns / 1000000000ull);
+    deadline.tv_nsec = (long)(ns % 1000000000ull);
+    for (;;) {
+        if (sem_clockwait(sem, CLOCK_MONOTONIC, &deadline) == 0) return 0;
+        if (errno != EINTR) return errno;
+    }
+}
+
+int CShm_sem_trywait(sem_t *sem) {
+    return sem_trywait(sem) == 0 ? 0 : errno;
+}
+
+void CShm_sem_destroy(sem_t *sem) {
+    sem_destroy(sem);
+}
+
+int CShm_sem_size(void) {
+    return (int)sizeof(sem_t);
+}
+
+int CShm_shm_open(const char *name, int flags, mode_t mode) {
+    return shm_open(name, flags, mode);
+}
+
+int CShm_shm_unlink(const char *name) {
+    return shm_unlink(name);
+}
+
+/// Reads /proc/PID/stat and returns a pointer just past the ")" that closes the command
+/// name (the name may itself contain spaces and parentheses), or NULL.
+static char *proc_stat_fields(pid_t pid, char *buffer, size_t size) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    ssize_t n;
+    do { n = read(fd, buffer, size - 1); } while (n < 0 && errno == EINTR);
+    close(fd);
+    if (n <= 0) return NULL;
+    buffer[n] = 0;
+    char *close_paren = strrchr(buffer, ')');
+    return close_paren ? close_paren + 1 : NULL;
+}
+
+/// Field `index` (1-based, as in proc(5)) of /proc/PID/stat; fields 1 and 2 are pid and comm.
+static int proc_stat_field(pid_t pid, int index, unsigned long long *out) {
+    char buffer[1024];
+    char *p = proc_stat_fields(pid, buffer, sizeof buffer);
+    if (!p) return -1;
+    int field = 3;
+    while (*p) {
+        while (*p == ' ') p++;
+        if (field == index) {
+            char *end;
+            errno = 0;
+            *out = strtoull(p, &end, 10);
+            return (end == p || errno) ? -1 : 0;
+        }
+        while (*p && *p != ' ') p++;
+        field++;
+    }
+    return -1;
+}
+
+uint64_t CShm_process_start_time(pid_t pid) {
+    unsigned long long start;
+    return proc_stat_field(pid, 22, &start) == 0 ? (uint64_t)start : 0;
+}
+
+int64_t CShm_process_cpu_ns(pid_t pid) {
+    unsigned long long utime, stime;
+    if (proc_stat_field(pid, 14, &utime) != 0 || proc_stat_field(pid, 15, &stime) != 0) return -1;
+    long ticks = sysconf(_SC_CLK_TCK);
+    if (ticks <= 0) return -1;
+    return (int64_t)((utime + stime) * (1000000000ull / (unsigned long long)ticks));
+}
+
+int64_t CShm_self_cpu_ns(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) != 0) return -1;
+    return (int64_t)ts.tv_sec * 1000000000ll + ts.tv_nsec;
+}
+
+bool CShm_process_alive(pid_t pid) {
+    if (pid <= 0) return false;
+    if (kill(pid, 0) != 0 && errno != EPERM) return false;
+    char buffer[1024];
+    char *p = proc_stat_fields(pid, buffer, sizeof buffer);
+    if (!p) return true;  // exists, but /proc is not readable: trust kill()
+    while (*p == ' ') p++;
+    return *p != 'Z' && *p != 'X';
+}
+
+int CShm_pin_self_to_cpu(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+int CShm_available_cpus(void) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return CPU_COUNT(&set);
+}
+
+int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_t stack_size) {
+    pthread_attr_t attr;
+    int rc = pthread_attr_init(&attr);
+    if (rc) return rc;
+    if (stack_size) pthread_attr_setstacksize(&attr, stack_size);
+    pthread_t thread;
+    rc = pthread_create(&thread, &attr, body, context);
+    pthread_attr_destroy(&attr);
+    if (rc == 0) *out = (uint64_t)thread;
+    return rc;
+}
+
+int CShm_thread_join(uint64_t thread) {
+    return pthread_join((pthread_t)thread, NULL);
+}

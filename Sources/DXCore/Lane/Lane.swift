@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CShm
+
+/// One guest thread's channel to the host: claim it, make calls, and drop it to release it.
+///
+/// ```swift
+/// let region = try Region.attach(name: "demo")
+/// var lane = try region.claimLane()
+/// let answer = lane.call(
+///     request: { buffer in buffer.copyBytes(from: "hello".utf8); return 5 },
+///     response: { buffer in String(decoding: buffer, as: UTF8.self) })
+/// ```
+///
+/// - Important: A lane belongs to one thread at a time; it is `~Copyable` and not `Sendable`
+///   across threads while in use. Calls allocate nothing, take no lock, and make no system
+///   call unless the host worker sleeps (a `sem_post`) or the response is slow enough that this
+///   thread sleeps itself.
+public struct Lane: ~Copyable {
+    /// The region this lane belongs to; the lane keeps it mapped.
+    public let region: Region
+    /// The lane's index in the region.
+    public let index: Int
+    /// The largest request or response, in bytes.
+    public let capacity: Int
+
+    @usableFromInline let base: UnsafeMutableRawPointer
+    @usableFromInline let doorbell: UnsafeMutableRawPointer
+    @usableFromInline let strategy: WaitStrategy
+    @usableFromInline let ownerWord: UInt64
+    @usableFromInline var sequence: UInt64
+    @usableFromInline var spin: AdaptiveSpin
+    @usableFromInline var failure: CallError?
+    /// The longest a call waits for its response, in nanoseconds.
+    public var callTimeoutNanoseconds: UInt64 = 10_000_000_000
+
+    init(region: Region, index: Int, ownerWord: UInt64, sequence: UInt64, strategy: WaitStrategy) {
+        self.region = region
+        self.index = index
+        self.capacity = region.slotCapacity
+        self.base = region.lane(index)
+        self.doorbell = region.doorbell(region.worker(forLane: index))
+        self.strategy = strategy
+        self.ownerWord = ownerWord
+        self.sequence = sequence
+        self.spin = AdaptiveSpin(strategy)
+    }
+
+    /// Releases the lane: the owner word goes back to free (pid 0), keeping its generation.
+    deinit {
+        // Acquire-release: our last request and response happen before the next owner's claim.
+        _ = CShm_cas_acqrel_u64(base + Layout.Lane.owner, ownerWord, ownerWord & 0xFFFF_FFFF)
+    }
+
+    /// The spin budget the next wait starts with.
+    public var spinBudget: UInt32 { spin.budget }
+
+    // MARK: - Calls
+
+    /// Makes one round trip in place.
+    ///
+    /// `request` gets the lane's whole buffer, writes the request into it and returns its
+    /// length. `response` gets the response bytes, in the same buffer, and returns what the
+    /// caller wants from them. A length outside `0...capacity` is refused before anything is
+    /// published.
+    @inlinable
+    public mutating func call<Response>(
+        request: (UnsafeMutableRawBufferPointer) -> Int,
+        response: (UnsafeRawBufferPointer) -> Response
+    ) -> Result<Response, CallError> {
+        if let failure { return .failure(failure) }
+        let payload = base + Layout.Lane.payload
+        let length = request(UnsafeMutableRawBufferPointer(start: payload, count: capacity))
+        guard length >= 0, length <= capacity else {
+            return .failure(.payloadTooLarge(length: length, capacity: capacity))
+        }
+        let seq = sequence &+ 1
+        sequence = seq
+        CShm_store_relaxed_u32(base + Layout.Lane.requestLength, UInt32(truncatingIfNeeded: length))
+        // Seq-cst: publishes the request (a release, paired with the worker's acquire load of
+        // requestSeq) and orders it before the load of the worker's sleeping flag below, which
+        // the worker orders the same way after setting it (no lost wake-up).
+        CShm_store_seqcst_u64(base + Layout.Lane.requestSeq, seq)
+        if CShm_load_seqcst_u32(doorbell + Layout.Header.doorbellSleeping) != 0 {
+            ringDoorbell()
+        }
+        if let error = awaitResponse(seq) {
+            failure = error
+            return .failure(error)
+        }
+        // Relaxed: ordered by the acquire load of responseSeq that ended the wait.
+        let status = CShm_load_relaxed_u32(base + Layout.Lane.status)
+        let responseLength = Int(CShm_load_relaxed_u32(base + Layout.Lane.responseLength))
+        guard status == ResponseStatus.ok.rawValue else {
+            return .failure(ResponseStatus(rawValue: status).map { .rejected($0) } ?? .badResponse)
+        }
+        guard responseLength <= capacity else { return .failure(.badResponse) }
+        return .success(response(UnsafeRawBufferPointer(start: payload, count: responseLength)))
+    }
+
+    /// Sends `request` and copies the response into `response`. Returns the response length.
+    /// A response longer than `response` is cut to fit.
+    @inlinable
+    public mutating func call(_ request: UnsafeRawBufferPointer,
+                              into response: UnsafeMutableRawBufferPointer) -> Result<Int, CallError> {
+        guard request.count <= capacity else {
+            return .failure(.payloadTooLarge(length: request.count, capacity: capacity))
+        }
+        return call(
+            request: { buffer in
+                if let source = request.baseAddress { buffer.baseAddress!.copyMemory(from: source, byteCount: request.count) }
+                return request.count
+            },
+            response: { buffer in
+                let count = min(buffer.count, response.count)
+                if count > 0 { response.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: count) }
+                return count
+            })
+    }
+
+    /// Sends `request` and returns the response as a new array (allocates: a convenience).
+    public mutating func call(_ request: [UInt8]) -> Result<[UInt8], CallError> {
+        request.withUnsafeBytes { bytes in
+            guard bytes.count <= capacity else {
+                return .failure(.payloadTooLarge(length: bytes.count, capacity: capacity))
+            }
+            return call(
+                request: { buffer in
+                    buffer.copyMemory(from: bytes)
+                    return bytes.count
+                },
+                response: { Array($0) })
+        }
+    }
+
+    // MARK: - Waiting
+
+    /// Spins for the response with the CPU-relax hint, yielding every `yieldEvery` spins, up to
+    /// the adaptive budget; then sleeps. Returns nil when the response arrived.
+    @inlinable
+    mutating func awaitResponse(_ seq: UInt64) -> CallError? {
+        let responseSeq = base + Layout.Lane.responseSeq
+        let budget = spin.budget
+        let yieldEvery = strategy.yieldEvery
+        let relax = strategy.relax
+        var untilYield = yieldEvery
+        var spins: UInt32 = 0
+        while true {
+            // Acquire: pairs with the worker's seq-cst store of responseSeq; makes the response
+            // length, status and payload visible.
+            if CShm_load_acquire_u64(responseSeq) == seq {
+                spin.spinSucceeded()
+                return nil
+            }
+            spins &+= 1
+            if spins >= budget { return sleepForResponse(seq) }
+            if relax { CShm_cpu_relax() }
+            if untilYield != 0 {
+                untilYield -= 1
+                if untilYield == 0 {
+                    untilYield = yieldEvery
+                    sched_yield()
+                }
+            }
+            if spins & 0xF_FFFF == 0, let problem = slowCheck() { return problem }
+        }
+    }
+
+    /// Checks the host's health during a very long spin (the `spin` preset never sleeps).
+    @usableFromInline
+    func slowCheck() -> CallError? {
+        switch region.hostProblem() {
+        case .shutdown?: return .shutdown
+        case .hostGone?: return .hostGone
+        case nil: return nil
+        }
+    }
+
+    /// Announces that this thread sleeps, re-checks, and sleeps on the lane's semaphore in
+    /// bounded steps, checking the host's health and the call timeout between them.
+    @usableFromInline
+    mutating func sleepForResponse(_ seq: UInt64) -> CallError? {
+        let responseSeq = base + Layout.Lane.responseSeq
+        let sleeping = base + Layout.Lane.guestSleeping
+        let semaphore = Semaphore(base + Layout.Lane.guestSemaphore)
+        let deadline = CShm_monotonic_ns() &+ callTimeoutNanoseconds
+        spin.hadToSleep()
+        while true {
+            // Seq-cst: the flag is visible before we re-check responseSeq; the worker stores
+            // responseSeq seq-cst and then loads this flag, so one of us sees the other.
+            CShm_store_seqcst_u32(sleeping, 1)
+            if CShm_load_seqcst_u64(responseSeq) == seq { break }
+            if let problem = slowCheck() {
+                CShm_store_relaxed_u32(sleeping, 0)
+                // The host may still answer a shutdown; take it if it is there.
+                return CShm_load_acquire_u64(responseSeq) == seq ? nil : problem
+            }
+            if CShm_monotonic_ns() > deadline {
+                CShm_store_relaxed_u32(sleeping, 0)
+                return .timedOut
+            }
+            _ = semaphore.wait(timeoutNanoseconds: strategy.sleepTimeoutNanoseconds)
+            CShm_store_relaxed_u32(sleeping, 0)
+            // Acquire: pairs with the worker's store of responseSeq.
+            if CShm_load_acquire_u64(responseSeq) == seq { break }
+        }
+        CShm_store_relaxed_u32(sleeping, 0)
+        return nil
+    }
+
+    /// Wakes the worker that serves this lane. Only one guest posts per sleep: the one whose
+    /// compare-and-swap clears the flag.
+    @usableFromInline
+    func ringDoorbell() {
+        if CShm_cas_acqrel_u32(doorbell + Layout.Header.doorbellSleeping, 1, 0) {
+            Semaphore(doorbell + Layout.Header.doorbellSemaphore).post()
+        }
+    }
+}
+
+// MARK: - Claim
+
+extension Region {
+    /// Claims a free lane for the calling thread.
+    ///
+    /// A lane is free when its owner word has pid 0. The claim is a compare-and-swap to
+    /// `pid << 32 | generation + 1`. A lane whose last request is still unanswered (its owner died
+    /// mid-call) is skipped until the host has answered it.
+    public func claimLane(strategy: WaitStrategy = .balanced, startingAt hint: Int = 0) throws(LaneClaimError) -> Lane {
+        switch hostProblem() {
+        case .shutdown?: throw .shutdown
+        case .hostGone?: throw .hostGone
+        case nil: break
+        }
+        let pid = UInt64(UInt32(bitPattern: getpid()))
+        for step in 0..<laneCount {
+            let index = (max(hint, 0) + step) % laneCount
+            let lane = lane(index)
+            let owner = lane + Layout.Lane.owner
+            // Acquire: pairs with the previous owner's release of the lane.
+            let word = CShm_load_acquire_u64(owner)
+            guard word >> 32 == 0 else { continue }
+            let mine = pid << 32 | UInt64(UInt32(truncatingIfNeeded: word &+ 1))
+            guard CShm_cas_acqrel_u64(owner, word, mine) else { continue }
+            let request = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
+            let response = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
+            guard request == response else {
+                _ = CShm_cas_acqrel_u64(owner, mine, mine & 0xFFFF_FFFF)
+                continue
+            }
+            return Lane(region: self, index: index, ownerWord: mine, sequence: response, strategy: strategy)
+        }
+        throw .noFreeLane(laneCount: laneCount)
+    }
+}

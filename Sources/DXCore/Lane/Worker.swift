@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CShm
+import Synchronization
+
+/// One serving thread: it polls its lanes, answers each new request in place, and sleeps on its
+/// doorbell when no request came for a while.
+///
+/// Lane `i` is served by worker `i % workerCount`. The worker keeps its own copy of each lane's
+/// last sequence number and never trusts a length or sequence number it has not checked.
+final class Worker<Handler: RequestHandler>: @unchecked Sendable {
+    let region: Region
+    let index: Int
+    let handler: Handler
+    let strategy: WaitStrategy
+    let stop: StopFlag
+    /// Bases of the lanes this worker serves.
+    private let lanes: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
+    /// The last sequence number answered on each of those lanes (host-private).
+    private let answered: UnsafeMutableBufferPointer<UInt64>
+
+    init(region: Region, index: Int, handler: Handler, strategy: WaitStrategy, stop: StopFlag) {
+        self.region = region
+        self.index = index
+        self.handler = handler
+        self.strategy = strategy
+        self.stop = stop
+        let served = stride(from: index, to: region.laneCount, by: region.workerCount).map { region.lane($0) }
+        lanes = .allocate(capacity: served.count)
+        _ = lanes.initialize(from: served)
+        answered = .allocate(capacity: served.count)
+        for (slot, lane) in served.enumerated() {
+            answered[slot] = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
+        }
+    }
+
+    deinit {
+        lanes.deallocate()
+        answered.deallocate()
+    }
+
+    /// Serves until the stop flag is set.
+    func run() {
+        let doorbell = region.doorbell(index)
+        var spin = AdaptiveSpin(strategy)
+        let yieldEvery = strategy.yieldEvery
+        var untilYield = yieldEvery
+        var idle: UInt32 = 0
+        var rounds: UInt32 = 0
+        while true {
+            var served = false
+            for slot in 0..<lanes.count {
+                let lane = lanes[slot]
+                // Acquire: pairs with the guest's seq-cst store; makes length and payload visible.
+                let seq = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
+                if seq != answered[slot] {
+                    serve(slot: slot, lane: lane, seq: seq)
+                    served = true
+                }
+            }
+            rounds &+= 1
+            if rounds & 0x3FF == 0, stop.isSet { return }
+            if served {
+                if idle != 0 { spin.spinSucceeded() }
+                idle = 0
+                continue
+            }
+            idle &+= 1
+            if idle >= spin.budget {
+                spin.hadToSleep()
+                if !sleep(doorbell: doorbell) { return }
+                idle = 0
+                continue
+            }
+            if strategy.relax { CShm_cpu_relax() }
+            if untilYield != 0 {
+                untilYield -= 1
+                if untilYield == 0 {
+                    untilYield = yieldEvery
+                    sched_yield()
+                }
+            }
+        }
+    }
+
+    /// Answers one request. Everything read from the lane is copied once and checked.
+    @inline(__always)
+    private func serve(slot: Int, lane: UnsafeMutableRawPointer, seq: UInt64) {
+        let capacity = region.slotCapacity
+        let payload = lane + Layout.Lane.payload
+        var status = ResponseStatus.ok
+        var length = 0
+        if seq != answered[slot] &+ 1 {
+            status = .badSequence
+        } else {
+            let requestLength = Int(CShm_load_relaxed_u32(lane + Layout.Lane.requestLength))
+            if requestLength > capacity {
+                status = .badLength
+            } else {
+                let written = handler.handle(request: UnsafeRawBufferPointer(start: payload, count: requestLength),
+                                             response: UnsafeMutableRawBufferPointer(start: payload, count: capacity))
+                if written >= 0, written <= capacity { length = written } else { status = .handlerFailed }
+            }
+        }
+        answered[slot] = seq
+        CShm_store_relaxed_u32(lane + Layout.Lane.responseLength, UInt32(length))
+        CShm_store_relaxed_u32(lane + Layout.Lane.status, status.rawValue)
+        // Seq-cst: publishes the response (paired with the guest's acquire load) and orders it
+        // before the load of the guest's sleeping flag (paired with the guest's seq-cst store).
+        CShm_store_seqcst_u64(lane + Layout.Lane.responseSeq, seq)
+        if CShm_load_seqcst_u32(lane + Layout.Lane.guestSleeping) != 0 {
+            wakeSleepingGuest(lane: lane)
+        }
+    }
+
+    /// Announces the sleep, re-checks every lane, and sleeps on the doorbell for at most the
+    /// strategy's sleep timeout. Returns false when the host stops.
+    private func sleep(doorbell: UnsafeMutableRawPointer) -> Bool {
+        let sleeping = doorbell + Layout.Header.doorbellSleeping
+        let semaphore = Semaphore(doorbell + Layout.Header.doorbellSemaphore)
+        semaphore.drain()
+        // Seq-cst: the flag is visible before the re-check below; guests store requestSeq
+        // seq-cst and then load the flag, so either we see their request or they see the flag.
+        CShm_store_seqcst_u32(sleeping, 1)
+        var pending = false
+        for slot in 0..<lanes.count where CShm_load_seqcst_u64(lanes[slot] + Layout.Lane.requestSeq) != answered[slot] {
+            pending = true
+            break
+        }
+        if !pending && !stop.isSet {
+            _ = semaphore.wait(timeoutNanoseconds: strategy.sleepTimeoutNanoseconds)
+        }
+        CShm_store_relaxed_u32(sleeping, 0)
+        return !stop.isSet
+    }
+}
+
+/// Posts a sleeping guest's semaphore, once per sleep: the compare-and-swap that clears the
+/// flag decides who posts.
+func wakeSleepingGuest(lane: UnsafeMutableRawPointer) {
+    if CShm_cas_acqrel_u32(lane + Layout.Lane.guestSleeping, 1, 0) {
+        Semaphore(lane + Layout.Lane.guestSemaphore).post()
+    }
+}
+
+/// A host-private flag that tells serving threads to finish. Never in shared memory: a guest
+/// must not be able to stop the host.
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+
+    var isSet: Bool {
+        // Relaxed: threads only need to see the flag eventually; they join after.
+        value.load(ordering: .relaxed)
+    }
+
+    func set() {
+        value.store(true, ordering: .relaxed)
+    }
+}

@@ -1,0 +1,131 @@
+/// The cross-process contract: every offset in the shared region, as constants.
+///
+/// Swift struct layout is never used for shared memory. Each field is read and written at
+/// a fixed byte offset through the CShm atomics. Fields written by different sides sit on
+/// different 128-byte blocks (two cache lines, so that the adjacent-line prefetcher does not
+/// make them share either).
+///
+/// ```
+/// region  /dev/shm/<name>
+/// ┌──────────────────────────────── header (4096 bytes) ─────────────────────────────────┐
+/// │    0 magic u64 (stored last, release)   8 version u32   12 header size u32          │
+/// │   16 lane stride u32   20 lane count u32   24 slot capacity u32   28 worker count u32 │
+/// │   32 region size u64   40 host pid u32   44 handler u32   48 host start time u64     │
+/// │   56 epoch u64                                                                         │
+/// │  128 state u32   136 heartbeat u64 (host, every 100 ms)                                │
+/// │  256 lanes offset u64   264 raw offset u64   272 raw count u32                          │
+/// │ 1024 + 128·w  worker w doorbell: sleeping u32, semaphore (w < 16)                      │
+/// ├──────────────────────────────── lane i (at lanes offset + i · stride) ───────────────┤
+/// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen)    │
+/// │  128 host block:  response seq u64, response length u32, status u32                   │
+/// │  256 guest wait:  sleeping u32, semaphore (the host posts it)                          │
+/// │  384 host counters · 512 guest counters · 640 reserved                                 │
+/// │  768 payload [slot capacity]: the request, then the response written in place         │
+/// ├──────────────────────────────── raw channel i (at raw offset + i · stride) ──────────┤
+/// │    0 ping u64, length u32, owner u64 · 128 pong u64 · 256 server sleeping u32, sem    │
+/// │  768 payload                                                                           │
+/// └──────────────────────────────────────────────────────────────────────────────────────┘
+/// ```
+///
+/// - Important: Changing any offset, size or meaning bumps ``Layout/version``. A guest
+///   refuses a region whose version differs from its own.
+public enum Layout {
+    /// "DXREGION" in ASCII, read as a little-endian UInt64.
+    public static let magic: UInt64 = 0x4E4F_4947_4552_5844
+    /// The layout version. Bump it on any change to this table.
+    public static let version: UInt32 = 1
+
+    /// Alignment of blocks that different sides write.
+    public static let block = 128
+    /// The size of the header; lanes start on the next page.
+    public static let headerSize = 4096
+    /// At most this many serving workers (doorbells in the header).
+    public static let maxWorkers = 16
+    /// At most this many lanes.
+    public static let maxLanes = 1024
+    /// The largest slot (payload buffer) a lane can have.
+    public static let maxSlotCapacity = 16 * 1024 * 1024
+    /// At most this many raw baseline channels (one server thread each).
+    public static let maxRawChannels = 16
+    /// Bytes reserved for one `sem_t`.
+    public static let semaphoreSize = 32
+
+    /// Header field offsets.
+    public enum Header {
+        public static let magic = 0
+        public static let version = 8
+        public static let headerSize = 12
+        public static let laneStride = 16
+        public static let laneCount = 20
+        public static let slotCapacity = 24
+        public static let workerCount = 28
+        public static let regionSize = 32
+        public static let hostPID = 40
+        public static let handler = 44
+        public static let hostStartTime = 48
+        public static let epoch = 56
+        public static let state = 128
+        public static let heartbeat = 136
+        public static let lanesOffset = 256
+        public static let rawOffset = 264
+        public static let rawCount = 272
+        public static let doorbells = 1024
+        /// Within a doorbell block.
+        public static let doorbellSleeping = 0
+        public static let doorbellSemaphore = 8
+    }
+
+    /// Lane field offsets, relative to the lane's base.
+    public enum Lane {
+        public static let requestSeq = 0
+        public static let requestLength = 8
+        public static let owner = 16
+        public static let responseSeq = 128
+        public static let responseLength = 136
+        public static let status = 140
+        public static let guestSleeping = 256
+        public static let guestSemaphore = 264
+        public static let hostCounters = 384
+        public static let guestCounters = 512
+        public static let payload = 768
+    }
+
+    /// Raw ping-pong channel offsets, relative to the channel's base.
+    public enum Raw {
+        public static let ping = 0
+        public static let length = 8
+        public static let owner = 16
+        public static let pong = 128
+        public static let serverSleeping = 256
+        public static let serverSemaphore = 264
+        public static let payload = 768
+    }
+
+    /// The distance between lanes (and between raw channels) for a slot capacity.
+    public static func laneStride(slotCapacity: Int) -> Int {
+        (Lane.payload + slotCapacity + block - 1) / block * block
+    }
+
+    /// The total size of a region.
+    public static func regionSize(laneCount: Int, slotCapacity: Int, rawCount: Int) -> Int {
+        headerSize + (laneCount + rawCount) * laneStride(slotCapacity: slotCapacity)
+    }
+}
+
+/// The host's lifecycle, as published in the header's `state` word.
+public enum HostState: UInt32, Sendable {
+    case initializing = 0
+    case ready = 1
+    case stopping = 2
+}
+
+/// What a response's status word says.
+public enum ResponseStatus: UInt32, Sendable {
+    case ok = 0
+    /// The request length was larger than the slot.
+    case badLength = 1
+    /// The request sequence number was not the last one plus one.
+    case badSequence = 2
+    /// The handler returned a length outside the slot.
+    case handlerFailed = 3
+}

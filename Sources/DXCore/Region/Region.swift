@@ -1,0 +1,361 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CShm
+
+/// A mapped dx region: the header, the lanes and the raw baseline channels.
+///
+/// The host makes one with ``create(name:configuration:)``; guests attach to it with
+/// ``attach(name:)``. Both keep private copies of every size they validated, and never read
+/// a size from shared memory again.
+///
+/// - Important: `Region` is thread-safe. It owns the mapping; lanes and servers keep it alive.
+public final class Region: @unchecked Sendable {
+    /// The name given by the user (the region is `/dev/shm/dx.<name>`).
+    public let name: String
+    public let laneCount: Int
+    public let slotCapacity: Int
+    public let laneStride: Int
+    public let workerCount: Int
+    public let rawCount: Int
+    /// The pid of the host that created the region.
+    public let hostPID: Int32
+    /// The host's start time (clock ticks since boot), so that a reused pid is not mistaken for it.
+    public let hostStartTime: UInt64
+    /// A value that differs for every region ever created under a name.
+    public let epoch: UInt64
+    /// The handler the host announced in the header.
+    public let handler: HandlerKind
+
+    private let memory: MappedMemory
+    @usableFromInline let base: UnsafeMutableRawPointer
+    private let isCreator: Bool
+    /// The object's device and inode, so that removal never takes a newer region's name.
+    private var identity: (dev_t, ino_t) = (0, 0)
+
+    private init(name: String, memory: consuming MappedMemory, isCreator: Bool, laneCount: Int, slotCapacity: Int,
+                 workerCount: Int, rawCount: Int, hostPID: Int32, hostStartTime: UInt64, epoch: UInt64,
+                 handler: HandlerKind) {
+        self.name = name
+        self.base = memory.base
+        self.memory = memory
+        self.isCreator = isCreator
+        self.laneCount = laneCount
+        self.slotCapacity = slotCapacity
+        self.laneStride = Layout.laneStride(slotCapacity: slotCapacity)
+        self.workerCount = workerCount
+        self.rawCount = rawCount
+        self.hostPID = hostPID
+        self.hostStartTime = hostStartTime
+        self.epoch = epoch
+        self.handler = handler
+    }
+
+    /// The path of the shared-memory object for a name.
+    public static func path(for name: String) -> String { "/dev/shm/\(objectName(for: name).dropFirst())" }
+
+    static func objectName(for name: String) -> String { "/dx.\(name)" }
+
+    /// Whether `name` can name a region: 1 to 200 of `[A-Za-z0-9._-]`, not starting with a dot.
+    public static func isValidName(_ name: String) -> Bool {
+        guard (1...200).contains(name.utf8.count), name.utf8.first != UInt8(ascii: ".") else { return false }
+        return name.utf8.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
+                || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
+        }
+    }
+
+    // MARK: - Views
+
+    /// The base of lane `index`. The index is a private, validated value.
+    @inlinable
+    func lane(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < laneCount)
+        return base + Layout.headerSize + index * laneStride
+    }
+
+    /// The base of raw channel `index`.
+    func rawChannel(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < rawCount)
+        return base + Layout.headerSize + (laneCount + index) * laneStride
+    }
+
+    /// The doorbell of serving worker `index`.
+    @inlinable
+    func doorbell(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < workerCount)
+        return base + Layout.Header.doorbells + index * Layout.block
+    }
+
+    /// The worker that serves lane `index`.
+    @inlinable
+    func worker(forLane index: Int) -> Int { index % workerCount }
+
+    /// The host's published state.
+    public var state: HostState? {
+        // Acquire: pairs with the host's release store when it changes state.
+        HostState(rawValue: CShm_load_acquire_u32(base + Layout.Header.state))
+    }
+
+    /// The host's last heartbeat, CLOCK_MONOTONIC nanoseconds.
+    public var heartbeat: UInt64 {
+        CShm_load_relaxed_u64(base + Layout.Header.heartbeat)
+    }
+
+    func setState(_ state: HostState) {
+        // Release: everything the host wrote before (responses, wake-ups) is visible with it.
+        CShm_store_release_u32(base + Layout.Header.state, state.rawValue)
+    }
+
+    func beat() {
+        CShm_store_relaxed_u64(base + Layout.Header.heartbeat, CShm_monotonic_ns())
+    }
+
+    /// Why the host can no longer answer, or nil while it can.
+    ///
+    /// A host is gone when its state says it stops, or when its heartbeat is older than
+    /// `staleAfter` and its process (pid plus start time) no longer exists.
+    func hostProblem(staleAfterNanoseconds: UInt64 = 300_000_000) -> HostProblem? {
+        if state != .ready { return .shutdown }
+        let now = CShm_monotonic_ns()
+        let beat = heartbeat
+        if now > beat, now - beat > staleAfterNanoseconds {
+            if !CShm_process_alive(hostPID) || CShm_process_start_time(hostPID) != hostStartTime {
+                return .hostGone
+            }
+        }
+        return nil
+    }
+
+    enum HostProblem { case shutdown, hostGone }
+
+    // MARK: - Removal
+
+    /// Removes the region's name (`shm_unlink`). The mapping stays valid until the last
+    /// reference goes away. Only the host that created the region does this.
+    func unlink() {
+        guard isCreator else { return }
+        let objectName = Region.objectName(for: name)
+        let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
+        guard descriptor >= 0 else { return }
+        var info = stat()
+        let same = fstat(descriptor, &info) == 0 && info.st_dev == identity.0 && info.st_ino == identity.1
+        close(descriptor)
+        if same { _ = CShm_shm_unlink(objectName) }
+    }
+}
+
+// MARK: - Create
+
+/// What the host puts into a new region.
+public struct RegionConfiguration: Sendable, Equatable {
+    public var laneCount: Int
+    public var slotCapacity: Int
+    public var workerCount: Int
+    public var rawChannels: Bool
+    public var handler: HandlerKind
+
+    public init(laneCount: Int = 8, slotCapacity: Int = 4096, workerCount: Int = 1, rawChannels: Bool = true,
+                handler: HandlerKind = .custom) {
+        self.laneCount = laneCount
+        self.slotCapacity = slotCapacity
+        self.workerCount = workerCount
+        self.rawChannels = rawChannels
+        self.handler = handler
+    }
+
+    /// Throws when a value is out of range.
+    public func validate() throws(RegionCreateError) {
+        guard (1...Layout.maxLanes).contains(laneCount) else {
+            throw .invalidConfiguration("lane count \(laneCount) is not in 1...\(Layout.maxLanes)")
+        }
+        guard (1...Layout.maxSlotCapacity).contains(slotCapacity) else {
+            throw .invalidConfiguration("slot size \(slotCapacity) is not in 1...\(Layout.maxSlotCapacity)")
+        }
+        guard (1...Layout.maxWorkers).contains(workerCount) else {
+            throw .invalidConfiguration("worker count \(workerCount) is not in 1...\(Layout.maxWorkers)")
+        }
+    }
+}
+
+extension Region {
+    /// Creates, initialises and publishes a region (host side).
+    ///
+    /// The object is created with `shm_open(O_CREAT | O_EXCL)` and mode 0600. A region left by a
+    /// host that no longer runs is replaced; one whose host still runs is refused.
+    /// The header is published last: every field is written, then `magic` with a release store.
+    public static func create(name: String, configuration: RegionConfiguration) throws(RegionCreateError) -> Region {
+        guard isValidName(name) else { throw .invalidName(name) }
+        try configuration.validate()
+        let workers = min(configuration.workerCount, configuration.laneCount)
+        let rawCount = configuration.rawChannels ? min(configuration.laneCount, Layout.maxRawChannels) : 0
+        let size = Layout.regionSize(laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
+                                     rawCount: rawCount)
+        let objectName = objectName(for: name)
+
+        var descriptor: Int32 = -1
+        for _ in 0..<3 where descriptor < 0 {
+            descriptor = CShm_shm_open(objectName, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+            if descriptor >= 0 { break }
+            let code = errno
+            guard code == EEXIST else { throw .system(SystemError("shm_open", errno: code)) }
+            if let pid = liveOwner(of: objectName) { throw .alreadyServed(name: name, pid: pid) }
+            _ = CShm_shm_unlink(objectName)
+        }
+        guard descriptor >= 0 else { throw .system(SystemError("shm_open", errno: EEXIST)) }
+        defer { close(descriptor) }
+
+        do {
+            try retryingOnInterrupt("fchmod") { fchmod(descriptor, 0o600) }
+            try retryingOnInterrupt("ftruncate") { ftruncate(descriptor, off_t(size)) }
+            let memory = try MappedMemory(descriptor: descriptor, size: size)
+            let pid = getpid()
+            let startTime = CShm_process_start_time(pid)
+            let epoch = CShm_monotonic_ns() ^ (UInt64(UInt32(bitPattern: pid)) << 40)
+            let region = Region(name: name, memory: memory, isCreator: true, laneCount: configuration.laneCount,
+                                slotCapacity: configuration.slotCapacity, workerCount: workers, rawCount: rawCount,
+                                hostPID: pid, hostStartTime: startTime, epoch: epoch,
+                                handler: configuration.handler)
+            var info = stat()
+            try retryingOnInterrupt("fstat") { fstat(descriptor, &info) }
+            region.identity = (info.st_dev, info.st_ino)
+            try region.initialize(regionSize: size)
+            return region
+        } catch {
+            _ = CShm_shm_unlink(objectName)
+            throw .system(error)
+        }
+    }
+
+    /// The pid of the live host that owns an existing region object, or nil when it is stale.
+    private static func liveOwner(of objectName: String) -> Int32? {
+        let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
+        guard descriptor >= 0 else { return nil }
+        defer { close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0, info.st_size >= Layout.headerSize else { return nil }
+        guard let header = mmap(nil, Layout.headerSize, PROT_READ, MAP_SHARED, descriptor, 0),
+              header != MAP_FAILED else { return nil }
+        defer { munmap(header, Layout.headerSize) }
+        let pid = Int32(bitPattern: CShm_load_acquire_u32(header + Layout.Header.hostPID))
+        let startTime = CShm_load_relaxed_u64(header + Layout.Header.hostStartTime)
+        guard pid > 0, CShm_process_alive(pid), CShm_process_start_time(pid) == startTime else { return nil }
+        return pid
+    }
+
+    private func initialize(regionSize: Int) throws(SystemError) {
+        let header = base
+        // Who owns it goes first, so that a second host starting now can tell a live owner.
+        CShm_store_relaxed_u64(header + Layout.Header.hostStartTime, hostStartTime)
+        CShm_store_release_u32(header + Layout.Header.hostPID, UInt32(bitPattern: hostPID))
+        CShm_store_relaxed_u32(header + Layout.Header.version, Layout.version)
+        CShm_store_relaxed_u32(header + Layout.Header.headerSize, UInt32(Layout.headerSize))
+        CShm_store_relaxed_u32(header + Layout.Header.laneStride, UInt32(laneStride))
+        CShm_store_relaxed_u32(header + Layout.Header.laneCount, UInt32(laneCount))
+        CShm_store_relaxed_u32(header + Layout.Header.slotCapacity, UInt32(slotCapacity))
+        CShm_store_relaxed_u32(header + Layout.Header.workerCount, UInt32(workerCount))
+        CShm_store_relaxed_u64(header + Layout.Header.regionSize, UInt64(regionSize))
+        CShm_store_relaxed_u32(header + Layout.Header.handler, handler.rawValue)
+        CShm_store_relaxed_u64(header + Layout.Header.epoch, epoch)
+        CShm_store_relaxed_u64(header + Layout.Header.lanesOffset, UInt64(Layout.headerSize))
+        CShm_store_relaxed_u64(header + Layout.Header.rawOffset, UInt64(Layout.headerSize + laneCount * laneStride))
+        CShm_store_relaxed_u32(header + Layout.Header.rawCount, UInt32(rawCount))
+        for worker in 0..<workerCount {
+            try Semaphore(doorbell(worker) + Layout.Header.doorbellSemaphore).initialize()
+        }
+        for index in 0..<laneCount {
+            try Semaphore(lane(index) + Layout.Lane.guestSemaphore).initialize()
+        }
+        for index in 0..<rawCount {
+            try Semaphore(rawChannel(index) + Layout.Raw.serverSemaphore).initialize()
+        }
+        beat()
+        setState(.ready)
+        // Release: publishes every field above; pairs with the guest's acquire load of magic.
+        CShm_store_release_u64(header + Layout.Header.magic, Layout.magic)
+    }
+}
+
+// MARK: - Attach
+
+extension Region {
+    /// Attaches to the region a host published under `name` (guest side).
+    ///
+    /// Every header field is validated before any is used: magic, version, header size,
+    /// counts, capacity, stride and the total size against the object's real size.
+    public static func attach(name: String) throws(RegionAttachError) -> Region {
+        guard isValidName(name) else { throw .invalidName(name) }
+        let descriptor = CShm_shm_open(objectName(for: name), O_RDWR | O_CLOEXEC, 0)
+        guard descriptor >= 0 else {
+            let code = errno
+            switch code {
+            case ENOENT: throw .noSuchRegion(name: name)
+            case EACCES, EPERM: throw .permissionDenied(name: name)
+            default: throw .system(SystemError("shm_open", errno: code))
+            }
+        }
+        defer { close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        let fileSize = Int(info.st_size)
+        guard fileSize >= Layout.headerSize else { throw .notReady(name: name) }
+
+        let memory: MappedMemory
+        do { memory = try MappedMemory(descriptor: descriptor, size: fileSize) } catch { throw .system(error) }
+        let header = memory.base
+        // Acquire: pairs with the host's release store of magic, which it writes last.
+        let magic = CShm_load_acquire_u64(header + Layout.Header.magic)
+        if magic == 0 { throw .notReady(name: name) }
+        guard magic == Layout.magic else { throw .notADXRegion(name: name) }
+        let version = CShm_load_relaxed_u32(header + Layout.Header.version)
+        guard version == Layout.version else { throw .versionMismatch(found: version, expected: Layout.version) }
+
+        func field32(_ offset: Int) -> Int { Int(CShm_load_relaxed_u32(header + offset)) }
+        func field64(_ offset: Int) -> UInt64 { CShm_load_relaxed_u64(header + offset) }
+        let headerSize = field32(Layout.Header.headerSize)
+        let laneCount = field32(Layout.Header.laneCount)
+        let slotCapacity = field32(Layout.Header.slotCapacity)
+        let laneStride = field32(Layout.Header.laneStride)
+        let workerCount = field32(Layout.Header.workerCount)
+        let rawCount = field32(Layout.Header.rawCount)
+        let regionSize = field64(Layout.Header.regionSize)
+        guard headerSize == Layout.headerSize else {
+            throw .sizeMismatch("header size \(headerSize), expected \(Layout.headerSize)")
+        }
+        guard (1...Layout.maxLanes).contains(laneCount) else { throw .sizeMismatch("lane count \(laneCount)") }
+        guard (1...Layout.maxSlotCapacity).contains(slotCapacity) else {
+            throw .sizeMismatch("slot capacity \(slotCapacity)")
+        }
+        guard laneStride == Layout.laneStride(slotCapacity: slotCapacity) else {
+            throw .sizeMismatch("lane stride \(laneStride) for slot capacity \(slotCapacity)")
+        }
+        guard (1...min(Layout.maxWorkers, laneCount)).contains(workerCount) else {
+            throw .sizeMismatch("worker count \(workerCount)")
+        }
+        guard rawCount <= min(laneCount, Layout.maxRawChannels) else { throw .sizeMismatch("raw channel count \(rawCount)") }
+        let expectedSize = Layout.regionSize(laneCount: laneCount, slotCapacity: slotCapacity, rawCount: rawCount)
+        guard regionSize == UInt64(expectedSize) else {
+            throw .sizeMismatch("region size \(regionSize), expected \(expectedSize)")
+        }
+        guard fileSize >= expectedSize else {
+            throw .sizeMismatch("the region object has \(fileSize) bytes, the header says \(expectedSize)")
+        }
+        guard field64(Layout.Header.lanesOffset) == UInt64(Layout.headerSize),
+              field64(Layout.Header.rawOffset) == UInt64(Layout.headerSize + laneCount * laneStride) else {
+            throw .sizeMismatch("lane or raw channel offsets")
+        }
+        let pid = Int32(bitPattern: CShm_load_relaxed_u32(header + Layout.Header.hostPID))
+        let handler = HandlerKind(rawValue: CShm_load_relaxed_u32(header + Layout.Header.handler)) ?? .custom
+        let region = Region(name: name, memory: memory, isCreator: false, laneCount: laneCount,
+                            slotCapacity: slotCapacity, workerCount: workerCount, rawCount: rawCount, hostPID: pid,
+                            hostStartTime: field64(Layout.Header.hostStartTime), epoch: field64(Layout.Header.epoch),
+                            handler: handler)
+        switch region.hostProblem() {
+        case .shutdown?: throw .hostStopping(name: name)
+        case .hostGone?: throw .hostGone(name: name)
+        case nil: return region
+        }
+    }
+}

@@ -1,0 +1,37 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
+/// A failed system call: the call's name and the `errno` it left.
+public struct SystemError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The C function that failed, for example `"shm_open"`.
+    public var call: String
+    /// The `errno` value.
+    public var errno: Int32
+
+    public init(_ call: String, errno: Int32) {
+        self.call = call
+        self.errno = errno
+    }
+
+    public var description: String {
+        "\(call): \(String(cString: strerror(errno)))"
+    }
+}
+
+/// Runs a system call that returns `-1` and sets `errno` on failure, retrying on `EINTR`.
+///
+/// Every setup-time system call in DXCore goes through this helper. The call path makes no
+/// system calls while the peer is awake, so it never needs it.
+@discardableResult
+func retryingOnInterrupt<T: FixedWidthInteger>(_ name: String, _ body: () -> T) throws(SystemError) -> T {
+    while true {
+        let result = body()
+        if result != -1 { return result }
+        let code = errno
+        if code == EINTR { continue }
+        throw SystemError(name, errno: code)
+    }
+}

@@ -1,0 +1,32 @@
+/// The adaptive spin budget of one waiter.
+///
+/// A wait that ends while spinning means spinning paid off: the budget grows by a sixteenth of
+/// the way to `max` (at least 1). A wait that had to sleep means the spin was wasted: the
+/// budget halves, down to `min`. The budget therefore climbs slowly under steady traffic and
+/// falls fast when the peer goes quiet.
+public struct AdaptiveSpin: Sendable, Equatable {
+    @usableFromInline var _budget: UInt32
+    public let minSpins: UInt32
+    public let maxSpins: UInt32
+
+    /// The spins the next wait may make before it sleeps.
+    @inlinable public var budget: UInt32 { _budget }
+
+    public init(_ strategy: WaitStrategy) {
+        minSpins = strategy.minSpins
+        maxSpins = strategy.maxSpins
+        _budget = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)
+    }
+
+    /// The wait ended while spinning.
+    @inlinable
+    public mutating func spinSucceeded() {
+        if _budget < maxSpins { _budget += max((maxSpins - _budget) / 16, 1) }
+    }
+
+    /// The wait ran out of spins and slept.
+    @inlinable
+    public mutating func hadToSleep() {
+        _budget = max(_budget / 2, minSpins)
+    }
+}

@@ -1,0 +1,82 @@
+/// How a side waits for its peer: spin, yield now and then, then sleep.
+///
+/// A wait spins with a CPU-relax hint up to an adaptive budget of spins (``AdaptiveSpin``),
+/// calls `sched_yield` every ``yieldEvery`` spins, and then sleeps on a process-shared
+/// semaphore for at most ``sleepTimeout`` nanoseconds at a time, re-checking the peer's health
+/// between sleeps. The same type configures the guest's wait for a response and the host
+/// worker's wait for requests.
+///
+/// ```swift
+/// var strategy = WaitStrategy.balanced
+/// strategy.yieldEvery = 1024
+/// try strategy.validate()
+/// ```
+public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
+    /// The spin budget never falls below this.
+    public var minSpins: UInt32
+    /// The spin budget never grows above this.
+    public var maxSpins: UInt32
+    /// The budget a new waiter starts with.
+    public var startSpins: UInt32
+    /// `sched_yield` after every this many spins; 0 never yields.
+    public var yieldEvery: UInt32
+    /// The longest single sleep, in nanoseconds. The waiter re-checks shutdown and the peer's
+    /// health after each.
+    public var sleepTimeoutNanoseconds: UInt64
+    /// Whether each spin executes the CPU-relax hint. Off only for experiments.
+    public var relax: Bool
+
+    public init(minSpins: UInt32, maxSpins: UInt32, startSpins: UInt32, yieldEvery: UInt32,
+                sleepTimeoutNanoseconds: UInt64 = 50_000_000, relax: Bool = true) {
+        self.minSpins = minSpins
+        self.maxSpins = maxSpins
+        self.startSpins = startSpins
+        self.yieldEvery = yieldEvery
+        self.sleepTimeoutNanoseconds = sleepTimeoutNanoseconds
+        self.relax = relax
+    }
+
+    /// The study's final choice: min 100, max 5000, start 2000, yield every 128 spins.
+    public static let balanced = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 128)
+    /// Spins (with yields) and practically never sleeps: lowest latency, one busy CPU per waiter.
+    public static let spin = WaitStrategy(minSpins: .max, maxSpins: .max, startSpins: .max, yieldEvery: 4096)
+    /// Sleeps soon: little CPU while idle, a kernel wake-up (tens of µs) on most waits.
+    public static let lowCPU = WaitStrategy(minSpins: 10, maxSpins: 500, startSpins: 100, yieldEvery: 16)
+    /// Yields on every spin (the study's fair-but-slow reference).
+    public static let yield = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 1)
+
+    /// The presets by the name `--wait` takes.
+    public static let presets: [(name: String, strategy: WaitStrategy)] = [
+        ("balanced", .balanced), ("spin", .spin), ("low-cpu", .lowCPU), ("yield", .yield),
+    ]
+
+    /// The preset called `name`, or nil.
+    public static func preset(named name: String) -> WaitStrategy? {
+        presets.first { $0.name == name }?.strategy
+    }
+
+    /// Throws a sentence a person understands when the values do not fit together.
+    public func validate() throws(WaitStrategyError) {
+        guard minSpins <= maxSpins else { throw .invalid("spin min \(minSpins) is larger than spin max \(maxSpins)") }
+        guard (minSpins...maxSpins).contains(startSpins) else {
+            throw .invalid("spin start \(startSpins) is not between min \(minSpins) and max \(maxSpins)")
+        }
+        guard (1_000_000...1_000_000_000).contains(sleepTimeoutNanoseconds) else {
+            throw .invalid("sleep timeout must be between 1 ms and 1000 ms")
+        }
+    }
+
+    public var description: String {
+        "min \(minSpins) max \(maxSpins) start \(startSpins) yield-every \(yieldEvery) "
+            + "sleep-timeout \(sleepTimeoutNanoseconds / 1_000_000) ms\(relax ? "" : " no-relax")"
+    }
+}
+
+/// A wait strategy whose values do not fit together.
+public enum WaitStrategyError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalid(String)
+
+    public var description: String {
+        switch self { case .invalid(let text): return text }
+    }
+}
