@@ -1,0 +1,80 @@
+import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The exit codes of `dx-host` and `dx-guest` (documented in the README).
+public enum DXExit: Int32, Sendable {
+    case ok = 0
+    /// A failure not covered below.
+    case failure = 1
+    /// Bad command-line arguments.
+    case usage = 2
+    /// No host serves the name, or its region cannot be used.
+    case noHost = 3
+    /// A host already serves the name.
+    case alreadyRunning = 4
+    /// A call failed: the host stopped, died, timed out or rejected it.
+    case callFailed = 5
+    /// A benchmark saw wrong, lost or failed responses.
+    case verificationFailed = 6
+}
+
+/// A failure with its one-line message and exit code.
+public struct CommandFailure: Error, CustomStringConvertible {
+    public var message: String
+    public var exit: DXExit
+
+    public init(_ message: String, exit: DXExit) {
+        self.message = message
+        self.exit = exit
+    }
+
+    public var description: String { message }
+}
+
+extension ParsableCommand {
+    /// Parses and runs the command. Usage errors print ArgumentParser's message and exit 2,
+    /// failures print one line and exit with their code, and nothing prints a stack trace.
+    public static func runAndExit(_ arguments: [String]? = nil) -> Never {
+        var command: any ParsableCommand
+        do {
+            command = try parseAsRoot(arguments)
+        } catch {
+            let code = exitCode(for: error)
+            if code == .success { self.exit(withError: error) }  // --help, --version
+            let message = fullMessage(for: error)
+            if !message.isEmpty { printError(message) }
+            Glibc.exit(DXExit.usage.rawValue)
+        }
+        do {
+            try command.run()
+            Glibc.exit(DXExit.ok.rawValue)
+        } catch let failure as CommandFailure {
+            printError("\(commandName): \(failure.message)")
+            Glibc.exit(failure.exit.rawValue)
+        } catch let error as ValidationError {
+            printError("\(commandName): error: \(error.message)")
+            Glibc.exit(DXExit.usage.rawValue)
+        } catch {
+            printError("\(commandName): \(error)")
+            Glibc.exit(DXExit.failure.rawValue)
+        }
+    }
+
+    private static var commandName: String { configuration.commandName ?? "dx" }
+}
+
+/// Writes one line to standard error (file descriptor 2, unbuffered).
+public func printError(_ line: String) {
+    var text = line
+    if !text.hasSuffix("\n") { text += "\n" }
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let written = write(2, bytes.baseAddress! + offset, bytes.count - offset)
+            if written <= 0 { if errno == EINTR { continue } else { return } }
+            offset += written
+        }
+    }
+}

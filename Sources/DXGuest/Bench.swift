@@ -1,0 +1,104 @@
+import ArgumentParser
+import DXCommandLine
+import DXCore
+
+enum Baseline: String, ExpressibleByArgument, CaseIterable {
+    case raw
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure round trips per second, latency and fairness at each thread count.",
+        discussion: """
+            Each thread claims its own lane and makes round trips with unique, checked payloads. \
+            With --baseline raw, a bare spin ping-pong between the same two processes runs before \
+            each dx run, and the table shows dx as a ratio of it.
+            """)
+
+    @Option(help: "Region name of the host.")
+    var name: String
+
+    @Option(help: "Comma-separated thread counts.", transform: Bench.parseThreads)
+    var threads: [Int] = [1, 4, 8]
+
+    @Option(help: "Seconds per run.")
+    var duration: Double = 3
+
+    @Option(help: "Request size in bytes (the host echoes it back).")
+    var payload: Int = 64
+
+    @Option(help: "Runs per thread count; dx and raw alternate, and the table shows the median.")
+    var `repeat`: Int = 1
+
+    @Option(help: "Also measure a baseline: raw (a bare spin ping-pong).")
+    var baseline: Baseline?
+
+    @Option(help: "Stop each thread after this many calls instead of after --duration.")
+    var calls: UInt64?
+
+    @Flag(name: .customLong("vary-payload"), help: "Cycle request sizes from 0 up to --payload (edges and random sizes).")
+    var varyPayload = false
+
+    @Flag(help: "Print one JSON object per run instead of the table.")
+    var json = false
+
+    @OptionGroup var wait: WaitOptions
+
+    static func parseThreads(_ text: String) throws -> [Int] {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+        let values = parts.map { Int($0.filter { $0 != " " }) }
+        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 1 && ($0 ?? 0) <= Layout.maxLanes }) else {
+            throw ValidationError("--threads takes a comma-separated list of counts from 1 to \(Layout.maxLanes), like 1,4,8")
+        }
+        return values.map { $0! }
+    }
+
+    func validate() throws {
+        try validateName(name)
+        guard duration > 0, duration <= 3600 else { throw ValidationError("--duration must be in (0, 3600] seconds") }
+        guard payload >= 0, payload <= Layout.maxSlotCapacity else {
+            throw ValidationError("--payload must be between 0 and \(Layout.maxSlotCapacity) bytes")
+        }
+        guard (1...100).contains(`repeat`) else { throw ValidationError("--repeat must be between 1 and 100") }
+        if let calls { guard calls >= 1 else { throw ValidationError("--calls must be at least 1") } }
+    }
+
+    func run() throws {
+        let strategy = try wait.strategy
+        let region = try attach(name: name)
+        guard payload <= region.slotCapacity else {
+            throw CommandFailure("--payload \(payload) is larger than the host's slot size \(region.slotCapacity)",
+                                 exit: .usage)
+        }
+        guard region.handler == .echo || region.handler == .checksum else {
+            throw CommandFailure("bench needs a host serving the echo or checksum handler", exit: .usage)
+        }
+        let modes: [BenchMode] = baseline == .raw ? [.raw, .dx] : [.dx]
+        var results: [BenchResult] = []
+        for count in threads {
+            for _ in 0..<`repeat` {
+                for mode in modes {
+                    var run = BenchRun(region: region, mode: mode, threads: count, payload: payload,
+                                       durationNanoseconds: UInt64(duration * 1e9), strategy: strategy)
+                    run.callsPerThread = calls
+                    run.varyPayload = varyPayload
+                    let result = try run.run()
+                    results.append(result)
+                    if json { print(result.json) }
+                    if let failure = result.failure {
+                        if !json { print(BenchTable.render(results, repeats: `repeat`)) }
+                        throw CommandFailure("\(mode) run with \(count) threads failed: \(failure)",
+                                             exit: .verificationFailed)
+                    }
+                }
+            }
+        }
+        if !json {
+            print(BenchTable.render(results, repeats: `repeat`))
+        }
+        let errors = results.reduce(0) { $0 + $1.errors }
+        if errors > 0 {
+            throw CommandFailure("\(errors) responses did not match their requests", exit: .verificationFailed)
+        }
+    }
+}

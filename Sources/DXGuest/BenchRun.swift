@@ -1,0 +1,252 @@
+import CShm
+import DXCore
+import Histogram
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What is measured: dx's lanes, or the raw ping-pong baseline.
+enum BenchMode: String, Sendable {
+    case dx, raw
+}
+
+/// The outcome of one timed run at one thread count.
+struct BenchResult: Sendable {
+    var mode: BenchMode
+    var threads: Int
+    var payload: Int
+    var durationSeconds: Double
+    var ops: UInt64
+    var p50: UInt64
+    var p99: UInt64
+    var p999: UInt64
+    var max: UInt64
+    var laneMinOps: UInt64
+    var laneMaxOps: UInt64
+    var cpuMicrosecondsPerOp: Double
+    var errors: UInt64
+    var failure: String?
+
+    var opsPerSecond: Double { durationSeconds > 0 ? Double(ops) / durationSeconds : 0 }
+
+    /// One JSON object with exactly the documented fields.
+    var json: String {
+        "{\"mode\":\"\(mode.rawValue)\",\"threads\":\(threads),\"payload\":\(payload),"
+            + "\"duration_s\":\(format(durationSeconds, 3)),\"ops\":\(ops),\"ops_per_sec\":\(format(opsPerSecond, 1)),"
+            + "\"p50_ns\":\(p50),\"p99_ns\":\(p99),\"p999_ns\":\(p999),\"max_ns\":\(max),"
+            + "\"lane_min_ops\":\(laneMinOps),\"lane_max_ops\":\(laneMaxOps),"
+            + "\"cpu_us_per_op\":\(format(cpuMicrosecondsPerOp, 4)),\"errors\":\(errors)}"
+    }
+}
+
+/// What one benchmark thread saw. Written by its thread only; read after the join.
+final class ThreadRecord: @unchecked Sendable {
+    var ops: UInt64 = 0
+    var errors: UInt64 = 0
+    var failure: String?
+    var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000,
+                                      numberOfSignificantValueDigits: .three)
+}
+
+/// Runs `threads` threads against the host for `duration` seconds and checks every response.
+struct BenchRun {
+    let region: Region
+    let mode: BenchMode
+    let threads: Int
+    let payload: Int
+    let durationNanoseconds: UInt64
+    let strategy: WaitStrategy
+    /// When set, each thread stops after this many calls instead of after the duration.
+    var callsPerThread: UInt64? = nil
+    /// When set, request sizes cycle through 0, 1, the slot capacity and sizes in between,
+    /// up to `payload` bytes.
+    var varyPayload = false
+
+    func run() throws -> BenchResult {
+        let records = (0..<threads).map { _ in ThreadRecord() }
+        let gate = Gate()
+        var started: [DXCore.Thread] = []
+        for index in 0..<threads {
+            let record = records[index]
+            let run = self
+            started.append(try DXCore.Thread { run.thread(index: index, record: record, gate: gate) })
+        }
+        // Wait (bounded) until every thread holds its lane, then open the gate.
+        let readyDeadline = CShm_monotonic_ns() + 5_000_000_000
+        while gate.arrived < threads, CShm_monotonic_ns() < readyDeadline {
+            usleep(1000)
+        }
+        let guestCPU0 = CShm_self_cpu_ns()
+        let hostCPU0 = CShm_process_cpu_ns(region.hostPID)
+        let t0 = CShm_monotonic_ns()
+        gate.open(at: t0)
+        for thread in started { thread.join() }
+        let elapsed = CShm_monotonic_ns() - t0
+        let guestCPU = CShm_self_cpu_ns() - guestCPU0
+        let hostCPU1 = CShm_process_cpu_ns(region.hostPID)
+        let hostCPU = hostCPU0 >= 0 && hostCPU1 >= 0 ? hostCPU1 - hostCPU0 : 0
+
+        var histogram = records[0].histogram
+        for record in records.dropFirst() { histogram.add(record.histogram) }
+        let ops = records.reduce(0) { $0 + $1.ops }
+        let failure = records.compactMap(\.failure).first
+        if gate.arrived < threads, failure == nil {
+            throw BenchFailure("not every thread could start within 5 s")
+        }
+        return BenchResult(
+            mode: mode, threads: threads, payload: payload, durationSeconds: Double(elapsed) / 1e9, ops: ops,
+            p50: histogram.valueAtPercentile(50), p99: histogram.valueAtPercentile(99),
+            p999: histogram.valueAtPercentile(99.9), max: histogram.max,
+            laneMinOps: records.map(\.ops).min() ?? 0, laneMaxOps: records.map(\.ops).max() ?? 0,
+            cpuMicrosecondsPerOp: ops > 0 ? Double(guestCPU + hostCPU) / 1000 / Double(ops) : 0,
+            errors: records.reduce(0) { $0 + $1.errors }, failure: failure)
+    }
+
+    /// One benchmark thread: claim a lane or raw channel, wait at the gate, then make round trips
+    /// with unique payloads (sequence number and pattern) and verify every response.
+    private func thread(index: Int, record: ThreadRecord, gate: Gate) {
+        var request = [UInt8](repeating: 0, count: max(payload, 1))
+        for position in request.indices { request[position] = UInt8(truncatingIfNeeded: index &* 31 &+ position) }
+        var response = [UInt8](repeating: 0, count: max(payload, 8))
+        let expectChecksum = mode == .dx && region.handler == .checksum
+        let sizes = varyPayload ? BenchRun.sizes(upTo: payload, seed: UInt64(index)) : [payload]
+        request.withUnsafeMutableBytes { requestBuffer in
+            response.withUnsafeMutableBytes { responseBuffer in
+                let whole = requestBuffer
+                switch mode {
+                case .dx:
+                    var lane: Lane
+                    do { lane = try region.claimLane(strategy: strategy, startingAt: index) } catch {
+                        record.failure = "\(error)"
+                        gate.arrive()
+                        return
+                    }
+                    let end = gate.arriveAndWait() + durationNanoseconds
+                    loop(record: record, request: whole, sizes: sizes, end: end) { request in
+                        let payload = request.count
+                        switch lane.call(UnsafeRawBufferPointer(request), into: responseBuffer) {
+                        case .success(let length):
+                            if expectChecksum {
+                                let sum = Checksum.fnv1a64(UnsafeRawBufferPointer(request))
+                                return length == 8 && responseBuffer.load(as: UInt64.self) == sum.littleEndian
+                            }
+                            return length == payload
+                                && (payload == 0 || memcmp(request.baseAddress!, responseBuffer.baseAddress!, payload) == 0)
+                        case .failure(let error):
+                            if record.failure == nil { record.failure = "\(error)" }
+                            return false
+                        }
+                    }
+                case .raw:
+                    guard var channel = region.claimRawChannel(index) else {
+                        record.failure = "raw channel \(index) is not available (the host serves \(region.rawCount))"
+                        gate.arrive()
+                        return
+                    }
+                    let end = gate.arriveAndWait() + durationNanoseconds
+                    loop(record: record, request: whole, sizes: sizes, end: end) { request in
+                        let payload = request.count
+                        guard channel.roundTrip(UnsafeRawBufferPointer(request), into: responseBuffer) else {
+                            if record.failure == nil { record.failure = "the raw baseline server did not answer" }
+                            return false
+                        }
+                        return payload == 0 || memcmp(request.baseAddress!, responseBuffer.baseAddress!, payload) == 0
+                    }
+                }
+            }
+        }
+    }
+
+    /// The timed loop: stamp the sequence number, time one round trip, check it. A failed call
+    /// ends the loop (the lane cannot be trusted after it); a wrong response is counted.
+    @inline(__always)
+    private func loop(record: ThreadRecord, request whole: UnsafeMutableRawBufferPointer, sizes: [Int], end: UInt64,
+                      _ roundTrip: (UnsafeMutableRawBufferPointer) -> Bool) {
+        var seq: UInt64 = 0
+        var ops: UInt64 = 0
+        var errors: UInt64 = 0
+        let limit = callsPerThread ?? .max
+        var next = 0
+        while true {
+            seq &+= 1
+            let size = sizes[next]
+            next = next + 1 == sizes.count ? 0 : next + 1
+            let request = UnsafeMutableRawBufferPointer(rebasing: whole[0..<size])
+            let stamp = min(size, 8)
+            withUnsafeBytes(of: seq) { bytes in
+                if stamp > 0 { request.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: stamp) }
+            }
+            let t0 = CShm_monotonic_ns()
+            let ok = roundTrip(request)
+            let t1 = CShm_monotonic_ns()
+            _ = record.histogram.record(t1 &- t0)
+            if ok { ops &+= 1 } else {
+                errors &+= 1
+                if record.failure != nil { break }
+            }
+            if seq >= limit || (callsPerThread == nil && t1 >= end) { break }
+        }
+        record.ops = ops
+        record.errors = errors
+    }
+}
+
+extension BenchRun {
+    /// Request sizes for `--vary-payload`: the edges (0, 1, 7, 8, 9, 63, 64, 65, max - 1, max)
+    /// and pseudo-random sizes between, different for each thread.
+    static func sizes(upTo maximum: Int, seed: UInt64) -> [Int] {
+        var sizes = [0, 1, 7, 8, 9, 63, 64, 65, maximum - 1, maximum].filter { $0 >= 0 && $0 <= maximum }
+        var state = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        for _ in 0..<54 {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            sizes.append(Int(state % UInt64(maximum + 1)))
+        }
+        return sizes
+    }
+}
+
+/// The start line: threads arrive when they hold their lane, then wait for the start time.
+final class Gate: Sendable {
+    private let ready = Atomic<Int>(0)
+    private let start = Atomic<UInt64>(0)
+
+    var arrived: Int { ready.load(ordering: .acquiring) }
+
+    func arrive() {
+        ready.add(1, ordering: .releasing)
+    }
+
+    /// Arrives, then waits for the start time and returns it.
+    func arriveAndWait() -> UInt64 {
+        arrive()
+        while true {
+            let time = start.load(ordering: .acquiring)
+            if time != 0 { return time }
+            usleep(100)
+        }
+    }
+
+    /// Lets every thread go, with `time` as the common start.
+    func open(at time: UInt64) {
+        start.store(max(time, 1), ordering: .releasing)
+    }
+}
+
+struct BenchFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// `value` with `digits` decimals, for JSON and tables.
+func format(_ value: Double, _ digits: Int) -> String {
+    guard value.isFinite else { return "0" }
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    var text = "\(rounded)"
+    if text.contains("e") { text = "\(Int64(rounded))" }
+    return text
+}

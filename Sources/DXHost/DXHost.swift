@@ -1,0 +1,113 @@
+import ArgumentParser
+import CShm
+import DXCommandLine
+import DXCore
+import Logging
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@main
+struct DXHostCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dx-host",
+        abstract: "Serve a dx shared-memory region to guests.",
+        subcommands: [Run.self],
+        defaultSubcommand: Run.self)
+
+    static func main() { runAndExit() }
+}
+
+/// The handlers `--handler` offers.
+enum HandlerChoice: String, ExpressibleByArgument, CaseIterable {
+    case echo, checksum
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "run",
+        abstract: "Create the region and serve it until SIGINT or SIGTERM (the default subcommand).")
+
+    @Option(help: "Region name: the region is /dev/shm/dx.<name>.")
+    var name: String
+
+    @Option(help: "Number of lanes (one per concurrent guest thread), 1...\(Layout.maxLanes).")
+    var lanes: Int = 8
+
+    @Option(name: .customLong("slot-size"), help: "Largest request or response in bytes, 1...\(Layout.maxSlotCapacity).")
+    var slotSize: Int = 4096
+
+    @Option(help: "Serving threads polling the lanes, 1...\(Layout.maxWorkers) (default: CPUs - 1, at least 1).")
+    var workers: Int?
+
+    @Option(help: "Request handler: \(HandlerChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var handler: HandlerChoice = .echo
+
+    @Flag(name: .customLong("no-raw"), help: "Do not serve the raw ping-pong baseline channels.")
+    var noRaw = false
+
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    @OptionGroup var wait: WaitOptions
+
+    var workerCount: Int { workers ?? max(1, Int(CShm_available_cpus()) - 1) }
+
+    func validate() throws {
+        guard Region.isValidName(name) else {
+            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to 200 letters, digits, '.', '_' or '-' (no '/')")
+        }
+        guard (1...Layout.maxLanes).contains(lanes) else {
+            throw ValidationError("--lanes must be between 1 and \(Layout.maxLanes), not \(lanes)")
+        }
+        guard (1...Layout.maxSlotCapacity).contains(slotSize) else {
+            throw ValidationError("--slot-size must be between 1 and \(Layout.maxSlotCapacity) bytes, not \(slotSize)")
+        }
+        guard (1...Layout.maxWorkers).contains(workerCount) else {
+            throw ValidationError("--workers must be between 1 and \(Layout.maxWorkers), not \(workerCount)")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "dx-host")
+
+        // Block the stop signals before any thread starts, so that every thread inherits the
+        // mask and only the main thread's sigtimedwait sees them.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGINT)
+        sigaddset(&signals, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+
+        let configuration = RegionConfiguration(
+            laneCount: lanes, slotCapacity: slotSize, workerCount: workerCount, rawChannels: !noRaw,
+            handler: handler == .echo ? .echo : .checksum)
+        let host: Host
+        do {
+            host = try Host(name: name, configuration: configuration, strategy: try wait.strategy, logger: logger)
+        } catch let error as RegionCreateError {
+            if case .alreadyServed = error { throw CommandFailure("\(error)", exit: .alreadyRunning) }
+            throw CommandFailure("cannot create the region: \(error)", exit: .failure)
+        }
+        switch handler {
+        case .echo: try host.start(handler: EchoHandler())
+        case .checksum: try host.start(handler: ChecksumHandler())
+        }
+        var received: Int32 = 0
+        while received <= 0 {
+            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
+            received = sigtimedwait(&signals, nil, &timeout)
+        }
+        logger.info("signal received, stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        host.stop()
+    }
+}
