@@ -1,0 +1,59 @@
+import CShm
+import DXCore
+import Testing
+
+/// The offsets are the cross-process contract: changing one must be a conscious version bump.
+@Suite struct LayoutTests {
+    @Test func headerOffsetsArePinned() {
+        #expect(Layout.version == 1)
+        #expect(Layout.magic == 0x4E4F_4947_4552_5844)
+        #expect(Layout.headerSize == 4096)
+        let header: [(Int, Int)] = [
+            (Layout.Header.magic, 0), (Layout.Header.version, 8), (Layout.Header.headerSize, 12),
+            (Layout.Header.laneStride, 16), (Layout.Header.laneCount, 20), (Layout.Header.slotCapacity, 24),
+            (Layout.Header.workerCount, 28), (Layout.Header.regionSize, 32), (Layout.Header.hostPID, 40),
+            (Layout.Header.handler, 44), (Layout.Header.hostStartTime, 48), (Layout.Header.epoch, 56),
+            (Layout.Header.state, 128), (Layout.Header.heartbeat, 136), (Layout.Header.lanesOffset, 256),
+            (Layout.Header.rawOffset, 264), (Layout.Header.rawCount, 272), (Layout.Header.doorbells, 1024),
+            (Layout.Header.doorbellSleeping, 0), (Layout.Header.doorbellSemaphore, 8),
+        ]
+        for (actual, expected) in header { #expect(actual == expected) }
+    }
+
+    @Test func laneOffsetsArePinned() {
+        let lane: [(Int, Int)] = [
+            (Layout.Lane.requestSeq, 0), (Layout.Lane.requestLength, 8), (Layout.Lane.owner, 16),
+            (Layout.Lane.responseSeq, 128), (Layout.Lane.responseLength, 136), (Layout.Lane.status, 140),
+            (Layout.Lane.guestSleeping, 256), (Layout.Lane.guestSemaphore, 264),
+            (Layout.Lane.hostCounters, 384), (Layout.Lane.guestCounters, 512), (Layout.Lane.payload, 768),
+            (Layout.Raw.ping, 0), (Layout.Raw.length, 8), (Layout.Raw.owner, 16), (Layout.Raw.pong, 128),
+            (Layout.Raw.serverSleeping, 256), (Layout.Raw.serverSemaphore, 264), (Layout.Raw.payload, 768),
+        ]
+        for (actual, expected) in lane { #expect(actual == expected) }
+    }
+
+    @Test func sidesWriteSeparateBlocks() {
+        // Guest-written, host-written and wait fields each sit in their own 128-byte block.
+        let blocks = [Layout.Lane.requestSeq, Layout.Lane.responseSeq, Layout.Lane.guestSleeping,
+                      Layout.Lane.hostCounters, Layout.Lane.guestCounters, Layout.Lane.payload].map { $0 / Layout.block }
+        #expect(Set(blocks).count == blocks.count)
+        #expect(Layout.Lane.requestLength / Layout.block == Layout.Lane.requestSeq / Layout.block)
+        #expect(Layout.Lane.status / Layout.block == Layout.Lane.responseSeq / Layout.block)
+        #expect(Layout.Header.state / Layout.block != Layout.Header.magic / Layout.block)
+    }
+
+    @Test func semaphoresFitTheirSlots() {
+        #expect(Int(CShm_sem_size()) <= Layout.semaphoreSize)
+        #expect(Layout.Lane.guestSemaphore % 8 == 0)
+        #expect(Layout.Lane.guestSemaphore + Layout.semaphoreSize <= Layout.Lane.hostCounters)
+        #expect(Layout.Header.doorbells + Layout.maxWorkers * Layout.block <= Layout.headerSize)
+    }
+
+    @Test func strideAndSizeFollowTheSlot() {
+        #expect(Layout.laneStride(slotCapacity: 1) == 896)
+        #expect(Layout.laneStride(slotCapacity: 128) == 896)
+        #expect(Layout.laneStride(slotCapacity: 4096) == 4864)
+        #expect(Layout.laneStride(slotCapacity: 4097) % Layout.block == 0)
+        #expect(Layout.regionSize(laneCount: 8, slotCapacity: 4096, rawCount: 8) == 4096 + 16 * 4864)
+    }
+}

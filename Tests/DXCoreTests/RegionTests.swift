@@ -1,0 +1,168 @@
+import CShm
+import DXCore
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite(.serialized, .timeLimit(.minutes(1))) struct RegionTests {
+    @Test func createThenAttachAgreesOnEverySize() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 5, slotCapacity: 1000, workerCount: 2))
+        defer { host.stop() }
+        let region = try Region.attach(name: name)
+        #expect(region.laneCount == 5)
+        #expect(region.slotCapacity == 1000)
+        #expect(region.laneStride == Layout.laneStride(slotCapacity: 1000))
+        #expect(region.workerCount == 2)
+        #expect(region.rawCount == 5)
+        #expect(region.hostPID == getpid())
+        #expect(region.epoch == host.region.epoch)
+        #expect(region.state == .ready)
+    }
+
+    @Test func regionIsPrivateToItsUser() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        defer { host.stop() }
+        var info = stat()
+        #expect(stat("/dev/shm/dx.\(name)", &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        #expect(info.st_uid == getuid())
+    }
+
+    @Test func stopRemovesTheRegion() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        #expect(regionExists(name))
+        host.stop()
+        #expect(!regionExists(name))
+        #expect(throws: RegionAttachError.noSuchRegion(name: name)) { try Region.attach(name: name) }
+    }
+
+    @Test func missingRegionIsNamed() {
+        let name = uniqueName()
+        let error = #expect(throws: RegionAttachError.self) { try Region.attach(name: name) }
+        #expect(error == .noSuchRegion(name: name))
+        #expect("\(error!)".contains("no dx host named '\(name)' is running"))
+    }
+
+    @Test(arguments: ["", "a/b", "../x", ".hidden", String(repeating: "x", count: 201), "sp ace"])
+    func badNamesAreRefused(name: String) {
+        #expect(!Region.isValidName(name))
+        #expect(throws: RegionCreateError.invalidName(name)) {
+            try Host(name: name, configuration: RegionConfiguration())
+        }
+        #expect(throws: RegionAttachError.invalidName(name)) { try Region.attach(name: name) }
+    }
+
+    @Test func badConfigurationsAreRefused() {
+        for configuration in [RegionConfiguration(laneCount: 0), RegionConfiguration(laneCount: Layout.maxLanes + 1),
+                              RegionConfiguration(slotCapacity: 0),
+                              RegionConfiguration(slotCapacity: Layout.maxSlotCapacity + 1),
+                              RegionConfiguration(workerCount: 0)] {
+            #expect(throws: RegionCreateError.self) { try Host(name: uniqueName(), configuration: configuration) }
+        }
+    }
+
+    @Test func secondHostUnderALiveNameIsRefused() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        defer { host.stop() }
+        #expect(throws: RegionCreateError.alreadyServed(name: name, pid: getpid())) {
+            try Host(name: name, configuration: RegionConfiguration())
+        }
+        // The refusal touched nothing: the first region still attaches.
+        #expect(try Region.attach(name: name).epoch == host.region.epoch)
+    }
+
+    @Test func staleRegionOfADeadHostIsReplaced() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        let oldEpoch = host.region.epoch
+        // Pretend the creator was a process that no longer exists.
+        try withRawRegion(name) { base, _, _ in CShm_store_release_u32(base + Layout.Header.hostPID, 0x7FFF_FFF0) }
+        let replacement = try Host(name: name, configuration: RegionConfiguration(laneCount: 3))
+        defer { replacement.stop() }
+        #expect(try Region.attach(name: name).laneCount == 3)
+        #expect(replacement.region.epoch != oldEpoch)
+        _ = host  // the old host's mapping stays valid until it goes away
+    }
+
+    // MARK: - Header validation: each corruption gives its own error, never a crash
+
+    @Test func badMagicIsRefused() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        defer { host.stop() }
+        try withRawRegion(name) { base, _, _ in CShm_store_release_u64(base + Layout.Header.magic, 0x1234) }
+        #expect(throws: RegionAttachError.notADXRegion(name: name)) { try Region.attach(name: name) }
+    }
+
+    @Test func unpublishedRegionIsNotReady() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        defer { host.stop() }
+        try withRawRegion(name) { base, _, _ in CShm_store_release_u64(base + Layout.Header.magic, 0) }
+        #expect(throws: RegionAttachError.notReady(name: name)) { try Region.attach(name: name) }
+    }
+
+    @Test func otherVersionIsRefused() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        defer { host.stop() }
+        try withRawRegion(name) { base, _, _ in CShm_store_relaxed_u32(base + Layout.Header.version, 99) }
+        #expect(throws: RegionAttachError.versionMismatch(found: 99, expected: Layout.version)) {
+            try Region.attach(name: name)
+        }
+    }
+
+    @Test(arguments: [Layout.Header.headerSize, Layout.Header.laneStride, Layout.Header.laneCount,
+                      Layout.Header.slotCapacity, Layout.Header.workerCount, Layout.Header.rawCount])
+    func wrongSizesAreRefused(field: Int) throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 256, workerCount: 1))
+        defer { host.stop() }
+        for value: UInt32 in [0, 100_000, 1 << 31, .max] {
+            try withRawRegion(name) { base, _, _ in CShm_store_relaxed_u32(base + field, value) }
+            let error = #expect(throws: RegionAttachError.self) { try Region.attach(name: name) }
+            if case .sizeMismatch = error {} else { Issue.record("field \(field) = \(value) gave \(String(describing: error))") }
+        }
+    }
+
+    @Test func truncatedRegionIsRefused() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 4096))
+        let size = Layout.regionSize(laneCount: 4, slotCapacity: 4096, rawCount: 4)
+        defer {
+            // This process is also the host, whose own mapping would fault past the end: restore
+            // the size first. (A host guarding itself against a truncating guest is issue 5's.)
+            _ = try? withRawRegion(name) { _, _, descriptor in ftruncate(descriptor, off_t(size)) }
+            host.stop()
+        }
+        try withRawRegion(name) { _, size, descriptor in #expect(ftruncate(descriptor, off_t(size - 4096)) == 0) }
+        let error = #expect(throws: RegionAttachError.self) { try Region.attach(name: name) }
+        if case .sizeMismatch = error {} else { Issue.record("got \(String(describing: error))") }
+        try withRawRegion(name) { _, _, descriptor in #expect(ftruncate(descriptor, 100) == 0) }
+        #expect(throws: RegionAttachError.notReady(name: name)) { try Region.attach(name: name) }
+    }
+
+    @Test func randomHeadersNeverCrashTheGuest() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        defer { host.stop() }
+        var generator = SystemRandomNumberGenerator()
+        for round in 0..<300 {
+            try withRawRegion(name) { base, _, _ in
+                // Keep magic and version half of the time so the deeper checks are reached.
+                let start = round % 2 == 0 ? 0 : 12
+                for offset in stride(from: start, to: 280, by: 4) {
+                    CShm_store_relaxed_u32(base + offset, UInt32.random(in: 0...UInt32.max, using: &generator))
+                }
+                if round % 2 == 1 { CShm_store_relaxed_u32(base + Layout.Header.version, Layout.version) }
+            }
+            // Either a clear error or, by chance, a consistent header: never a crash.
+            _ = try? Region.attach(name: name)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+import Foundation
+import Testing
+
+/// Two real processes: the built dx-host and dx-guest over real POSIX shared memory.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct ExchangeIntegrationTests {
+    @Test func callPrintsTheEcho() throws {
+        let host = try RunningHost()
+        let outcome = try run(Binaries.guest, ["call", "--name", host.name, "hello"])
+        #expect(outcome.status == 0)
+        #expect(outcome.stdout == "hello\n")
+        #expect(try host.stop() == 0)
+    }
+
+    @Test func checksumHandlerAnswersTheChecksum() throws {
+        let host = try RunningHost(arguments: ["--handler", "checksum"])
+        let outcome = try run(Binaries.guest, ["call", "--name", host.name, "hello"])
+        #expect(outcome.status == 0)
+        #expect(outcome.stdout == "0bbdaa8046d830a4\n")  // FNV-1a 64 of "hello", little-endian
+        #expect(try host.stop() == 0)
+    }
+
+    /// 8 threads × 100 k round trips, sizes from 0 to the slot capacity, every response checked.
+    @Test func eightThreadsOfVariedPayloadsLoseNothing() throws {
+        let host = try RunningHost(arguments: ["--lanes", "8", "--slot-size", "4096"])
+        let outcome = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "8", "--calls", "100000", "--payload", "4096",
+            "--vary-payload", "--json",
+        ], timeout: 240)
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let runs = try jsonLines(outcome.stdout)
+        #expect(runs.count == 1)
+        #expect(runs.first?["ops"] as? Int == 800_000)
+        #expect(runs.first?["errors"] as? Int == 0)
+        #expect(runs.first?["lane_min_ops"] as? Int == 100_000)
+        #expect(try host.stop() == 0)
+    }
+
+    @Test func checksumBenchVerifiesEveryResponse() throws {
+        let host = try RunningHost(arguments: ["--handler", "checksum", "--lanes", "4", "--slot-size", "256"])
+        let outcome = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "2", "--calls", "20000", "--payload", "256",
+            "--vary-payload", "--json",
+        ])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let runs = try jsonLines(outcome.stdout)
+        #expect(runs.first?["ops"] as? Int == 40_000)
+        #expect(runs.first?["errors"] as? Int == 0)
+        #expect(try host.stop() == 0)
+    }
+
+    @Test func benchReportsDxAndRawWithEveryField() throws {
+        let host = try RunningHost(arguments: ["--lanes", "4"])
+        let outcome = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "1,2", "--duration", "0.3", "--baseline", "raw", "--json",
+        ])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let runs = try jsonLines(outcome.stdout)
+        #expect(runs.map { $0["mode"] as? String } == ["raw", "dx", "raw", "dx"])
+        let fields: Set = ["mode", "threads", "payload", "duration_s", "ops", "ops_per_sec", "p50_ns", "p99_ns",
+                           "p999_ns", "max_ns", "lane_min_ops", "lane_max_ops", "cpu_us_per_op", "errors"]
+        for run in runs {
+            #expect(Set(run.keys) == fields)
+            #expect((run["ops"] as? Int ?? 0) > 0)
+            #expect(run["errors"] as? Int == 0)
+        }
+        #expect(try host.stop() == 0)
+    }
+
+    @Test func oversizeRequestIsRefused() throws {
+        let host = try RunningHost(arguments: ["--slot-size", "16"])
+        let outcome = try run(Binaries.guest, ["call", "--name", host.name, String(repeating: "x", count: 17)])
+        #expect(outcome.status == 5)
+        #expect(outcome.stderr.contains("the request has 17 bytes but a lane holds at most 16"))
+        // The host still serves.
+        #expect(try run(Binaries.guest, ["call", "--name", host.name, "still here"]).stdout == "still here\n")
+        #expect(try host.stop() == 0)
+    }
+
+    @Test func sigtermLeavesNothingInDevShm() throws {
+        let host = try RunningHost()
+        #expect(regionExists(host.name))
+        #expect(try host.stop() == 0)
+        #expect(!regionExists(host.name))
+    }
+
+    @Test func secondHostOnALiveNameIsRefused() throws {
+        let host = try RunningHost()
+        let second = try run(Binaries.host, ["--name", host.name])
+        #expect(second.status == 4)
+        #expect(second.stderr.contains("already serves '\(host.name)'"))
+        #expect(try run(Binaries.guest, ["call", "--name", host.name, "ok"]).status == 0)
+        #expect(try host.stop() == 0)
+    }
+
+    @Test func guestWithoutHostSaysSo() throws {
+        let name = uniqueName()
+        let outcome = try run(Binaries.guest, ["call", "--name", name, "hello"])
+        #expect(outcome.status == 3)
+        #expect(outcome.stderr.contains("no dx host named '\(name)' is running (no region /dev/shm/dx.\(name))"))
+        #expect(!outcome.stderr.contains("Fatal error"))
+    }
+}
+
+@Suite(.timeLimit(.minutes(1))) struct CommandLineTests {
+    @Test(arguments: [
+        ["--name", "demo", "--lanes", "0"],
+        ["--name", "a/b"],
+        ["--name", "demo", "--slot-size", "0"],
+        ["--name", "demo", "--slot-size", "999999999"],
+        ["--name", "demo", "--workers", "0"],
+        ["--name", "demo", "--wait", "fastest"],
+        ["--name", "demo", "--spin-min", "10", "--spin-max", "5"],
+        ["--name", "demo", "--handler", "nope"],
+        ["--lanes", "4"],
+    ])
+    func badHostArgumentsExitTwo(arguments: [String]) throws {
+        let outcome = try run(Binaries.host, arguments)
+        #expect(outcome.status == 2)
+        #expect(!outcome.stderr.isEmpty)
+        #expect(!outcome.stderr.contains("Fatal error"))
+    }
+
+    @Test(arguments: [
+        ["bench", "--name", "demo", "--threads", "0"],
+        ["bench", "--name", "demo", "--threads", "1,x"],
+        ["bench", "--name", "demo", "--duration", "0"],
+        ["bench", "--name", "demo", "--payload", "-1"],
+        ["bench", "--name", "a/b"],
+        ["call", "--name", "demo"],
+        ["nonsense"],
+    ])
+    func badGuestArgumentsExitTwo(arguments: [String]) throws {
+        let outcome = try run(Binaries.guest, arguments)
+        #expect(outcome.status == 2)
+        #expect(!outcome.stderr.isEmpty)
+    }
+
+    @Test func errorMessagesNameTheProblem() throws {
+        let lanes = try run(Binaries.host, ["--name", "demo", "--lanes", "0"])
+        #expect(lanes.stderr.contains("--lanes must be between 1 and 1024, not 0"))
+        let name = try run(Binaries.host, ["--name", "a/b"])
+        #expect(name.stderr.contains("is not a valid region name"))
+    }
+}
