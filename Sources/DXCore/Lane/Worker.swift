@@ -66,6 +66,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if served {
                 if idle != 0 { spin.spinSucceeded() }
                 idle = 0
+                untilYield = yieldEvery  // yield after N idle spins in a row, not N in total
                 continue
             }
             idle &+= 1
@@ -73,6 +74,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                 spin.hadToSleep()
                 if !sleep(doorbell: doorbell) { return }
                 idle = 0
+                untilYield = yieldEvery
                 continue
             }
             if strategy.relax { CShm_cpu_relax() }
