@@ -10,7 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <linux/futex.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -50,6 +52,20 @@ void CShm_sem_destroy(sem_t *sem) {
 
 int CShm_sem_size(void) {
     return (int)sizeof(sem_t);
+}
+
+int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns) {
+    struct timespec timeout = {
+        .tv_sec = (time_t)(timeout_ns / 1000000000ull),
+        .tv_nsec = (long)(timeout_ns % 1000000000ull),
+    };
+    long rc = syscall(SYS_futex, address, FUTEX_WAIT, expected, &timeout, NULL, 0);
+    return rc == 0 ? 0 : errno;
+}
+
+int CShm_futex_wake(uint32_t *address, int count) {
+    long rc = syscall(SYS_futex, address, FUTEX_WAKE, count, NULL, NULL, 0);
+    return rc >= 0 ? (int)rc : -errno;
 }
 
 int CShm_shm_open(const char *name, int flags, mode_t mode) {

@@ -24,6 +24,9 @@ public struct WaitOptions: ParsableArguments {
     @Flag(name: .customLong("no-relax"), help: "Spin without the CPU-relax hint (experiments only).")
     public var noRelax = false
 
+    @Option(name: .customLong("turn-quantum-us"), help: "Guests: length of a turn when guest threads share a worker, in µs (0: no turns).")
+    public var turnQuantumMicroseconds: UInt64?
+
     public init() {}
 
     /// The strategy these flags describe.
@@ -42,6 +45,10 @@ public struct WaitOptions: ParsableArguments {
                 strategy.sleepTimeoutNanoseconds = overflow ? .max : nanoseconds
             }
             if noRelax { strategy.relax = false }
+            if let turnQuantumMicroseconds {
+                let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
+                strategy.turnQuantumNanoseconds = overflow ? .max : nanoseconds
+            }
             // A preset's start may fall outside a min or max given on their own: clamp it.
             if spinStart == nil, strategy.minSpins <= strategy.maxSpins {
                 strategy.startSpins = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)

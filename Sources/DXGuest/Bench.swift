@@ -73,24 +73,34 @@ struct Bench: ParsableCommand {
         guard region.handler == .echo || region.handler == .checksum else {
             throw CommandFailure("bench needs a host serving the echo or checksum handler", exit: .usage)
         }
-        let modes: [BenchMode] = baseline == .raw ? [.raw, .dx] : [.dx]
         var results: [BenchResult] = []
+        func measure(_ mode: BenchMode, _ count: Int) throws -> BenchResult {
+            var run = BenchRun(region: region, mode: mode, threads: count, payload: payload,
+                               durationNanoseconds: UInt64(duration * 1e9), strategy: strategy)
+            run.callsPerThread = calls
+            run.varyPayload = varyPayload
+            let result = try run.run()
+            results.append(result)
+            if json { print(result.json) }
+            if let failure = result.failure {
+                if !json { print(BenchTable.render(results, repeats: `repeat`)) }
+                throw CommandFailure("\(mode) run with \(count) threads failed: \(failure)", exit: .verificationFailed)
+            }
+            return result
+        }
+        // The machine drifts (a VM's CPUs move), so each dx run is compared with the raw runs
+        // just before it: raw at the same thread count, then raw at one thread, then dx.
         for count in threads {
             for _ in 0..<`repeat` {
-                for mode in modes {
-                    var run = BenchRun(region: region, mode: mode, threads: count, payload: payload,
-                                       durationNanoseconds: UInt64(duration * 1e9), strategy: strategy)
-                    run.callsPerThread = calls
-                    run.varyPayload = varyPayload
-                    let result = try run.run()
-                    results.append(result)
-                    if json { print(result.json) }
-                    if let failure = result.failure {
-                        if !json { print(BenchTable.render(results, repeats: `repeat`)) }
-                        throw CommandFailure("\(mode) run with \(count) threads failed: \(failure)",
-                                             exit: .verificationFailed)
-                    }
+                var rawSame: BenchResult?, rawOne: BenchResult?
+                if baseline == .raw {
+                    rawSame = try measure(.raw, count)
+                    rawOne = count == 1 ? rawSame : try measure(.raw, 1)
                 }
+                var dx = try measure(.dx, count)
+                dx.pairedRawSameThreads = rawSame?.opsPerSecond
+                dx.pairedRawOneThread = rawOne?.opsPerSecond
+                results[results.count - 1] = dx
             }
         }
         if !json {

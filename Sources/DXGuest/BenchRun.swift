@@ -22,11 +22,17 @@ struct BenchResult: Sendable {
     var p99: UInt64
     var p999: UInt64
     var max: UInt64
+    /// p99.9 of the exchange alone (publish to response), sampled on every 16th call.
+    var exchangeP999: UInt64
     var laneMinOps: UInt64
     var laneMaxOps: UInt64
     var cpuMicrosecondsPerOp: Double
     var errors: UInt64
     var failure: String?
+    /// For a dx run: the throughput of the raw runs made just before it, at the same thread
+    /// count and at one thread.
+    var pairedRawSameThreads: Double?
+    var pairedRawOneThread: Double?
 
     var opsPerSecond: Double { durationSeconds > 0 ? Double(ops) / durationSeconds : 0 }
 
@@ -35,6 +41,7 @@ struct BenchResult: Sendable {
         "{\"mode\":\"\(mode.rawValue)\",\"threads\":\(threads),\"payload\":\(payload),"
             + "\"duration_s\":\(format(durationSeconds, 3)),\"ops\":\(ops),\"ops_per_sec\":\(format(opsPerSecond, 1)),"
             + "\"p50_ns\":\(p50),\"p99_ns\":\(p99),\"p999_ns\":\(p999),\"max_ns\":\(max),"
+            + "\"exchange_p999_ns\":\(exchangeP999),"
             + "\"lane_min_ops\":\(laneMinOps),\"lane_max_ops\":\(laneMaxOps),"
             + "\"cpu_us_per_op\":\(format(cpuMicrosecondsPerOp, 4)),\"errors\":\(errors)}"
     }
@@ -45,8 +52,12 @@ final class ThreadRecord: @unchecked Sendable {
     var ops: UInt64 = 0
     var errors: UInt64 = 0
     var failure: String?
-    var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000,
-                                      numberOfSignificantValueDigits: .three)
+    var histogram = ThreadRecord.newHistogram()
+    var exchanges = ThreadRecord.newHistogram()
+
+    static func newHistogram() -> Histogram<UInt64> {
+        Histogram(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
+    }
 }
 
 /// Runs `threads` threads against the host for `duration` seconds and checks every response.
@@ -88,7 +99,11 @@ struct BenchRun {
         let hostCPU = hostCPU0 >= 0 && hostCPU1 >= 0 ? hostCPU1 - hostCPU0 : 0
 
         var histogram = records[0].histogram
-        for record in records.dropFirst() { histogram.add(record.histogram) }
+        var exchanges = records[0].exchanges
+        for record in records.dropFirst() {
+            histogram.add(record.histogram)
+            exchanges.add(record.exchanges)
+        }
         let ops = records.reduce(0) { $0 + $1.ops }
         let failure = records.compactMap(\.failure).first
         if gate.arrived < threads, failure == nil {
@@ -98,6 +113,7 @@ struct BenchRun {
             mode: mode, threads: threads, payload: payload, durationSeconds: Double(elapsed) / 1e9, ops: ops,
             p50: histogram.valueAtPercentile(50), p99: histogram.valueAtPercentile(99),
             p999: histogram.valueAtPercentile(99.9), max: histogram.max,
+            exchangeP999: mode == .raw ? histogram.valueAtPercentile(99.9) : exchanges.valueAtPercentile(99.9),
             laneMinOps: records.map(\.ops).min() ?? 0, laneMaxOps: records.map(\.ops).max() ?? 0,
             cpuMicrosecondsPerOp: ops > 0 ? Double(guestCPU + hostCPU) / 1000 / Double(ops) : 0,
             errors: records.reduce(0) { $0 + $1.errors }, failure: failure)
@@ -123,9 +139,15 @@ struct BenchRun {
                         return
                     }
                     let end = gate.arriveAndWait() + durationNanoseconds
+                    var calls: UInt32 = 0
                     loop(record: record, request: whole, sizes: sizes, end: end) { request in
                         let payload = request.count
-                        switch lane.call(UnsafeRawBufferPointer(request), into: responseBuffer) {
+                        calls &+= 1
+                        let timed = calls & 15 == 0
+                        lane.timeNextExchange = timed
+                        let result = lane.call(UnsafeRawBufferPointer(request), into: responseBuffer)
+                        if timed { _ = record.exchanges.record(lane.lastExchangeNanoseconds) }
+                        switch result {
                         case .success(let length):
                             if expectChecksum {
                                 let sum = Checksum.fnv1a64(UnsafeRawBufferPointer(request))

@@ -2,23 +2,24 @@
 enum BenchTable {
     static func render(_ results: [BenchResult], repeats: Int) -> String {
         var lines: [String] = []
-        let header = ["mode", "threads", "round trips/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs",
+        let header = ["mode", "threads", "round trips/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "exch p99.9 µs",
                       "slowest/fastest lane", "CPU µs/op", "errors", "vs raw (same T)", "vs raw 1T"]
         var rows: [[String]] = []
-        let rawOneThread = median(results.filter { $0.mode == .raw && $0.threads == 1 })?.opsPerSecond
         var threadCounts: [Int] = []
         for result in results where !threadCounts.contains(result.threads) { threadCounts.append(result.threads) }
         for threads in threadCounts {
-            let raw = median(results.filter { $0.mode == .raw && $0.threads == threads })
+            let dxRuns = results.filter { $0.mode == .dx && $0.threads == threads }
             for mode in [BenchMode.raw, .dx] {
                 guard let row = median(results.filter { $0.mode == mode && $0.threads == threads }) else { continue }
                 let fairness = row.laneMaxOps > 0 ? Double(row.laneMinOps) / Double(row.laneMaxOps) : 0
                 var versusRaw = "", versusRawOne = ""
-                if mode == .dx, let raw, raw.opsPerSecond > 0 { versusRaw = format(row.opsPerSecond / raw.opsPerSecond, 2) }
-                if mode == .dx, let rawOneThread, rawOneThread > 0 { versusRawOne = format(row.opsPerSecond / rawOneThread, 2) }
+                if mode == .dx {
+                    if let ratio = medianRatio(dxRuns, \.pairedRawSameThreads) { versusRaw = format(ratio, 2) }
+                    if let ratio = medianRatio(dxRuns, \.pairedRawOneThread) { versusRawOne = format(ratio, 2) }
+                }
                 rows.append([
                     mode.rawValue, "\(threads)", grouped(Int(row.opsPerSecond.rounded())),
-                    micro(row.p50), micro(row.p99), micro(row.p999), micro(row.max),
+                    micro(row.p50), micro(row.p99), micro(row.p999), micro(row.max), micro(row.exchangeP999),
                     format(fairness, 2), format(row.cpuMicrosecondsPerOp, 3), "\(row.errors)", versusRaw, versusRawOne,
                 ])
             }
@@ -36,7 +37,9 @@ enum BenchTable {
         lines.append(line(header))
         lines.append(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "))
         for row in rows { lines.append(line(row)) }
-        if repeats > 1 { lines.append("(median of \(repeats) runs by round trips/s)") }
+        if repeats > 1 {
+            lines.append("(median of \(repeats) runs by round trips/s; ratios are medians of each dx run over the raw runs just before it)")
+        }
         return lines.joined(separator: "\n")
     }
 
@@ -45,6 +48,14 @@ enum BenchTable {
         guard !runs.isEmpty else { return nil }
         let sorted = runs.sorted { $0.opsPerSecond < $1.opsPerSecond }
         return sorted[(sorted.count - 1) / 2]
+    }
+
+    /// The median of each run's throughput over its paired raw throughput.
+    static func medianRatio(_ runs: [BenchResult], _ raw: KeyPath<BenchResult, Double?>) -> Double? {
+        let ratios = runs.compactMap { run in run[keyPath: raw].flatMap { $0 > 0 ? run.opsPerSecond / $0 : nil } }.sorted()
+        guard !ratios.isEmpty else { return nil }
+        let middle = ratios.count / 2
+        return ratios.count % 2 == 1 ? ratios[middle] : (ratios[middle - 1] + ratios[middle]) / 2
     }
 
     static func micro(_ nanoseconds: UInt64) -> String { format(Double(nanoseconds) / 1000, 2) }

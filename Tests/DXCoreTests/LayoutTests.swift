@@ -7,7 +7,7 @@ import Testing
     @Test func headerOffsetsArePinned() {
         #expect(Layout.version == 1)
         #expect(Layout.magic == 0x4E4F_4947_4552_5844)
-        #expect(Layout.headerSize == 4096)
+        #expect(Layout.headerSize == 8192)
         let header: [(Int, Int)] = [
             (Layout.Header.magic, 0), (Layout.Header.version, 8), (Layout.Header.headerSize, 12),
             (Layout.Header.laneStride, 16), (Layout.Header.laneCount, 20), (Layout.Header.slotCapacity, 24),
@@ -16,6 +16,9 @@ import Testing
             (Layout.Header.state, 128), (Layout.Header.heartbeat, 136), (Layout.Header.lanesOffset, 256),
             (Layout.Header.rawOffset, 264), (Layout.Header.rawCount, 272), (Layout.Header.doorbells, 1024),
             (Layout.Header.doorbellSleeping, 0), (Layout.Header.doorbellSemaphore, 8),
+            (Layout.Header.turnstiles, 4096), (Layout.Header.turnstileStride, 256), (Layout.Header.turnNext, 0),
+            (Layout.Header.turnServing, 8), (Layout.Header.turnLease, 16), (Layout.Header.turnWakeSlots, 128),
+            (Layout.Header.turnWakeSlotCount, 32),
         ]
         for (actual, expected) in header { #expect(actual == expected) }
     }
@@ -46,7 +49,9 @@ import Testing
         #expect(Int(CShm_sem_size()) <= Layout.semaphoreSize)
         #expect(Layout.Lane.guestSemaphore % 8 == 0)
         #expect(Layout.Lane.guestSemaphore + Layout.semaphoreSize <= Layout.Lane.hostCounters)
-        #expect(Layout.Header.doorbells + Layout.maxWorkers * Layout.block <= Layout.headerSize)
+        #expect(Layout.Header.doorbells + Layout.maxWorkers * Layout.block <= Layout.Header.turnstiles)
+        #expect(Layout.Header.turnstiles + Layout.maxWorkers * Layout.Header.turnstileStride <= Layout.headerSize)
+        #expect(Layout.Header.turnWakeSlots + Layout.Header.turnWakeSlotCount * 4 <= Layout.Header.turnstileStride)
     }
 
     @Test func strideAndSizeFollowTheSlot() {
@@ -54,6 +59,6 @@ import Testing
         #expect(Layout.laneStride(slotCapacity: 128) == 896)
         #expect(Layout.laneStride(slotCapacity: 4096) == 4864)
         #expect(Layout.laneStride(slotCapacity: 4097) % Layout.block == 0)
-        #expect(Layout.regionSize(laneCount: 8, slotCapacity: 4096, rawCount: 8) == 4096 + 16 * 4864)
+        #expect(Layout.regionSize(laneCount: 8, slotCapacity: 4096, rawCount: 8) == 8192 + 16 * 4864)
     }
 }

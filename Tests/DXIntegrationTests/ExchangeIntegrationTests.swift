@@ -55,9 +55,10 @@ import Testing
         ])
         #expect(outcome.status == 0, "\(outcome.stderr)")
         let runs = try jsonLines(outcome.stdout)
-        #expect(runs.map { $0["mode"] as? String } == ["raw", "dx", "raw", "dx"])
+        #expect(runs.map { $0["mode"] as? String } == ["raw", "dx", "raw", "raw", "dx"])
+        #expect(runs.map { $0["threads"] as? Int } == [1, 1, 2, 1, 2])
         let fields: Set = ["mode", "threads", "payload", "duration_s", "ops", "ops_per_sec", "p50_ns", "p99_ns",
-                           "p999_ns", "max_ns", "lane_min_ops", "lane_max_ops", "cpu_us_per_op", "errors"]
+                           "p999_ns", "max_ns", "exchange_p999_ns", "lane_min_ops", "lane_max_ops", "cpu_us_per_op", "errors"]
         for run in runs {
             #expect(Set(run.keys) == fields)
             #expect((run["ops"] as? Int ?? 0) > 0)

@@ -84,6 +84,19 @@ static inline bool CShm_cas_acqrel_u32(void *p, uint32_t expected, uint32_t desi
     return atomic_compare_exchange_strong_explicit((_Atomic uint32_t *)p, &expected, desired,
                                                    memory_order_acq_rel, memory_order_acquire);
 }
+/// Fetch-and-add (32-bit), sequentially consistent.
+static inline uint32_t CShm_fetch_add_seqcst_u32(void *p, uint32_t v) {
+    return atomic_fetch_add_explicit((_Atomic uint32_t *)p, v, memory_order_seq_cst);
+}
+/// Fetch-and-add (64-bit), sequentially consistent.
+static inline uint64_t CShm_fetch_add_seqcst_u64(void *p, uint64_t v) {
+    return atomic_fetch_add_explicit((_Atomic uint64_t *)p, v, memory_order_seq_cst);
+}
+/// Compare-and-swap (64-bit), sequentially consistent.
+static inline bool CShm_cas_seqcst_u64(void *p, uint64_t expected, uint64_t desired) {
+    return atomic_compare_exchange_strong_explicit((_Atomic uint64_t *)p, &expected, desired,
+                                                   memory_order_seq_cst, memory_order_seq_cst);
+}
 /// Exchange (32-bit), acquire-release.
 static inline uint32_t CShm_exchange_acqrel_u32(void *p, uint32_t v) {
     return atomic_exchange_explicit((_Atomic uint32_t *)p, v, memory_order_acq_rel);
@@ -114,6 +127,14 @@ int CShm_sem_trywait(sem_t *sem);
 void CShm_sem_destroy(sem_t *sem);
 /// `sizeof(sem_t)`, pinned by a unit test against the layout.
 int CShm_sem_size(void);
+
+// MARK: - Futex (process-shared: no FUTEX_PRIVATE_FLAG)
+
+/// Sleeps while the 32-bit word at `address` holds `expected`, for at most `timeout_ns`.
+/// Returns 0 when woken, or ETIMEDOUT, EAGAIN (the word changed), EINTR.
+int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns);
+/// Wakes up to `count` threads sleeping on `address`. Returns how many woke, or -errno.
+int CShm_futex_wake(uint32_t *address, int count);
 
 // MARK: - Shared memory objects
 

@@ -37,12 +37,26 @@ public struct Lane: ~Copyable {
     /// The longest a call waits for its response, in nanoseconds.
     public var callTimeoutNanoseconds: UInt64 = 10_000_000_000
 
+    // Turn-taking (see Lane+Turns.swift).
+    @usableFromInline let turnstile: UnsafeMutableRawPointer
+    @usableFromInline var turnTicket: UInt64 = 0
+    @usableFromInline var holdsTurn = false
+    @usableFromInline var callsUntilTurnCheck: UInt32 = 0
+    @usableFromInline var leaseStart: UInt64 = 0
+
+    /// Set it before a call to have that call's exchange timed: from publishing the request to
+    /// seeing the response. The call clears it and leaves the time in ``lastExchangeNanoseconds``.
+    public var timeNextExchange = false
+    /// The exchange time of the last call made with ``timeNextExchange`` set.
+    public var lastExchangeNanoseconds: UInt64 = 0
+
     init(region: Region, index: Int, ownerWord: UInt64, sequence: UInt64, strategy: WaitStrategy) {
         self.region = region
         self.index = index
         self.capacity = region.slotCapacity
         self.base = region.lane(index)
         self.doorbell = region.doorbell(region.worker(forLane: index))
+        self.turnstile = region.turnstile(region.worker(forLane: index))
         self.strategy = strategy
         self.ownerWord = ownerWord
         self.sequence = sequence
@@ -51,6 +65,7 @@ public struct Lane: ~Copyable {
 
     /// Releases the lane: the owner word goes back to free (pid 0), keeping its generation.
     deinit {
+        leaveTurns()
         // Acquire-release: our last request and response happen before the next owner's claim.
         _ = CShm_cas_acqrel_u64(base + Layout.Lane.owner, ownerWord, ownerWord & 0xFFFF_FFFF)
     }
@@ -72,6 +87,9 @@ public struct Lane: ~Copyable {
         response: (UnsafeRawBufferPointer) -> Response
     ) -> Result<Response, CallError> {
         if let failure { return .failure(failure) }
+        if strategy.turnQuantumNanoseconds != 0 {
+            if callsUntilTurnCheck == 0 { takeTurns() } else { callsUntilTurnCheck &-= 1 }
+        }
         let payload = base + Layout.Lane.payload
         let length = request(UnsafeMutableRawBufferPointer(start: payload, count: capacity))
         guard length >= 0, length <= capacity else {
@@ -84,12 +102,17 @@ public struct Lane: ~Copyable {
         // requestSeq) and orders it before the load of the worker's sleeping flag below, which
         // the worker orders the same way after setting it (no lost wake-up).
         CShm_store_seqcst_u64(base + Layout.Lane.requestSeq, seq)
+        let exchangeStart = timeNextExchange ? CShm_monotonic_ns() : 0
         if CShm_load_seqcst_u32(doorbell + Layout.Header.doorbellSleeping) != 0 {
             ringDoorbell()
         }
         if let error = awaitResponse(seq) {
             failure = error
             return .failure(error)
+        }
+        if timeNextExchange {
+            lastExchangeNanoseconds = CShm_monotonic_ns() &- exchangeStart
+            timeNextExchange = false
         }
         // Relaxed: ordered by the acquire load of responseSeq that ended the wait.
         let status = CShm_load_relaxed_u32(base + Layout.Lane.status)

@@ -7,7 +7,7 @@
 ///
 /// ```
 /// region  /dev/shm/<name>
-/// ┌──────────────────────────────── header (4096 bytes) ─────────────────────────────────┐
+/// ┌──────────────────────────────── header (8192 bytes) ─────────────────────────────────┐
 /// │    0 magic u64 (stored last, release)   8 version u32   12 header size u32          │
 /// │   16 lane stride u32   20 lane count u32   24 slot capacity u32   28 worker count u32 │
 /// │   32 region size u64   40 host pid u32   44 handler u32   48 host start time u64     │
@@ -15,6 +15,8 @@
 /// │  128 state u32   136 heartbeat u64 (host, every 100 ms)                                │
 /// │  256 lanes offset u64   264 raw offset u64   272 raw count u32                          │
 /// │ 1024 + 128·w  worker w doorbell: sleeping u32, semaphore (w < 16)                      │
+/// │ 4096 + 256·w  worker w turnstile: next ticket u64, serving u64, lease start u64,       │
+/// │               and at +128 32 futex wake words u32 (guests take turns per worker)       │
 /// ├──────────────────────────────── lane i (at lanes offset + i · stride) ───────────────┤
 /// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen)    │
 /// │  128 host block:  response seq u64, response length u32, status u32                   │
@@ -37,8 +39,8 @@ public enum Layout {
 
     /// Alignment of blocks that different sides write.
     public static let block = 128
-    /// The size of the header; lanes start on the next page.
-    public static let headerSize = 4096
+    /// The size of the header; lanes start right after it.
+    public static let headerSize = 8192
     /// At most this many serving workers (doorbells in the header).
     public static let maxWorkers = 16
     /// At most this many lanes.
@@ -73,6 +75,17 @@ public enum Layout {
         /// Within a doorbell block.
         public static let doorbellSleeping = 0
         public static let doorbellSemaphore = 8
+        /// Worker w's turnstile: 256 bytes at `turnstiles + 256 · w`.
+        public static let turnstiles = 4096
+        public static let turnstileStride = 256
+        /// Within a turnstile: the next ticket to hand out, the ticket that holds the turn, and
+        /// when the holder's lease began (CLOCK_MONOTONIC ns). All written by guests.
+        public static let turnNext = 0
+        public static let turnServing = 8
+        public static let turnLease = 16
+        /// 32 futex words: the waiter with ticket t sleeps on word t mod 32.
+        public static let turnWakeSlots = 128
+        public static let turnWakeSlotCount = 32
     }
 
     /// Lane field offsets, relative to the lane's base.

@@ -89,6 +89,13 @@ public final class Region: @unchecked Sendable {
         return base + Layout.Header.doorbells + index * Layout.block
     }
 
+    /// The turnstile of serving worker `index` (guests take turns per worker).
+    @inlinable
+    func turnstile(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < workerCount)
+        return base + Layout.Header.turnstiles + index * Layout.Header.turnstileStride
+    }
+
     /// The worker that serves lane `index`.
     @inlinable
     func worker(forLane index: Int) -> Int { index % workerCount }

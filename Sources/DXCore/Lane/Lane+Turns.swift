@@ -1,0 +1,94 @@
+import CShm
+
+/// Turn-taking between the guest threads that share a serving worker.
+///
+/// With more guest threads than CPUs, threads that all spin for their responses starve the
+/// worker and each other. With a turn quantum set (``WaitStrategy/turnQuantumNanoseconds``), the
+/// guest threads of one worker form a FIFO ticket queue in the worker's turnstile: one holds the
+/// turn and makes calls; the others sleep on a futex, so they take no CPU. A holder keeps its
+/// turn while nobody waits; when someone does, it passes the turn after its quantum, between two
+/// calls, never in the middle of an exchange. A holder that stops calling, or died, loses its turn
+/// to the next waiter once its lease is stale (twice the quantum plus 1 ms).
+///
+/// Every turn operation happens inside ``Lane/call(request:response:)`` (it is part of the call's
+/// latency) and only every 64 calls, or while waiting. The turnstile is guest-written: a guest that
+/// vandalises it can only spoil other guests' fairness, never their data or the host.
+extension Lane {
+    @usableFromInline
+    static let callsBetweenTurnChecks: UInt32 = 64
+
+    @usableFromInline
+    mutating func takeTurns() {
+        callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
+        let now = CShm_monotonic_ns()
+        if holdsTurn {
+            if now &- leaseStart < strategy.turnQuantumNanoseconds { return }
+            // Acquire: pairs with the seq-cst updates of other guests.
+            if CShm_load_acquire_u64(turnstile + Layout.Header.turnServing) == turnTicket {
+                if CShm_load_acquire_u64(turnstile + Layout.Header.turnNext) == turnTicket &+ 1 {
+                    renewLease(now)  // nobody waits: keep going
+                    return
+                }
+                passTurn(now)
+            }
+            holdsTurn = false  // passed, or taken by a waiter while we were away
+        }
+        acquireTurn()
+    }
+
+    /// Takes a ticket and waits (sleeping) until it is served.
+    mutating func acquireTurn() {
+        let serving = turnstile + Layout.Header.turnServing
+        let quantum = strategy.turnQuantumNanoseconds
+        let staleAfter = 2 &* quantum &+ 1_000_000
+        // Seq-cst: one ticket per caller, in order.
+        turnTicket = CShm_fetch_add_seqcst_u64(turnstile + Layout.Header.turnNext, 1)
+        let ticket = turnTicket
+        let slot = wakeSlot(ticket)
+        while true {
+            // Seq-cst: read the slot before re-checking `serving`; the passer changes `serving`
+            // before the slot, so a pass between the two makes the futex wait return at once.
+            let seen = CShm_load_seqcst_u32(slot)
+            let current = CShm_load_seqcst_u64(serving)
+            // Served, or a vandalised counter ahead of us: go.
+            if current == ticket || current &- ticket < 1 << 62 { break }
+            _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, staleAfter)
+            if CShm_load_acquire_u64(serving) == ticket { break }
+            let now = CShm_monotonic_ns()
+            // The turn is ours next, but its holder has not renewed or passed it: take it.
+            if CShm_load_acquire_u64(serving) == ticket &- 1,
+               now &- CShm_load_relaxed_u64(turnstile + Layout.Header.turnLease) > staleAfter,
+               CShm_cas_seqcst_u64(serving, ticket &- 1, ticket) {
+                break
+            }
+            if region.hostProblem() != nil { break }  // the call itself reports it
+        }
+        holdsTurn = true
+        renewLease(CShm_monotonic_ns())
+    }
+
+    /// Gives the turn to the next ticket and wakes its waiter.
+    func passTurn(_ now: UInt64) {
+        // Relaxed: the next holder's lease starts now; ordered by the CAS below.
+        CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
+        if CShm_cas_seqcst_u64(turnstile + Layout.Header.turnServing, turnTicket, turnTicket &+ 1) {
+            let slot = wakeSlot(turnTicket &+ 1)
+            _ = CShm_fetch_add_seqcst_u32(slot, 1)
+            _ = CShm_futex_wake(slot.assumingMemoryBound(to: UInt32.self), Int32.max)
+        }
+    }
+
+    /// Leaves the queue for good (the lane is released).
+    func leaveTurns() {
+        if holdsTurn { passTurn(CShm_monotonic_ns()) }
+    }
+
+    mutating func renewLease(_ now: UInt64) {
+        leaseStart = now
+        CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
+    }
+
+    private func wakeSlot(_ ticket: UInt64) -> UnsafeMutableRawPointer {
+        turnstile + Layout.Header.turnWakeSlots + Int(ticket % UInt64(Layout.Header.turnWakeSlotCount)) * 4
+    }
+}

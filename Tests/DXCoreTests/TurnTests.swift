@@ -1,0 +1,81 @@
+import CShm
+import DXCore
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Guest threads that share a worker take turns (see Lane+Turns.swift).
+@Suite(.serialized, .timeLimit(.minutes(2))) struct TurnTests {
+    static let turns = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 128,
+                                    turnQuantumNanoseconds: 200_000)
+
+    func turnstileWords(_ name: String) throws -> (next: UInt64, serving: UInt64) {
+        try withRawRegion(name) { base, _, _ in
+            (CShm_load_acquire_u64(base + Layout.Header.turnstiles + Layout.Header.turnNext),
+             CShm_load_acquire_u64(base + Layout.Header.turnstiles + Layout.Header.turnServing))
+        }
+    }
+
+    @Test func manyThreadsTakingTurnsAllFinish() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 8, slotCapacity: 64, workerCount: 1))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let region = try Region.attach(name: name)
+        let completed = Atomic<Int>(0)
+        let threads = try (0..<8).map { index in
+            try DXCore.Thread {
+                var lane = try! region.claimLane(strategy: TurnTests.turns, startingAt: index)
+                for call in 0..<20_000 {
+                    let value = UInt64(index << 32 | call)
+                    let echoed = withUnsafeBytes(of: value) { request in
+                        try? lane.call(request: { $0.copyMemory(from: request); return 8 },
+                                       response: { $0.load(as: UInt64.self) }).get()
+                    }
+                    if echoed == value { completed.add(1, ordering: .relaxed) }
+                }
+            }
+        }
+        for thread in threads { thread.join() }
+        #expect(completed.load(ordering: .relaxed) == 8 * 20_000)
+        // Every ticket handed out was served and passed on: the queue is empty.
+        let words = try turnstileWords(name)
+        #expect(words.next == words.serving)
+        #expect(words.next > 8)  // the threads really did queue and pass turns
+    }
+
+    @Test func droppingALanePassesItsTurn() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let region = try Region.attach(name: name)
+        var lane = try region.claimLane(strategy: TurnTests.turns)
+        #expect(try lane.call([1]).get() == [1])
+        #expect(try turnstileWords(name) == (next: 1, serving: 0))  // ticket 0 holds the turn
+        _ = consume lane
+        #expect(try turnstileWords(name) == (next: 1, serving: 1))
+    }
+
+    @Test func anIdleHolderLosesItsTurnToAWaiter() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let region = try Region.attach(name: name)
+        var idle = try region.claimLane(strategy: TurnTests.turns, startingAt: 0)
+        #expect(try idle.call([1]).get() == [1])  // takes the turn, then stops calling
+        let answered = Atomic<Bool>(false)
+        let waiter = try DXCore.Thread {
+            var lane = try! region.claimLane(strategy: TurnTests.turns, startingAt: 1)
+            answered.store((try? lane.call([2]).get()) == [2], ordering: .relaxed)
+        }
+        waiter.join()  // returns once the waiter took the stale turn
+        let waiterWasAnswered = answered.load(ordering: .relaxed)
+        #expect(waiterWasAnswered)
+        // The idle holder notices on its next turn check and queues again; its calls still work.
+        for _ in 0..<200 { #expect(try idle.call([3]).get() == [3]) }
+    }
+}
