@@ -4,7 +4,7 @@ import DXCore
 /// The wait-strategy flags `dx-host` and `dx-guest` share: a preset, then any parameter on its own.
 public struct WaitOptions: ParsableArguments {
     @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presets.map(\.name).joined(separator: ", ")).")
-    public var preset: String = "balanced"
+    public var preset: String = "fair"
 
     @Option(name: .customLong("spin-min"), help: "Smallest adaptive spin budget.")
     public var spinMin: UInt32?
@@ -24,7 +24,10 @@ public struct WaitOptions: ParsableArguments {
     @Flag(name: .customLong("no-relax"), help: "Spin without the CPU-relax hint (experiments only).")
     public var noRelax = false
 
-    @Option(name: .customLong("turn-quantum-us"), help: "Guests: length of a turn when guest threads share a worker, in µs (0: no turns).")
+    @Option(name: .customLong("turn-calls"), help: "Guests: calls per turn when guest threads share a worker (0: no turns).")
+    public var turnCalls: UInt32?
+
+    @Option(name: .customLong("turn-quantum-us"), help: "Guests: the longest a turn lasts, in µs.")
     public var turnQuantumMicroseconds: UInt64?
 
     public init() {}
@@ -45,6 +48,7 @@ public struct WaitOptions: ParsableArguments {
                 strategy.sleepTimeoutNanoseconds = overflow ? .max : nanoseconds
             }
             if noRelax { strategy.relax = false }
+            if let turnCalls { strategy.turnCalls = turnCalls }
             if let turnQuantumMicroseconds {
                 let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
                 strategy.turnQuantumNanoseconds = overflow ? .max : nanoseconds

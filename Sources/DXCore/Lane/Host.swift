@@ -30,7 +30,7 @@ public final class Host: @unchecked Sendable {
 
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``.
-    public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .balanced,
+    public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .fair,
                 logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         do { try strategy.validate() } catch { throw .invalidConfiguration(error.description) }
         self.region = try Region.create(name: name, configuration: configuration)

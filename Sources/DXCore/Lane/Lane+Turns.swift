@@ -3,12 +3,14 @@ import CShm
 /// Turn-taking between the guest threads that share a serving worker.
 ///
 /// With more guest threads than CPUs, threads that all spin for their responses starve the
-/// worker and each other. With a turn quantum set (``WaitStrategy/turnQuantumNanoseconds``), the
-/// guest threads of one worker form a FIFO ticket queue in the worker's turnstile: one holds the
-/// turn and makes calls; the others sleep on a futex, so they take no CPU. A holder keeps its
-/// turn while nobody waits; when someone does, it passes the turn after its quantum, between two
-/// calls, never in the middle of an exchange. A holder that stops calling, or died, loses its turn
-/// to the next waiter once its lease is stale (twice the quantum plus 1 ms).
+/// worker and each other. With turns on (``WaitStrategy/turnCalls``), the guest threads of one
+/// worker form a FIFO ticket queue in the worker's turnstile: one holds the turn and makes calls;
+/// the others sleep on a futex, so they take no CPU. A holder keeps its turn while nobody waits;
+/// when someone does, it passes the turn after `turnCalls` calls or `turnQuantumNanoseconds`,
+/// whichever comes first, between two calls, never in the middle of an exchange. Counting calls
+/// rather than time keeps lanes equal in round trips even when the machine's speed drifts.
+/// A holder that stops calling, or died, loses its turn to the next waiter once its lease is
+/// stale (twice the quantum plus 1 ms).
 ///
 /// Every turn operation happens inside ``Lane/call(request:response:)`` (it is part of the call's
 /// latency) and only every 64 calls, or while waiting. The turnstile is guest-written: a guest that
@@ -22,7 +24,8 @@ extension Lane {
         callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
         let now = CShm_monotonic_ns()
         if holdsTurn {
-            if now &- leaseStart < strategy.turnQuantumNanoseconds { return }
+            callsInTurn &+= Lane.callsBetweenTurnChecks
+            if callsInTurn < strategy.turnCalls, now &- leaseStart < strategy.turnQuantumNanoseconds { return }
             // Acquire: pairs with the seq-cst updates of other guests.
             if CShm_load_acquire_u64(turnstile + Layout.Header.turnServing) == turnTicket {
                 if CShm_load_acquire_u64(turnstile + Layout.Header.turnNext) == turnTicket &+ 1 {
@@ -85,6 +88,7 @@ extension Lane {
 
     mutating func renewLease(_ now: UInt64) {
         leaseStart = now
+        callsInTurn = 0
         CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
     }
 

@@ -43,6 +43,7 @@ public struct Lane: ~Copyable {
     @usableFromInline var holdsTurn = false
     @usableFromInline var callsUntilTurnCheck: UInt32 = 0
     @usableFromInline var leaseStart: UInt64 = 0
+    @usableFromInline var callsInTurn: UInt32 = 0
 
     /// Set it before a call to have that call's exchange timed: from publishing the request to
     /// seeing the response. The call clears it and leaves the time in ``lastExchangeNanoseconds``.
@@ -87,7 +88,7 @@ public struct Lane: ~Copyable {
         response: (UnsafeRawBufferPointer) -> Response
     ) -> Result<Response, CallError> {
         if let failure { return .failure(failure) }
-        if strategy.turnQuantumNanoseconds != 0 {
+        if strategy.turnCalls != 0 {
             if callsUntilTurnCheck == 0 { takeTurns() } else { callsUntilTurnCheck &-= 1 }
         }
         let payload = base + Layout.Lane.payload
@@ -252,7 +253,7 @@ extension Region {
     /// A lane is free when its owner word has pid 0. The claim is a compare-and-swap to
     /// `pid << 32 | generation + 1`. A lane whose last request is still unanswered (its owner died
     /// mid-call) is skipped until the host has answered it.
-    public func claimLane(strategy: WaitStrategy = .balanced, startingAt hint: Int = 0) throws(LaneClaimError) -> Lane {
+    public func claimLane(strategy: WaitStrategy = .fair, startingAt hint: Int = 0) throws(LaneClaimError) -> Lane {
         switch hostProblem() {
         case .shutdown?: throw .shutdown
         case .hostGone?: throw .hostGone

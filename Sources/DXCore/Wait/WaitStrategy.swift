@@ -25,18 +25,22 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     public var sleepTimeoutNanoseconds: UInt64
     /// Whether each spin executes the CPU-relax hint. Off only for experiments.
     public var relax: Bool
-    /// Guest side: how long a guest thread keeps its turn, in nanoseconds, when other guest
-    /// threads of the same worker wait for one; 0 turns turn-taking off. See ``Lane``.
+    /// Guest side: how many calls a guest thread makes in one turn when other guest threads of
+    /// the same worker wait for one; 0 turns turn-taking off. See ``Lane``.
+    public var turnCalls: UInt32
+    /// Guest side: the longest a turn lasts, in nanoseconds, however few calls it made.
     public var turnQuantumNanoseconds: UInt64
 
     public init(minSpins: UInt32, maxSpins: UInt32, startSpins: UInt32, yieldEvery: UInt32,
-                sleepTimeoutNanoseconds: UInt64 = 50_000_000, relax: Bool = true, turnQuantumNanoseconds: UInt64 = 0) {
+                sleepTimeoutNanoseconds: UInt64 = 50_000_000, relax: Bool = true, turnCalls: UInt32 = 0,
+                turnQuantumNanoseconds: UInt64 = 4_000_000) {
         self.minSpins = minSpins
         self.maxSpins = maxSpins
         self.startSpins = startSpins
         self.yieldEvery = yieldEvery
         self.sleepTimeoutNanoseconds = sleepTimeoutNanoseconds
         self.relax = relax
+        self.turnCalls = turnCalls
         self.turnQuantumNanoseconds = turnQuantumNanoseconds
     }
 
@@ -49,10 +53,10 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     /// Yields on every spin (the study's fair-but-slow reference).
     public static let yield = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 1)
 
-    /// `balanced`, plus turn-taking: guest threads that share a worker take 1 ms turns, and
-    /// those waiting for a turn sleep, so only one of them competes for a CPU at a time.
+    /// `balanced`, plus turn-taking: guest threads that share a worker take turns of 4096 calls
+    /// (at most 4 ms), and those waiting for a turn sleep, so only one of them competes for a CPU.
     public static let fair = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 128,
-                                          turnQuantumNanoseconds: 1_000_000)
+                                          turnCalls: 4096, turnQuantumNanoseconds: 4_000_000)
 
     /// The presets by the name `--wait` takes.
     public static let presets: [(name: String, strategy: WaitStrategy)] = [
@@ -73,15 +77,15 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
         guard (1_000_000...1_000_000_000).contains(sleepTimeoutNanoseconds) else {
             throw .invalid("sleep timeout must be between 1 ms and 1000 ms")
         }
-        guard turnQuantumNanoseconds == 0 || (10_000...1_000_000_000).contains(turnQuantumNanoseconds) else {
-            throw .invalid("turn quantum must be 0 (off) or between 10 µs and 1000 ms")
+        guard (10_000...1_000_000_000).contains(turnQuantumNanoseconds) else {
+            throw .invalid("turn quantum must be between 10 µs and 1000 ms")
         }
     }
 
     public var description: String {
         "min \(minSpins) max \(maxSpins) start \(startSpins) yield-every \(yieldEvery) "
             + "sleep-timeout \(sleepTimeoutNanoseconds / 1_000_000) ms\(relax ? "" : " no-relax")"
-            + (turnQuantumNanoseconds == 0 ? "" : " turn \(turnQuantumNanoseconds / 1000) µs")
+            + (turnCalls == 0 ? "" : " turn \(turnCalls) calls/\(turnQuantumNanoseconds / 1000) µs")
     }
 }
 
