@@ -140,24 +140,24 @@ struct BenchRun {
                     }
                     let end = gate.arriveAndWait() + durationNanoseconds
                     var calls: UInt32 = 0
-                    loop(record: record, request: whole, sizes: sizes, end: end) { request in
+                    loop(record: record, request: whole, sizes: sizes, end: end) { request, exchange in
                         let payload = request.count
                         calls &+= 1
                         let timed = calls & 15 == 0
                         lane.timeNextExchange = timed
                         let result = lane.call(UnsafeRawBufferPointer(request), into: responseBuffer)
-                        if timed { _ = record.exchanges.record(lane.lastExchangeNanoseconds) }
+                        if timed { exchange = lane.lastExchangeNanoseconds }
                         switch result {
                         case .success(let length):
                             if expectChecksum {
                                 let sum = Checksum.fnv1a64(UnsafeRawBufferPointer(request))
-                                return length == 8 && responseBuffer.load(as: UInt64.self) == sum.littleEndian
+                                return length == 8 && responseBuffer.load(as: UInt64.self) == sum.littleEndian ? .ok : .wrong
                             }
                             return length == payload
                                 && (payload == 0 || memcmp(request.baseAddress!, responseBuffer.baseAddress!, payload) == 0)
+                                ? .ok : .wrong
                         case .failure(let error):
-                            if record.failure == nil { record.failure = "\(error)" }
-                            return false
+                            return .failed("\(error)")
                         }
                     }
                 case .raw:
@@ -167,13 +167,13 @@ struct BenchRun {
                         return
                     }
                     let end = gate.arriveAndWait() + durationNanoseconds
-                    loop(record: record, request: whole, sizes: sizes, end: end) { request in
+                    loop(record: record, request: whole, sizes: sizes, end: end) { request, _ in
                         let payload = request.count
                         guard channel.roundTrip(UnsafeRawBufferPointer(request), into: responseBuffer) else {
-                            if record.failure == nil { record.failure = "the raw baseline server did not answer" }
-                            return false
+                            return .failed("the raw baseline server did not answer")
                         }
                         return payload == 0 || memcmp(request.baseAddress!, responseBuffer.baseAddress!, payload) == 0
+                            ? .ok : .wrong
                     }
                 }
             }
@@ -182,12 +182,19 @@ struct BenchRun {
 
     /// The timed loop: stamp the sequence number, time one round trip, check it. A failed call
     /// ends the loop (the lane cannot be trusted after it); a wrong response is counted.
+    ///
+    /// Everything the loop updates is local (histograms included) and stored into the record at
+    /// the end: the record is a class, and touching its properties per call costs exclusivity
+    /// checks that would be measured as round-trip time.
     @inline(__always)
     private func loop(record: ThreadRecord, request whole: UnsafeMutableRawBufferPointer, sizes: [Int], end: UInt64,
-                      _ roundTrip: (UnsafeMutableRawBufferPointer) -> Bool) {
+                      _ roundTrip: (UnsafeMutableRawBufferPointer, inout UInt64) -> Outcome) {
         var seq: UInt64 = 0
         var ops: UInt64 = 0
         var errors: UInt64 = 0
+        var histogram = ThreadRecord.newHistogram()
+        var exchanges = ThreadRecord.newHistogram()
+        var failure: String?
         let limit = callsPerThread ?? .max
         var next = 0
         while true {
@@ -199,18 +206,36 @@ struct BenchRun {
             withUnsafeBytes(of: seq) { bytes in
                 if stamp > 0 { request.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: stamp) }
             }
+            var exchange: UInt64 = 0
             let t0 = CShm_monotonic_ns()
-            let ok = roundTrip(request)
+            let outcome = roundTrip(request, &exchange)
             let t1 = CShm_monotonic_ns()
-            _ = record.histogram.record(t1 &- t0)
-            if ok { ops &+= 1 } else {
+            _ = histogram.record(t1 &- t0)
+            if exchange != 0 { _ = exchanges.record(exchange) }
+            switch outcome {
+            case .ok: ops &+= 1
+            case .wrong: errors &+= 1
+            case .failed(let text):
                 errors &+= 1
-                if record.failure != nil { break }
+                failure = text
             }
+            if failure != nil { break }
             if seq >= limit || (callsPerThread == nil && t1 >= end) { break }
         }
         record.ops = ops
         record.errors = errors
+        record.histogram = histogram
+        record.exchanges = exchanges
+        record.failure = record.failure ?? failure
+    }
+
+    /// What one round trip of the loop came to.
+    enum Outcome {
+        case ok
+        /// The response did not match the request.
+        case wrong
+        /// The call failed; the lane cannot be trusted any more.
+        case failed(String)
     }
 }
 

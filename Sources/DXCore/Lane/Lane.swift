@@ -87,14 +87,46 @@ public struct Lane: ~Copyable {
         request: (UnsafeMutableRawBufferPointer) -> Int,
         response: (UnsafeRawBufferPointer) -> Response
     ) -> Result<Response, CallError> {
-        if let failure { return .failure(failure) }
-        if strategy.turnCalls != 0 {
-            if callsUntilTurnCheck == 0 { takeTurns() } else { callsUntilTurnCheck &-= 1 }
-        }
         let payload = base + Layout.Lane.payload
         let length = request(UnsafeMutableRawBufferPointer(start: payload, count: capacity))
+        switch exchange(length: length) {
+        case .success(let responseLength):
+            return .success(response(UnsafeRawBufferPointer(start: payload, count: responseLength)))
+        case .failure(let error):
+            return .failure(error)
+        }
+    }
+
+    /// Sends `request` and copies the response into `response`. Returns the response length.
+    /// A response longer than `response` is cut to fit.
+    @inlinable
+    public mutating func call(_ request: UnsafeRawBufferPointer,
+                              into response: UnsafeMutableRawBufferPointer) -> Result<Int, CallError> {
+        guard request.count <= capacity else {
+            return .failure(.payloadTooLarge(length: request.count, capacity: capacity))
+        }
+        let payload = base + Layout.Lane.payload
+        if let source = request.baseAddress { payload.copyMemory(from: source, byteCount: request.count) }
+        switch exchange(length: request.count) {
+        case .success(let responseLength):
+            let count = min(responseLength, response.count)
+            if count > 0 { response.baseAddress!.copyMemory(from: payload, byteCount: count) }
+            return .success(count)
+        case .failure(let error):
+            return .failure(error)
+        }
+    }
+
+    /// The exchange itself, once the request is in the buffer: publish it, wait, and check the
+    /// response's status and length. Returns the response length.
+    @inlinable
+    mutating func exchange(length: Int) -> Result<Int, CallError> {
+        if let failure { return .failure(failure) }
         guard length >= 0, length <= capacity else {
             return .failure(.payloadTooLarge(length: length, capacity: capacity))
+        }
+        if strategy.turnCalls != 0 {
+            if callsUntilTurnCheck == 0 { takeTurns() } else { callsUntilTurnCheck &-= 1 }
         }
         let seq = sequence &+ 1
         sequence = seq
@@ -122,27 +154,7 @@ public struct Lane: ~Copyable {
             return .failure(ResponseStatus(rawValue: status).map { .rejected($0) } ?? .badResponse)
         }
         guard responseLength <= capacity else { return .failure(.badResponse) }
-        return .success(response(UnsafeRawBufferPointer(start: payload, count: responseLength)))
-    }
-
-    /// Sends `request` and copies the response into `response`. Returns the response length.
-    /// A response longer than `response` is cut to fit.
-    @inlinable
-    public mutating func call(_ request: UnsafeRawBufferPointer,
-                              into response: UnsafeMutableRawBufferPointer) -> Result<Int, CallError> {
-        guard request.count <= capacity else {
-            return .failure(.payloadTooLarge(length: request.count, capacity: capacity))
-        }
-        return call(
-            request: { buffer in
-                if let source = request.baseAddress { buffer.baseAddress!.copyMemory(from: source, byteCount: request.count) }
-                return request.count
-            },
-            response: { buffer in
-                let count = min(buffer.count, response.count)
-                if count > 0 { response.baseAddress!.copyMemory(from: buffer.baseAddress!, byteCount: count) }
-                return count
-            })
+        return .success(responseLength)
     }
 
     /// Sends `request` and returns the response as a new array (allocates: a convenience).

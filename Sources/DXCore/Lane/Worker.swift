@@ -22,6 +22,9 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     /// The last sequence number answered on each of those lanes (host-private).
     private let answered: UnsafeMutableBufferPointer<UInt64>
 
+    /// With a focus lane, every lane is scanned once per this many polls of the focus lane.
+    static var scanEvery: Int { 8 }
+
     init(region: Region, index: Int, handler: Handler, strategy: WaitStrategy, stop: StopFlag) {
         self.region = region
         self.index = index
@@ -50,16 +53,37 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         var untilYield = yieldEvery
         var idle: UInt32 = 0
         var rounds: UInt32 = 0
+        // Focus: while one lane is the only busy one (the usual case with turns), poll it alone
+        // and scan every lane only every `Worker.scanEvery` rounds. A scan that finds several busy
+        // lanes ends the focus, so concurrently busy lanes are served in turn.
+        var focus = -1
+        var roundsSinceScan = 0
         while true {
             var served = false
-            for slot in 0..<lanes.count {
-                let lane = lanes[slot]
+            if focus >= 0, roundsSinceScan < Worker.scanEvery {
+                roundsSinceScan &+= 1
+                let lane = lanes[focus]
                 // Acquire: pairs with the guest's seq-cst store; makes length and payload visible.
                 let seq = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
-                if seq != answered[slot] {
-                    serve(slot: slot, lane: lane, seq: seq)
+                if seq != answered[focus] {
+                    serve(slot: focus, lane: lane, seq: seq)
                     served = true
                 }
+            } else {
+                roundsSinceScan = 0
+                var busy = 0
+                for slot in 0..<lanes.count {
+                    let lane = lanes[slot]
+                    // Acquire: as above.
+                    let seq = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
+                    if seq != answered[slot] {
+                        serve(slot: slot, lane: lane, seq: seq)
+                        busy &+= 1
+                        focus = slot
+                    }
+                }
+                if busy > 1 { focus = -1 }
+                served = busy > 0
             }
             rounds &+= 1
             if rounds & 0x3FF == 0, stop.isSet { return }
