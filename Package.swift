@@ -68,9 +68,10 @@ let package = Package(
         ),
 
         // MARK: Tests
+        .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(
             name: "DXCoreTests",
-            dependencies: ["DXCore", "CShm"],
+            dependencies: ["DXCore", "CShm", "CAllocationCounter"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
