@@ -39,6 +39,9 @@ struct Bench: ParsableCommand {
     @Flag(name: .customLong("vary-payload"), help: "Cycle request sizes from 0 up to --payload (edges and random sizes).")
     var varyPayload = false
 
+    @Option(help: "After the runs, stay idle this many seconds with a lane claimed, then report the CPU both processes used meanwhile and the latency of the first call after.")
+    var idle: Double?
+
     @Flag(help: "Print one JSON object per run instead of the table.")
     var json = false
 
@@ -61,6 +64,7 @@ struct Bench: ParsableCommand {
         }
         guard (1...100).contains(`repeat`) else { throw ValidationError("--repeat must be between 1 and 100") }
         if let calls { guard calls >= 1 else { throw ValidationError("--calls must be at least 1") } }
+        if let idle { guard idle > 0, idle <= 3600 else { throw ValidationError("--idle must be in (0, 3600] seconds") } }
     }
 
     func run() throws {
@@ -105,6 +109,10 @@ struct Bench: ParsableCommand {
         }
         if !json {
             print(BenchTable.render(results, repeats: `repeat`))
+        }
+        if let idle {
+            let report = try IdleCheck(region: region, strategy: strategy, seconds: idle).run()
+            print(json ? report.json : report.text)
         }
         let errors = results.reduce(0) { $0 + $1.errors }
         if errors > 0 {

@@ -67,6 +67,20 @@ import Testing
         #expect(try host.stop() == 0)
     }
 
+    @Test func idleCheckReportsCPUAndTheFirstCall() throws {
+        let host = try RunningHost()
+        let outcome = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "1", "--calls", "1000", "--idle", "0.5", "--json",
+        ])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let lines = try jsonLines(outcome.stdout)
+        let idle = try #require(lines.last)
+        #expect(idle["mode"] as? String == "idle")
+        #expect((idle["cpu_percent"] as? Double ?? -1) >= 0)
+        #expect((idle["first_call_ns"] as? Int ?? 0) > 0)
+        #expect(try host.stop() == 0)
+    }
+
     @Test func oversizeRequestIsRefused() throws {
         let host = try RunningHost(arguments: ["--slot-size", "16"])
         let outcome = try run(Binaries.guest, ["call", "--name", host.name, String(repeating: "x", count: 17)])
