@@ -78,12 +78,13 @@ struct Bench: ParsableCommand {
             throw CommandFailure("bench needs a host serving the echo or checksum handler", exit: .usage)
         }
         var results: [BenchResult] = []
-        func measure(_ mode: BenchMode, _ count: Int) throws -> BenchResult {
+        func measure(_ mode: BenchMode, _ count: Int, round: Int) throws -> BenchResult {
             var run = BenchRun(region: region, mode: mode, threads: count, payload: payload,
                                durationNanoseconds: UInt64(duration * 1e9), strategy: strategy)
             run.callsPerThread = calls
             run.varyPayload = varyPayload
-            let result = try run.run()
+            var result = try run.run()
+            result.round = round
             results.append(result)
             if json { print(result.json) }
             if let failure = result.failure {
@@ -98,10 +99,10 @@ struct Bench: ParsableCommand {
             for _ in 0..<`repeat` {
                 var rawSame: BenchResult?, rawOne: BenchResult?
                 if baseline == .raw {
-                    rawSame = try measure(.raw, count)
-                    rawOne = count == 1 ? rawSame : try measure(.raw, 1)
+                    rawSame = try measure(.raw, count, round: count)
+                    rawOne = count == 1 ? rawSame : try measure(.raw, 1, round: count)
                 }
-                var dx = try measure(.dx, count)
+                var dx = try measure(.dx, count, round: count)
                 dx.pairedRawSameThreads = rawSame?.opsPerSecond
                 dx.pairedRawOneThread = rawOne?.opsPerSecond
                 results[results.count - 1] = dx

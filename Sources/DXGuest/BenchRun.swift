@@ -33,6 +33,9 @@ struct BenchResult: Sendable {
     /// count and at one thread.
     var pairedRawSameThreads: Double?
     var pairedRawOneThread: Double?
+    /// The thread count of the round this run belongs to (a raw one-thread run made as the
+    /// baseline of an 8-thread dx run belongs to the 8-thread round).
+    var round = 0
 
     var opsPerSecond: Double { durationSeconds > 0 ? Double(ops) / durationSeconds : 0 }
 

@@ -10,7 +10,8 @@ enum BenchTable {
         for threads in threadCounts {
             let dxRuns = results.filter { $0.mode == .dx && $0.threads == threads }
             for mode in [BenchMode.raw, .dx] {
-                guard let row = median(results.filter { $0.mode == mode && $0.threads == threads }) else { continue }
+                guard let row = median(results.filter { $0.mode == mode && $0.threads == threads && $0.round == threads })
+                else { continue }
                 let fairness = row.laneMaxOps > 0 ? Double(row.laneMinOps) / Double(row.laneMaxOps) : 0
                 var versusRaw = "", versusRawOne = ""
                 if mode == .dx {
