@@ -25,7 +25,7 @@ let package = Package(
         // MARK: Library
         .target(
             name: "CShm",
-            linkerSettings: [.linkedLibrary("pthread")]
+            linkerSettings: [.linkedLibrary("pthread"), .linkedLibrary("uring")]
         ),
         .target(
             name: "DXCore",

@@ -10,7 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <liburing.h>
 #include <linux/futex.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -169,4 +173,147 @@ int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_
 
 int CShm_thread_join(uint64_t thread) {
     return pthread_join((pthread_t)thread, NULL);
+}
+
+// MARK: - io_uring
+
+struct CShm_Ring {
+    struct io_uring ring;
+};
+
+CShm_Ring *CShm_ring_create(unsigned entries, int *error) {
+    CShm_Ring *ring = calloc(1, sizeof *ring);
+    if (!ring) { *error = ENOMEM; return NULL; }
+    int rc = io_uring_queue_init(entries, &ring->ring, 0);
+    if (rc < 0) {
+        free(ring);
+        *error = -rc;
+        return NULL;
+    }
+    return ring;
+}
+
+void CShm_ring_destroy(CShm_Ring *ring) {
+    if (!ring) return;
+    io_uring_queue_exit(&ring->ring);
+    free(ring);
+}
+
+static struct io_uring_sqe *next_sqe(CShm_Ring *ring) {
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring->ring);
+    if (!sqe) {
+        io_uring_submit(&ring->ring);
+        sqe = io_uring_get_sqe(&ring->ring);
+    }
+    return sqe;
+}
+
+int CShm_ring_accept(CShm_Ring *ring, int fd, uint64_t user_data, bool multishot) {
+    struct io_uring_sqe *sqe = next_sqe(ring);
+    if (!sqe) return -EBUSY;
+    if (multishot) io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    else io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int CShm_ring_recv(CShm_Ring *ring, int fd, void *buffer, size_t length, uint64_t user_data) {
+    struct io_uring_sqe *sqe = next_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_recv(sqe, fd, buffer, length, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int CShm_ring_send(CShm_Ring *ring, int fd, const void *buffer, size_t length, uint64_t user_data) {
+    struct io_uring_sqe *sqe = next_sqe(ring);
+    if (!sqe) return -EBUSY;
+    io_uring_prep_send(sqe, fd, buffer, length, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int CShm_ring_submit_and_wait(CShm_Ring *ring, uint64_t timeout_ns) {
+    struct __kernel_timespec timeout = {
+        .tv_sec = (long long)(timeout_ns / 1000000000ull),
+        .tv_nsec = (long long)(timeout_ns % 1000000000ull),
+    };
+    struct io_uring_cqe *cqe = NULL;
+    int rc = io_uring_submit_and_wait_timeout(&ring->ring, &cqe, 1, &timeout, NULL);
+    return rc < 0 ? rc : 0;
+}
+
+int CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags) {
+    struct io_uring_cqe *cqe = NULL;
+    if (io_uring_peek_cqe(&ring->ring, &cqe) != 0 || !cqe) return 0;
+    *user_data = io_uring_cqe_get_data64(cqe);
+    *result = cqe->res;
+    *flags = cqe->flags;
+    io_uring_cqe_seen(&ring->ring, cqe);
+    return 1;
+}
+
+bool CShm_ring_more(uint32_t flags) {
+    return (flags & IORING_CQE_F_MORE) != 0;
+}
+
+int64_t CShm_peer_uid(int fd) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    return (int64_t)credentials.uid;
+}
+
+int CShm_accept_nonblocking(int fd) {
+    return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+}
+
+static int unix_address(const char *path, struct sockaddr_un *address) {
+    memset(address, 0, sizeof *address);
+    address->sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof address->sun_path) return -ENAMETOOLONG;
+    strcpy(address->sun_path, path);
+    return 0;
+}
+
+int CShm_unix_listen(const char *path, int backlog) {
+    struct sockaddr_un address;
+    int rc = unix_address(path, &address);
+    if (rc) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return -errno;
+    mode_t previous = umask(0177);  // the socket file is created 0600
+    rc = bind(fd, (struct sockaddr *)&address, sizeof address);
+    umask(previous);
+    if (rc != 0 || listen(fd, backlog) != 0) {
+        int saved = errno;
+        close(fd);
+        return -saved;
+    }
+    return fd;
+}
+
+int CShm_unix_connect(const char *path) {
+    struct sockaddr_un address;
+    int rc = unix_address(path, &address);
+    if (rc) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    do { rc = connect(fd, (struct sockaddr *)&address, sizeof address); } while (rc != 0 && errno == EINTR);
+    if (rc != 0) {
+        int saved = errno;
+        close(fd);
+        return -saved;
+    }
+    return fd;
+}
+
+int CShm_socket_timeouts(int fd, uint64_t timeout_ns) {
+    struct timeval timeout = {
+        .tv_sec = (time_t)(timeout_ns / 1000000000ull),
+        .tv_usec = (suseconds_t)((timeout_ns % 1000000000ull) / 1000),
+    };
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0) return -errno;
+    return 0;
 }

@@ -42,10 +42,23 @@ struct Bench: ParsableCommand {
     @Option(help: "After the runs, stay idle this many seconds with a lane claimed, then report the CPU both processes used meanwhile and the latency of the first call after.")
     var idle: Double?
 
+    @Option(help: "The host's control socket, for its view of each run (default: the one --name implies).")
+    var control: String?
+
+    @Flag(name: .customLong("no-counters"), help: "Do not update the lanes' guest counters (to measure what they cost).")
+    var noCounters = false
+
     @Flag(help: "Print one JSON object per run instead of the table.")
     var json = false
 
     @OptionGroup var wait: WaitOptions
+
+    /// The host's counters through its control socket, or nil when it has none.
+    func hostView() -> StatsReply? {
+        guard var client = try? ControlClient(path: control ?? ControlPath.socket(for: name), timeoutNanoseconds: 1_000_000_000)
+        else { return nil }
+        return try? client.call(ControlCommand("stats"), as: StatsReply.self)
+    }
 
     static func parseThreads(_ text: String) throws -> [Int] {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
@@ -83,8 +96,16 @@ struct Bench: ParsableCommand {
                                durationNanoseconds: UInt64(duration * 1e9), strategy: strategy)
             run.callsPerThread = calls
             run.varyPayload = varyPayload
+            run.counting = !noCounters
+            let before = mode == .dx ? hostView() : nil
             var result = try run.run()
             result.round = round
+            if let before, let after = hostView(), after.uptime_s > before.uptime_s {
+                let seconds = after.uptime_s - before.uptime_s
+                result.hostOpsPerSecond = Double(after.round_trips &- before.round_trips) / seconds
+                result.hostSleepsPerSecond = Double(after.sleeps &- before.sleeps) / seconds
+                result.hostWakesPerSecond = Double(after.wakes_sent &- before.wakes_sent) / seconds
+            }
             results.append(result)
             if json { print(result.json) }
             if let failure = result.failure {

@@ -36,6 +36,11 @@ struct BenchResult: Sendable {
     /// The thread count of the round this run belongs to (a raw one-thread run made as the
     /// baseline of an 8-thread dx run belongs to the 8-thread round).
     var round = 0
+    /// The host's view of a dx run, from its control socket: round trips it counted, its
+    /// sleeps and the wake-ups sent, per second of the run.
+    var hostOpsPerSecond: Double?
+    var hostSleepsPerSecond: Double?
+    var hostWakesPerSecond: Double?
 
     var opsPerSecond: Double { durationSeconds > 0 ? Double(ops) / durationSeconds : 0 }
 
@@ -76,6 +81,8 @@ struct BenchRun {
     /// When set, request sizes cycle through 0, 1, the slot capacity and sizes in between,
     /// up to `payload` bytes.
     var varyPayload = false
+    /// Whether the lanes update their guest counters.
+    var counting = true
 
     func run() throws -> BenchResult {
         let records = (0..<threads).map { _ in ThreadRecord() }
@@ -141,6 +148,7 @@ struct BenchRun {
                         gate.arrive()
                         return
                     }
+                    lane.counting = counting
                     let end = gate.arriveAndWait() + durationNanoseconds
                     var calls: UInt32 = 0
                     loop(record: record, request: whole, sizes: sizes, end: end) { request, exchange in

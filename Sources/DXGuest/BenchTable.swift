@@ -3,7 +3,8 @@ enum BenchTable {
     static func render(_ results: [BenchResult], repeats: Int) -> String {
         var lines: [String] = []
         let header = ["mode", "threads", "round trips/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "exch p99.9 µs",
-                      "slowest/fastest lane", "CPU µs/op", "errors", "vs raw (same T)", "vs raw 1T"]
+                      "slowest/fastest lane", "CPU µs/op", "errors", "vs raw (same T)", "vs raw 1T",
+                      "host: ops/s", "sleeps/s", "wakes/s"]
         var rows: [[String]] = []
         var threadCounts: [Int] = []
         for result in results where !threadCounts.contains(result.threads) { threadCounts.append(result.threads) }
@@ -22,6 +23,8 @@ enum BenchTable {
                     mode.rawValue, "\(threads)", grouped(Int(row.opsPerSecond.rounded())),
                     micro(row.p50), micro(row.p99), micro(row.p999), micro(row.max), micro(row.exchangeP999),
                     format(fairness, 2), format(row.cpuMicrosecondsPerOp, 3), "\(row.errors)", versusRaw, versusRawOne,
+                    row.hostOpsPerSecond.map { grouped(Int($0.rounded())) } ?? "",
+                    row.hostSleepsPerSecond.map { format($0, 1) } ?? "", row.hostWakesPerSecond.map { format($0, 1) } ?? "",
                 ])
             }
         }

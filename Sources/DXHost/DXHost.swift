@@ -12,10 +12,14 @@ struct DXHostCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dx-host",
         abstract: "Serve a dx shared-memory region to guests.",
-        subcommands: [Run.self],
+        subcommands: [Run.self, Ctl.self],
         defaultSubcommand: Run.self)
 
     static func main() { runAndExit() }
+}
+
+enum ControlBackendChoice: String, ExpressibleByArgument, CaseIterable {
+    case auto, uring, poll
 }
 
 /// The handlers `--handler` offers.
@@ -46,6 +50,15 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("no-raw"), help: "Do not serve the raw ping-pong baseline channels.")
     var noRaw = false
 
+    @Flag(name: .customLong("no-counters"), help: "Do not update the per-lane counters (to measure what they cost).")
+    var noCounters = false
+
+    @Option(help: "Control socket path (default: $XDG_RUNTIME_DIR/dx/<name>.sock, or /tmp/dx-<uid>/<name>.sock).")
+    var control: String?
+
+    @Option(name: .customLong("control-backend"), help: "Control socket event loop: auto (io_uring, else poll), uring or poll.")
+    var controlBackend: ControlBackendChoice = .auto
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -65,6 +78,9 @@ struct Run: ParsableCommand {
         }
         guard (1...Layout.maxWorkers).contains(workerCount) else {
             throw ValidationError("--workers must be between 1 and \(Layout.maxWorkers), not \(workerCount)")
+        }
+        if let control, control.isEmpty || control.utf8.count > 100 {
+            throw ValidationError("--control must be a path of 1 to 100 bytes")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
@@ -93,7 +109,8 @@ struct Run: ParsableCommand {
             handler: handler == .echo ? .echo : .checksum)
         let host: Host
         do {
-            host = try Host(name: name, configuration: configuration, strategy: try wait.strategy, logger: logger)
+            host = try Host(name: name, configuration: configuration, strategy: try wait.strategy,
+                            counting: !noCounters, logger: logger)
         } catch let error as RegionCreateError {
             if case .alreadyServed = error { throw CommandFailure("\(error)", exit: .alreadyRunning) }
             throw CommandFailure("cannot create the region: \(error)", exit: .failure)
@@ -102,12 +119,24 @@ struct Run: ParsableCommand {
         case .echo: try host.start(handler: EchoHandler())
         case .checksum: try host.start(handler: ChecksumHandler())
         }
+        // A control client's shutdown arrives here as our own SIGTERM, like any other stop request.
+        host.onShutdownRequest { kill(getpid(), SIGTERM) }
+        let controlServer: ControlServer
+        do {
+            controlServer = try ControlServer(
+                target: host, path: control ?? ControlPath.socket(for: name),
+                backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto, logger: logger)
+        } catch {
+            host.stop()
+            throw CommandFailure("cannot serve the control socket: \(error)", exit: .failure)
+        }
         var received: Int32 = 0
         while received <= 0 {
             var timeout = timespec(tv_sec: 1, tv_nsec: 0)
             received = sigtimedwait(&signals, nil, &timeout)
         }
         logger.info("signal received, stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        controlServer.stop()
         host.stop()
     }
 }

@@ -136,6 +136,44 @@ int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns);
 /// Wakes up to `count` threads sleeping on `address`. Returns how many woke, or -errno.
 int CShm_futex_wake(uint32_t *address, int count);
 
+// MARK: - io_uring (liburing), for the control socket
+
+/// An io_uring instance; opaque to Swift.
+typedef struct CShm_Ring CShm_Ring;
+
+/// Creates a ring with `entries` submission entries. Returns NULL and sets `*error` (an errno,
+/// e.g. ENOSYS or EPERM when io_uring is unavailable or forbidden) on failure.
+CShm_Ring *CShm_ring_create(unsigned entries, int *error);
+void CShm_ring_destroy(CShm_Ring *ring);
+/// Queues an accept on `fd` (multishot when `multishot`). Returns 0, or -EBUSY when the
+/// submission queue is full.
+int CShm_ring_accept(CShm_Ring *ring, int fd, uint64_t user_data, bool multishot);
+/// Queues a recv of at most `length` bytes into `buffer`.
+int CShm_ring_recv(CShm_Ring *ring, int fd, void *buffer, size_t length, uint64_t user_data);
+/// Queues a send of `length` bytes from `buffer` (MSG_NOSIGNAL).
+int CShm_ring_send(CShm_Ring *ring, int fd, const void *buffer, size_t length, uint64_t user_data);
+/// Submits what is queued and waits up to `timeout_ns` for at least one completion.
+/// Returns 0, -ETIME on timeout, or another -errno.
+int CShm_ring_submit_and_wait(CShm_Ring *ring, uint64_t timeout_ns);
+/// Takes the next completion, if any: returns 1 and fills the out-parameters, or 0.
+int CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags);
+/// True when a completion says more will follow from the same request (multishot).
+bool CShm_ring_more(uint32_t flags);
+
+// MARK: - Sockets
+
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`), or -1.
+int64_t CShm_peer_uid(int fd);
+/// `accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)`: a descriptor, or -1 with errno set.
+int CShm_accept_nonblocking(int fd);
+/// A non-blocking, close-on-exec Unix stream socket bound to `path` (mode 0600) and listening.
+/// Returns the descriptor, or -errno (ENAMETOOLONG when the path does not fit sockaddr_un).
+int CShm_unix_listen(const char *path, int backlog);
+/// A blocking, close-on-exec Unix stream socket connected to `path`, or -errno.
+int CShm_unix_connect(const char *path);
+/// Sets SO_RCVTIMEO and SO_SNDTIMEO. Returns 0 or -errno.
+int CShm_socket_timeouts(int fd, uint64_t timeout_ns);
+
 // MARK: - Shared memory objects
 
 /// `shm_open(name, flags, mode)`. Returns a descriptor or -1 with errno set.

@@ -5,6 +5,7 @@ import Musl
 #endif
 import CShm
 import Logging
+import Synchronization
 
 /// The host side: it owns a region, serves its lanes with worker threads, answers the raw
 /// baseline, and keeps the heartbeat that tells guests it lives.
@@ -18,32 +19,39 @@ import Logging
 ///
 /// - Important: `start` and `stop` may be called from any thread, once each. `stop` wakes every
 ///   sleeping guest (their calls fail with ``CallError/shutdown``) and removes the region's name.
-public final class Host: @unchecked Sendable {
+public final class Host: ControlTarget, @unchecked Sendable {
     /// The region this host serves.
     public let region: Region
-    /// The wait strategy of the serving workers.
-    public let strategy: WaitStrategy
+    /// The wait strategy of the serving workers; ``setStrategy(_:)`` changes it while they run.
+    public var strategy: WaitStrategy { strategies.load() }
+    private let strategies: StrategyCell
     private let logger: Logger
     private let stopFlag = StopFlag()
     private var threads: [Thread] = []
     private var stopped = false
+    private let shutdownHandler = Mutex<(@Sendable () -> Void)?>(nil)
 
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``.
+    /// Whether workers update the counters in shared memory (on unless measuring their cost).
+    public let counting: Bool
+
     public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .fair,
-                logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
+                counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         do { try strategy.validate() } catch { throw .invalidConfiguration(error.description) }
         self.region = try Region.create(name: name, configuration: configuration)
-        self.strategy = strategy
+        self.strategies = StrategyCell(strategy)
+        self.counting = counting
         self.logger = logger
     }
 
     /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
     public func start<Handler: RequestHandler>(handler: Handler) throws(SystemError) {
-        let region = region, strategy = strategy, stop = stopFlag
+        let region = region, strategies = strategies, stop = stopFlag, counting = counting
         do {
             for index in 0..<region.workerCount {
-                let worker = Worker(region: region, index: index, handler: handler, strategy: strategy, stop: stop)
+                let worker = Worker(region: region, index: index, handler: handler, strategies: strategies,
+                                    stop: stop, counting: counting)
                 threads.append(try Thread { worker.run() })
             }
             for index in 0..<region.rawCount {
@@ -62,8 +70,31 @@ public final class Host: @unchecked Sendable {
         }
         logger.info("serving", metadata: [
             "region": "\(Region.path(for: region.name))", "lanes": "\(region.laneCount)",
-            "slot": "\(region.slotCapacity)", "workers": "\(region.workerCount)", "wait": "\(strategy)",
+            "slot": "\(region.slotCapacity)", "workers": "\(region.workerCount)", "wait": "\(strategies.load())",
         ])
+    }
+
+    /// Changes the serving workers' wait strategy. They pick it up at their next idle moment or
+    /// within 1024 polls; the call path takes no lock for it.
+    public func setStrategy(_ strategy: WaitStrategy) throws(WaitStrategyError) {
+        try strategy.validate()
+        strategies.store(strategy)
+        logger.info("wait strategy changed", metadata: ["wait": "\(strategy)"])
+    }
+
+    /// What to do when a control client asks the host to shut down (for `dx-host`: signal the
+    /// main thread). Without a handler such requests are logged and ignored.
+    public func onShutdownRequest(_ handler: @escaping @Sendable () -> Void) {
+        shutdownHandler.withLock { $0 = handler }
+    }
+
+    public func requestShutdown() {
+        if let handler = shutdownHandler.withLock({ $0 }) {
+            logger.info("shutdown requested over the control socket")
+            handler()
+        } else {
+            logger.warning("shutdown requested over the control socket, but this host has no shutdown handler")
+        }
     }
 
     /// Stops serving: publishes `stopping`, wakes sleeping guests, joins every thread and

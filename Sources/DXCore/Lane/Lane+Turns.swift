@@ -48,6 +48,8 @@ extension Lane {
         turnTicket = CShm_fetch_add_seqcst_u64(turnstile + Layout.Header.turnNext, 1)
         let ticket = turnTicket
         let slot = wakeSlot(ticket)
+        var waited = false
+        defer { if waited, counting { bump(counters + Layout.Counters.guestTurnWaits) } }
         while true {
             // Seq-cst: read the slot before re-checking `serving`; the passer changes `serving`
             // before the slot, so a pass between the two makes the futex wait return at once.
@@ -55,6 +57,7 @@ extension Lane {
             let current = CShm_load_seqcst_u64(serving)
             // Served, or a vandalised counter ahead of us: go.
             if current == ticket || current &- ticket < 1 << 62 { break }
+            waited = true
             _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, staleAfter)
             if CShm_load_acquire_u64(serving) == ticket { break }
             let now = CShm_monotonic_ns()

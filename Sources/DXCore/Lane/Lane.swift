@@ -51,6 +51,11 @@ public struct Lane: ~Copyable {
     /// The exchange time of the last call made with ``timeNextExchange`` set.
     public var lastExchangeNanoseconds: UInt64 = 0
 
+    /// Whether calls update the lane's guest counters in shared memory (on unless measuring
+    /// their cost). The host's control plane reads them.
+    public var counting = true
+    @usableFromInline let counters: UnsafeMutableRawPointer
+
     init(region: Region, index: Int, ownerWord: UInt64, sequence: UInt64, strategy: WaitStrategy) {
         self.region = region
         self.index = index
@@ -58,6 +63,7 @@ public struct Lane: ~Copyable {
         self.base = region.lane(index)
         self.doorbell = region.doorbell(region.worker(forLane: index))
         self.turnstile = region.turnstile(region.worker(forLane: index))
+        self.counters = base + Layout.Lane.guestCounters
         self.strategy = strategy
         self.ownerWord = ownerWord
         self.sequence = sequence
@@ -139,8 +145,10 @@ public struct Lane: ~Copyable {
         if CShm_load_seqcst_u32(doorbell + Layout.Header.doorbellSleeping) != 0 {
             ringDoorbell()
         }
+        if counting { bump(counters + Layout.Counters.guestCalls) }
         if let error = awaitResponse(seq) {
             failure = error
+            if counting { bump(counters + Layout.Counters.guestErrors) }
             return .failure(error)
         }
         if timeNextExchange {
@@ -150,10 +158,11 @@ public struct Lane: ~Copyable {
         // Relaxed: ordered by the acquire load of responseSeq that ended the wait.
         let status = CShm_load_relaxed_u32(base + Layout.Lane.status)
         let responseLength = Int(CShm_load_relaxed_u32(base + Layout.Lane.responseLength))
-        guard status == ResponseStatus.ok.rawValue else {
+        guard status == ResponseStatus.ok.rawValue, responseLength <= capacity else {
+            if counting { bump(counters + Layout.Counters.guestErrors) }
+            if responseLength > capacity { return .failure(.badResponse) }
             return .failure(ResponseStatus(rawValue: status).map { .rejected($0) } ?? .badResponse)
         }
-        guard responseLength <= capacity else { return .failure(.badResponse) }
         return .success(responseLength)
     }
 
@@ -189,6 +198,7 @@ public struct Lane: ~Copyable {
             // length, status and payload visible.
             if CShm_load_acquire_u64(responseSeq) == seq {
                 spin.spinSucceeded()
+                if counting { bump(counters + Layout.Counters.guestSpinWins) }
                 return nil
             }
             spins &+= 1
@@ -199,6 +209,7 @@ public struct Lane: ~Copyable {
                 if untilYield == 0 {
                     untilYield = yieldEvery
                     sched_yield()
+                    if counting { bump(counters + Layout.Counters.guestYields) }
                 }
             }
             if spins & 0xF_FFFF == 0, let problem = slowCheck() { return problem }
@@ -224,6 +235,7 @@ public struct Lane: ~Copyable {
         let semaphore = Semaphore(base + Layout.Lane.guestSemaphore)
         let deadline = CShm_monotonic_ns() &+ callTimeoutNanoseconds
         spin.hadToSleep()
+        if counting { bump(counters + Layout.Counters.guestSleeps) }
         while true {
             // Seq-cst: the flag is visible before we re-check responseSeq; the worker stores
             // responseSeq seq-cst and then loads this flag, so one of us sees the other.
@@ -253,6 +265,7 @@ public struct Lane: ~Copyable {
     func ringDoorbell() {
         if CShm_cas_acqrel_u32(doorbell + Layout.Header.doorbellSleeping, 1, 0) {
             Semaphore(doorbell + Layout.Header.doorbellSemaphore).post()
+            if counting { bump(counters + Layout.Counters.guestDoorbells) }
         }
     }
 }

@@ -15,8 +15,13 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     let region: Region
     let index: Int
     let handler: Handler
-    let strategy: WaitStrategy
+    /// Where the wait strategy comes from; it may change while the worker runs.
+    let strategies: StrategyCell
     let stop: StopFlag
+    /// Whether the worker updates its counters in shared memory (off only to measure their cost).
+    let counting: Bool
+    /// This worker's counter block.
+    private let counters: UnsafeMutableRawPointer
     /// Bases of the lanes this worker serves.
     private let lanes: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
     /// The last sequence number answered on each of those lanes (host-private).
@@ -25,12 +30,14 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     /// With a focus lane, every lane is scanned once per this many polls of the focus lane.
     static var scanEvery: Int { 8 }
 
-    init(region: Region, index: Int, handler: Handler, strategy: WaitStrategy, stop: StopFlag) {
+    init(region: Region, index: Int, handler: Handler, strategies: StrategyCell, stop: StopFlag, counting: Bool) {
         self.region = region
         self.index = index
         self.handler = handler
-        self.strategy = strategy
+        self.strategies = strategies
         self.stop = stop
+        self.counting = counting
+        self.counters = region.workerCounters(index)
         let served = stride(from: index, to: region.laneCount, by: region.workerCount).map { region.lane($0) }
         lanes = .allocate(capacity: served.count)
         _ = lanes.initialize(from: served)
@@ -48,8 +55,10 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     /// Serves until the stop flag is set.
     func run() {
         let doorbell = region.doorbell(index)
+        var version = strategies.version
+        var strategy = strategies.load()
         var spin = AdaptiveSpin(strategy)
-        let yieldEvery = strategy.yieldEvery
+        var yieldEvery = strategy.yieldEvery
         var untilYield = yieldEvery
         var idle: UInt32 = 0
         var rounds: UInt32 = 0
@@ -86,9 +95,22 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                 served = busy > 0
             }
             rounds &+= 1
-            if rounds & 0x3FF == 0, stop.isSet { return }
+            if rounds & 0x3FF == 0 {
+                if stop.isSet { return }
+                if strategies.version != version {
+                    // A new strategy from the control plane: picked up between two polls.
+                    version = strategies.version
+                    strategy = strategies.load()
+                    spin = AdaptiveSpin(strategy)
+                    yieldEvery = strategy.yieldEvery
+                    untilYield = yieldEvery
+                }
+            }
             if served {
-                if idle != 0 { spin.spinSucceeded() }
+                if idle != 0 {
+                    spin.spinSucceeded()
+                    if counting { bump(counters + Layout.Counters.workerSpinWins) }
+                }
                 idle = 0
                 untilYield = yieldEvery  // yield after N idle spins in a row, not N in total
                 continue
@@ -96,7 +118,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             idle &+= 1
             if idle >= spin.budget {
                 spin.hadToSleep()
-                if !sleep(doorbell: doorbell) { return }
+                if counting { bump(counters + Layout.Counters.workerSleeps) }
+                if !sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds) { return }
                 idle = 0
                 untilYield = yieldEvery
                 continue
@@ -107,6 +130,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                 if untilYield == 0 {
                     untilYield = yieldEvery
                     sched_yield()
+                    if counting { bump(counters + Layout.Counters.workerYields) }
                 }
             }
         }
@@ -132,19 +156,24 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             }
         }
         answered[slot] = seq
+        if counting {
+            let hostCounters = lane + Layout.Lane.hostCounters
+            bump(hostCounters + Layout.Counters.hostRoundTrips)
+            if status != .ok { bump(hostCounters + Layout.Counters.hostErrors) }
+        }
         CShm_store_relaxed_u32(lane + Layout.Lane.responseLength, UInt32(length))
         CShm_store_relaxed_u32(lane + Layout.Lane.status, status.rawValue)
         // Seq-cst: publishes the response (paired with the guest's acquire load) and orders it
         // before the load of the guest's sleeping flag (paired with the guest's seq-cst store).
         CShm_store_seqcst_u64(lane + Layout.Lane.responseSeq, seq)
-        if CShm_load_seqcst_u32(lane + Layout.Lane.guestSleeping) != 0 {
-            wakeSleepingGuest(lane: lane)
+        if CShm_load_seqcst_u32(lane + Layout.Lane.guestSleeping) != 0, wakeSleepingGuest(lane: lane), counting {
+            bump(lane + Layout.Lane.hostCounters + Layout.Counters.hostWakesSent)
         }
     }
 
     /// Announces the sleep, re-checks every lane, and sleeps on the doorbell for at most the
     /// strategy's sleep timeout. Returns false when the host stops.
-    private func sleep(doorbell: UnsafeMutableRawPointer) -> Bool {
+    private func sleep(doorbell: UnsafeMutableRawPointer, timeout: UInt64) -> Bool {
         let sleeping = doorbell + Layout.Header.doorbellSleeping
         let semaphore = Semaphore(doorbell + Layout.Header.doorbellSemaphore)
         semaphore.drain()
@@ -157,7 +186,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             break
         }
         if !pending && !stop.isSet {
-            _ = semaphore.wait(timeoutNanoseconds: strategy.sleepTimeoutNanoseconds)
+            _ = semaphore.wait(timeoutNanoseconds: timeout)
         }
         CShm_store_relaxed_u32(sleeping, 0)
         return !stop.isSet
@@ -166,10 +195,11 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
 
 /// Posts a sleeping guest's semaphore, once per sleep: the compare-and-swap that clears the
 /// flag decides who posts.
-func wakeSleepingGuest(lane: UnsafeMutableRawPointer) {
-    if CShm_cas_acqrel_u32(lane + Layout.Lane.guestSleeping, 1, 0) {
-        Semaphore(lane + Layout.Lane.guestSemaphore).post()
-    }
+@discardableResult
+func wakeSleepingGuest(lane: UnsafeMutableRawPointer) -> Bool {
+    guard CShm_cas_acqrel_u32(lane + Layout.Lane.guestSleeping, 1, 0) else { return false }
+    Semaphore(lane + Layout.Lane.guestSemaphore).post()
+    return true
 }
 
 /// A host-private flag that tells serving threads to finish. Never in shared memory: a guest

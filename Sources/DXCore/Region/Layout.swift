@@ -15,13 +15,15 @@
 /// │  128 state u32   136 heartbeat u64 (host, every 100 ms)                                │
 /// │  256 lanes offset u64   264 raw offset u64   272 raw count u32                          │
 /// │ 1024 + 128·w  worker w doorbell: sleeping u32, semaphore (w < 16)                      │
+/// │ 3072 +  64·w  worker w counters: spin wins, yields, sleeps (u64, worker-written)        │
 /// │ 4096 + 256·w  worker w turnstile: next ticket u64, serving u64, lease start u64,       │
 /// │               and at +128 32 futex wake words u32 (guests take turns per worker)       │
 /// ├──────────────────────────────── lane i (at lanes offset + i · stride) ───────────────┤
 /// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen)    │
 /// │  128 host block:  response seq u64, response length u32, status u32                   │
 /// │  256 guest wait:  sleeping u32, semaphore (the host posts it)                          │
-/// │  384 host counters · 512 guest counters · 640 reserved                                 │
+/// │  384 host counters: round trips, wakes sent, errors (u64, worker-written)              │
+/// │  512 guest counters: calls, spin wins, yields, sleeps, doorbells, errors, turn waits   │
 /// │  768 payload [slot capacity]: the request, then the response written in place         │
 /// ├──────────────────────────────── raw channel i (at raw offset + i · stride) ──────────┤
 /// │    0 ping u64, length u32, owner u64 · 128 pong u64 · 256 server sleeping u32, sem    │
@@ -72,6 +74,9 @@ public enum Layout {
         public static let rawOffset = 264
         public static let rawCount = 272
         public static let doorbells = 1024
+        /// Worker w's counters: 64 bytes at `workerCounters + 64 · w`, written by the worker only.
+        public static let workerCounters = 3072
+        public static let workerCountersStride = 64
         /// Within a doorbell block.
         public static let doorbellSleeping = 0
         public static let doorbellSemaphore = 8
@@ -86,6 +91,27 @@ public enum Layout {
         /// 32 futex words: the waiter with ticket t sleeps on word t mod 32.
         public static let turnWakeSlots = 128
         public static let turnWakeSlotCount = 32
+    }
+
+    /// Counter offsets. Each counter is a UInt64 written with relaxed stores by its one owner
+    /// and read by the control plane; wake-ups skipped are derived (round trips − wakes sent).
+    public enum Counters {
+        /// In a lane's host block (`Lane.hostCounters`): written by the serving worker.
+        public static let hostRoundTrips = 0
+        public static let hostWakesSent = 8
+        public static let hostErrors = 16
+        /// In a lane's guest block (`Lane.guestCounters`): written by the lane's guest.
+        public static let guestCalls = 0
+        public static let guestSpinWins = 8
+        public static let guestYields = 16
+        public static let guestSleeps = 24
+        public static let guestDoorbells = 32
+        public static let guestErrors = 40
+        public static let guestTurnWaits = 48
+        /// In a worker's counter block (`Header.workerCounters + 64 · w`).
+        public static let workerSpinWins = 0
+        public static let workerYields = 8
+        public static let workerSleeps = 16
     }
 
     /// Lane field offsets, relative to the lane's base.

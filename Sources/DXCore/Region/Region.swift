@@ -89,6 +89,12 @@ public final class Region: @unchecked Sendable {
         return base + Layout.Header.doorbells + index * Layout.block
     }
 
+    /// The counter block of serving worker `index`.
+    func workerCounters(_ index: Int) -> UnsafeMutableRawPointer {
+        precondition(index >= 0 && index < workerCount)
+        return base + Layout.Header.workerCounters + index * Layout.Header.workerCountersStride
+    }
+
     /// The turnstile of serving worker `index` (guests take turns per worker).
     @inlinable
     func turnstile(_ index: Int) -> UnsafeMutableRawPointer {

@@ -53,9 +53,12 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     /// Yields on every spin (the study's fair-but-slow reference).
     public static let yield = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 1)
 
-    /// `balanced`, plus turn-taking: guest threads that share a worker take turns of 4096 calls
-    /// (at most 4 ms), and those waiting for a turn sleep, so only one of them competes for a CPU.
-    public static let fair = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 128,
+    /// The default. Turn-taking: guest threads that share a worker take turns of 4096 calls (at
+    /// most 4 ms), and those waiting for a turn sleep, so only one of them competes for a CPU.
+    /// A larger spin budget than `balanced` (min 2000, max 20000, start 5000): a worker that sleeps
+    /// through a guest's 10-50 µs hiccup (a timer tick, a turn passing) costs the next call a
+    /// kernel wake-up of about the same length, so spinning through it is cheaper.
+    public static let fair = WaitStrategy(minSpins: 2000, maxSpins: 20000, startSpins: 5000, yieldEvery: 128,
                                           turnCalls: 4096, turnQuantumNanoseconds: 4_000_000)
 
     /// The presets by the name `--wait` takes.

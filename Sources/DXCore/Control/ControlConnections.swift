@@ -1,0 +1,176 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShm
+
+/// One control client: what it sent that is not a whole line yet, and what it still has to read.
+final class ControlConnection {
+    let fd: Int32
+    let slot: Int
+    let generation: UInt32
+    var input: [UInt8] = []
+    var output: [UInt8] = []
+    /// Bytes of `output` already sent.
+    var sent = 0
+    /// Close once the output is sent (after an error that ends the connection).
+    var closeAfterOutput = false
+    /// The peer is gone or misbehaved: close as soon as nothing is in flight.
+    var dead = false
+    var watchInterval: UInt64 = 0
+    var nextWatch: UInt64 = 0
+    // io_uring only: the buffers the kernel reads into and sends from, and what is in flight.
+    var receiveBuffer: UnsafeMutableRawBufferPointer?
+    var sendBuffer: UnsafeMutableRawBufferPointer?
+    var receiving = false
+    var sending = false
+
+    init(fd: Int32, slot: Int, generation: UInt32) {
+        self.fd = fd
+        self.slot = slot
+        self.generation = generation
+    }
+
+    var pendingOutput: Int { output.count - sent }
+
+    deinit {
+        receiveBuffer?.deallocate()
+        sendBuffer?.deallocate()
+    }
+}
+
+/// The connection table and the protocol logic both event loops share: accepting (with the
+/// peer-uid check and the connection cap), assembling lines, answering them, streaming `watch`,
+/// and dropping clients that do not keep up.
+final class ControlConnections: @unchecked Sendable {  // handed to the control thread, used only there
+    static let maxConnections = 64
+    /// A client that lets this much output pile up (a `watch` it never reads) is dropped.
+    static let maxPendingOutput = 1 << 20
+
+    let service: ControlService
+    private(set) var connections: [ControlConnection?] = Array(repeating: nil, count: maxConnections)
+    private var generations = [UInt32](repeating: 0, count: maxConnections)
+    /// Set when a client asked for shutdown; the loop tells the host once the reply is out.
+    var shutdownRequested = false
+    /// Counted for the log and tests.
+    private(set) var refusedConnections = 0
+    private(set) var droppedConnections = 0
+
+    init(service: ControlService) {
+        self.service = service
+    }
+
+    var live: [ControlConnection] { connections.compactMap { $0 } }
+
+    func connection(slot: Int, generation: UInt32) -> ControlConnection? {
+        guard slot >= 0, slot < connections.count, let connection = connections[slot],
+              connection.generation == generation else { return nil }
+        return connection
+    }
+
+    /// Takes a new client, or refuses it (another user, or too many clients) with one error line.
+    @discardableResult
+    func accept(_ fd: Int32) -> ControlConnection? {
+        let uid = CShm_peer_uid(fd)
+        if uid != Int64(getuid()), uid != 0 {
+            refuse(fd, "permission denied: this host serves uid \(getuid()) only")
+            return nil
+        }
+        guard let slot = connections.firstIndex(where: { $0 == nil }) else {
+            refuse(fd, "too many control connections (\(ControlConnections.maxConnections)); try again later")
+            return nil
+        }
+        generations[slot] &+= 1
+        let connection = ControlConnection(fd: fd, slot: slot, generation: generations[slot])
+        connections[slot] = connection
+        return connection
+    }
+
+    private func refuse(_ fd: Int32, _ message: String) {
+        refusedConnections += 1
+        let line = service.errorLine(message, cmd: nil)
+        _ = line.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+        close(fd)
+    }
+
+    /// Bytes arrived: answer every whole line.
+    func received(_ connection: ControlConnection, _ bytes: UnsafeRawBufferPointer) {
+        guard !connection.closeAfterOutput, !connection.dead else { return }
+        connection.input.append(contentsOf: bytes)
+        var start = 0
+        while let newline = connection.input[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            let line = connection.input[start..<newline]
+            start = newline + 1
+            if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }) {
+                continue
+            }
+            guard line.count <= ControlProtocol.maxLineBytes else {
+                return tooLong(connection)
+            }
+            let (reply, effect) = service.handle(line: line)
+            connection.output.append(contentsOf: reply)
+            switch effect {
+            case .none: break
+            case .watch(let interval):
+                connection.watchInterval = interval
+                connection.nextWatch = CShm_monotonic_ns() &+ interval
+            case .close:
+                connection.closeAfterOutput = true
+                connection.input.removeAll()
+                return
+            case .shutdown:
+                shutdownRequested = true
+            }
+        }
+        connection.input.removeFirst(start)
+        if connection.input.count > ControlProtocol.maxLineBytes { tooLong(connection) }
+    }
+
+    private func tooLong(_ connection: ControlConnection) {
+        connection.output.append(contentsOf: service.errorLine(
+            "request line longer than \(ControlProtocol.maxLineBytes) bytes; closing", cmd: nil))
+        connection.closeAfterOutput = true
+        connection.input.removeAll()
+    }
+
+    /// `count` bytes of the connection's output were sent.
+    func didSend(_ connection: ControlConnection, _ count: Int) {
+        connection.sent += count
+        if connection.sent == connection.output.count {
+            connection.output.removeAll(keepingCapacity: true)
+            connection.sent = 0
+        } else if connection.sent > 64 * 1024 {
+            connection.output.removeFirst(connection.sent)
+            connection.sent = 0
+        }
+    }
+
+    /// Periodic work: snapshots, due `watch` lines, and dropping clients that do not read.
+    func tick(now: UInt64) {
+        service.tick(now: now)
+        for connection in live where connection.watchInterval != 0 && !connection.dead && now >= connection.nextWatch {
+            connection.output.append(contentsOf: service.watchLine())
+            connection.nextWatch = now &+ connection.watchInterval
+            if connection.pendingOutput > ControlConnections.maxPendingOutput {
+                droppedConnections += 1
+                connection.dead = true
+            }
+        }
+    }
+
+    /// Whether the connection can be closed now (the loop also checks that nothing is in flight).
+    func finished(_ connection: ControlConnection) -> Bool {
+        connection.dead || (connection.closeAfterOutput && connection.pendingOutput == 0)
+    }
+
+    func remove(_ connection: ControlConnection) {
+        close(connection.fd)
+        connections[connection.slot] = nil
+    }
+
+    func removeAll() {
+        for connection in live { remove(connection) }
+    }
+
+    /// Whether every reply to a shutdown request has been sent.
+    var outputDrained: Bool { live.allSatisfy { $0.pendingOutput == 0 || $0.dead } }
+}

@@ -1,0 +1,162 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShm
+import Logging
+
+/// Which event loop serves the control socket.
+public enum ControlBackend: String, Sendable, CaseIterable {
+    /// io_uring when the kernel allows it, else poll.
+    case auto
+    case uring
+    case poll
+}
+
+/// The host's control socket: a Unix stream socket served by one thread with an io_uring event
+/// loop (or poll, when io_uring is unavailable). It reports counters and throughput, changes the
+/// wait strategy, and shuts the host down; see docs/CONTROL.md for the protocol.
+///
+/// - Important: It never touches the data path: everything it reports comes from snapshots of the
+///   counters in shared memory.
+public final class ControlServer: @unchecked Sendable {
+    /// The socket's path.
+    public let path: String
+    /// The event loop actually in use.
+    public let backend: ControlBackend
+    private let listener: Int32
+    private let loop: any ControlLoop
+    private let connections: ControlConnections
+    private let stopFlag = StopFlag()
+    private var thread: Thread?
+    private let logger: Logger
+
+    /// Binds and listens. A socket file left by a dead host is replaced; a live one is refused.
+    public init(target: any ControlTarget, path: String, backend: ControlBackend = .auto,
+                logger: Logger = Logger(label: "dx.control")) throws(ControlError) {
+        self.path = path
+        self.logger = logger
+        try ControlPath.prepareDirectory(of: path)
+        if access(path, F_OK) == 0 {
+            let probe = CShm_unix_connect(path)
+            if probe >= 0 {
+                close(probe)
+                throw .inUse(path)
+            }
+            unlink(path)
+        }
+        let fd = CShm_unix_listen(path, 128)
+        guard fd >= 0 else { throw .system(SystemError("bind \(path)", errno: -fd)) }
+        chmod(path, 0o600)
+        listener = fd
+        switch backend {
+        case .poll:
+            loop = PollControlLoop()
+            self.backend = .poll
+        case .uring, .auto:
+            do {
+                loop = try UringControlLoop()
+                self.backend = .uring
+            } catch {
+                if backend == .uring {
+                    close(fd)
+                    unlink(path)
+                    throw .system(error)
+                }
+                logger.warning("io_uring is unavailable (\(error)); serving the control socket with poll")
+                loop = PollControlLoop()
+                self.backend = .poll
+            }
+        }
+        connections = ControlConnections(service: ControlService(target: target))
+        let targetForShutdown = target
+        let connections = connections, loop = loop, stop = stopFlag, listener = listener
+        do {
+            thread = try Thread(stackSize: 1 << 20) {
+                loop.run(listener: listener, connections: connections, stop: stop) {
+                    targetForShutdown.requestShutdown()
+                }
+            }
+        } catch {
+            close(fd)
+            unlink(path)
+            throw .system(error)
+        }
+        logger.info("control socket", metadata: ["path": "\(path)", "backend": "\(self.backend.rawValue)"])
+    }
+
+    /// Stops the loop, closes every connection and removes the socket file. Call it once.
+    public func stop() {
+        stopFlag.set()
+        thread?.join()
+        thread = nil
+        close(listener)
+        unlink(path)
+    }
+}
+
+/// A control-socket client: one request, one reply line (or a stream of them for `watch`).
+public struct ControlClient: ~Copyable {
+    private let fd: Int32
+    private var pending: [UInt8] = []
+    public let path: String
+
+    /// Connects (bounded: every read and write times out after `timeout`).
+    public init(path: String, timeoutNanoseconds: UInt64 = 5_000_000_000) throws(ControlError) {
+        self.path = path
+        let fd = CShm_unix_connect(path)
+        guard fd >= 0 else {
+            switch -fd {
+            case ENOENT, ECONNREFUSED: throw .noHost(path: path)
+            case EACCES, EPERM: throw .permissionDenied(path: path)
+            default: throw .system(SystemError("connect \(path)", errno: -fd))
+            }
+        }
+        _ = CShm_socket_timeouts(fd, timeoutNanoseconds)
+        self.fd = fd
+    }
+
+    deinit {
+        close(fd)
+    }
+
+    /// Sends one request line (a newline is added).
+    public func send(_ line: String) throws(ControlError) {
+        var bytes = Array(line.utf8)
+        bytes.append(UInt8(ascii: "\n"))
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .system(SystemError("send", errno: errno))
+            }
+            offset += count
+        }
+    }
+
+    /// Reads the next reply line (without its newline).
+    public mutating func readLine() throws(ControlError) -> String {
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            if let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = String(decoding: pending[..<newline], as: UTF8.self)
+                pending.removeFirst(newline + 1)
+                return line
+            }
+            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count == 0 { throw .badAnswer("the host closed the connection") }
+            if count < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN { throw .badAnswer("no answer within the timeout") }
+                throw .system(SystemError("recv", errno: errno))
+            }
+            pending.append(contentsOf: chunk[0..<count])
+        }
+    }
+
+    /// One request, one reply line.
+    public mutating func request(_ line: String) throws(ControlError) -> String {
+        try send(line)
+        return try readLine()
+    }
+}

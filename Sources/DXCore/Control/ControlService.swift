@@ -1,0 +1,260 @@
+import CShm
+import FoundationEssentials
+
+/// What the control plane may see and change of a host.
+public protocol ControlTarget: AnyObject, Sendable {
+    var region: Region { get }
+    var strategy: WaitStrategy { get }
+    func setStrategy(_ strategy: WaitStrategy) throws(WaitStrategyError)
+    /// Asks the host to stop, from the control thread; the host stops on its own thread.
+    func requestShutdown()
+}
+
+/// The control protocol without I/O: turns request lines into reply lines, and keeps the
+/// snapshots from which throughput is computed (counter deltas, never the data path).
+///
+/// - Important: Used by the control thread only.
+final class ControlService {
+    enum Effect {
+        case none
+        /// Start streaming watch lines at this interval (nanoseconds).
+        case watch(UInt64)
+        /// Close the connection after the reply.
+        case close
+        case shutdown
+    }
+
+    let target: any ControlTarget
+    private let startTime = CShm_monotonic_ns()
+    /// Snapshots taken every `snapshotInterval`, oldest first, covering a little over a second.
+    private var history: [RegionSnapshot] = []
+    private var lastActivity: [UInt64]
+    static let snapshotInterval: UInt64 = 100_000_000
+    private let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }()
+
+    init(target: any ControlTarget) {
+        self.target = target
+        lastActivity = Array(repeating: 0, count: target.region.laneCount)
+        history = [target.region.snapshot()]
+    }
+
+    /// Takes a snapshot when the last one is older than the snapshot interval.
+    func tick(now: UInt64) {
+        guard let last = history.last, now &- last.time >= ControlService.snapshotInterval else { return }
+        let snapshot = target.region.snapshot()
+        for lane in snapshot.lanes where lane.roundTrips != last.lanes[lane.index].roundTrips {
+            lastActivity[lane.index] = snapshot.time
+        }
+        history.append(snapshot)
+        // Keep what covers the last second and a bit.
+        while history.count > 2, snapshot.time &- history[1].time >= 1_000_000_000 { history.removeFirst() }
+    }
+
+    // MARK: - Requests
+
+    /// Answers one request line. A reply is one line, newline included.
+    func handle(line: ArraySlice<UInt8>) -> (reply: [UInt8], effect: Effect) {
+        let request: ControlRequest
+        do {
+            request = try JSONDecoder().decode(ControlRequest.self, from: Data(line))
+        } catch let error as DecodingError {
+            return (errorLine("invalid request: \(Self.describe(error))", cmd: nil), .none)
+        } catch {
+            return (errorLine("invalid request: \(error)", cmd: nil), .none)
+        }
+        guard request.v == ControlProtocol.version else {
+            return (errorLine("unsupported protocol version \(request.v); this host speaks \(ControlProtocol.version)",
+                              cmd: request.cmd), .none)
+        }
+        switch request.cmd {
+        case "stats": return (encodeLine(stats()), .none)
+        case "lanes": return (encodeLine(LanesReply(lanes: laneFields(stats: currentWindow()))), .none)
+        case "metrics": return (encodeLine(MetricsReply(text: metrics())), .none)
+        case "config": return config(request.set)
+        case "watch":
+            let interval = request.interval_ms ?? 1000
+            guard (10...60_000).contains(interval) else {
+                return (errorLine("interval_ms must be between 10 and 60000", cmd: "watch"), .none)
+            }
+            return (watchLine(), .watch(UInt64(interval) * 1_000_000))
+        case "shutdown":
+            return (encodeLine(ShutdownReply()), .shutdown)
+        default:
+            return (errorLine("unknown command '\(request.cmd)'; known: stats, lanes, config, watch, metrics, shutdown",
+                              cmd: request.cmd), .none)
+        }
+    }
+
+    func errorLine(_ message: String, cmd: String?) -> [UInt8] {
+        encodeLine(ErrorReply(cmd: cmd, error: message))
+    }
+
+    /// One `watch` line: rates over the last snapshot window.
+    func watchLine() -> [UInt8] {
+        let window = currentWindow()
+        let seconds = window.seconds
+        let laneRates = window.now.lanes.filter { $0.ownerPID != 0 || $0.roundTrips != window.then.lanes[$0.index].roundTrips }
+            .map { Double($0.roundTrips &- window.then.lanes[$0.index].roundTrips) / seconds }
+        let sleeps = window.now.lanes.reduce(0) { $0 &+ $1.sleeps } &- window.then.lanes.reduce(0) { $0 &+ $1.sleeps }
+            &+ window.now.workers.reduce(0) { $0 &+ $1.sleeps } &- window.then.workers.reduce(0) { $0 &+ $1.sleeps }
+        let wakes = window.now.lanes.reduce(0) { $0 &+ $1.wakesSent &+ $1.doorbells }
+            &- window.then.lanes.reduce(0) { $0 &+ $1.wakesSent &+ $1.doorbells }
+        return encodeLine(WatchLine(
+            uptime_s: uptime(window.now.time),
+            ops_per_sec: Double(window.now.roundTrips &- window.then.roundTrips) / seconds,
+            lane_min_ops_per_sec: laneRates.min() ?? 0, lane_max_ops_per_sec: laneRates.max() ?? 0,
+            sleeps_per_sec: Double(sleeps) / seconds, wakes_per_sec: Double(wakes) / seconds))
+    }
+
+    // MARK: - Replies
+
+    private struct Window {
+        var then: RegionSnapshot
+        var now: RegionSnapshot
+        var seconds: Double { max(Double(now.time &- then.time) / 1e9, 1e-3) }
+    }
+
+    /// The newest snapshot (taken now) and the oldest one within the last second or so.
+    private func currentWindow() -> Window {
+        tick(now: CShm_monotonic_ns() &+ ControlService.snapshotInterval)  // force a fresh snapshot
+        let now = history[history.count - 1]
+        let then = history.count > 1 ? history[0] : now
+        return Window(then: then, now: now)
+    }
+
+    private func uptime(_ time: UInt64) -> Double { Double(time &- startTime) / 1e9 }
+
+    private func laneFields(stats window: Window) -> [LaneFields] {
+        window.now.lanes.map { lane in
+            let before = window.then.lanes[lane.index]
+            let active = lastActivity[lane.index]
+            return LaneFields(
+                lane: lane.index, owner_pid: lane.ownerPID,
+                state: lane.ownerPID == 0 ? "free" : (CShm_process_alive(lane.ownerPID) ? "claimed" : "owner-gone"),
+                round_trips: lane.roundTrips,
+                ops_per_sec: Double(lane.roundTrips &- before.roundTrips) / window.seconds,
+                last_activity_s: active == 0 ? nil : Double(window.now.time &- active) / 1e9,
+                guest_calls: lane.calls, spin_wins: lane.spinWins, yields: lane.yields, sleeps: lane.sleeps,
+                doorbells: lane.doorbells, wakes_sent: lane.wakesSent, wakes_skipped: lane.wakesSkipped,
+                turn_waits: lane.turnWaits, errors: lane.hostErrors)
+        }
+    }
+
+    private func stats() -> StatsReply {
+        let window = currentWindow()
+        let region = target.region
+        let uptime = uptime(window.now.time)
+        let total = window.now.roundTrips
+        return StatsReply(
+            name: region.name, host_pid: region.hostPID, uptime_s: uptime, round_trips: total,
+            ops_per_sec_last: Double(total &- window.then.roundTrips) / window.seconds,
+            ops_per_sec_avg: uptime > 0 ? Double(total) / uptime : 0,
+            lanes_claimed: window.now.lanes.filter { $0.ownerPID != 0 }.count,
+            sleeps: window.now.workers.reduce(0) { $0 &+ $1.sleeps } &+ window.now.lanes.reduce(0) { $0 &+ $1.sleeps },
+            wakes_sent: window.now.lanes.reduce(0) { $0 &+ $1.wakesSent &+ $1.doorbells },
+            errors: window.now.lanes.reduce(0) { $0 &+ $1.hostErrors },
+            wait: StrategyFields(target.strategy), lanes: laneFields(stats: window),
+            workers: window.now.workers.map {
+                WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps)
+            })
+    }
+
+    private func config(_ change: ConfigChange?) -> ([UInt8], Effect) {
+        var changed = false
+        if let change {
+            var strategy = target.strategy
+            if let preset = change.wait {
+                guard let named = WaitStrategy.preset(named: preset) else {
+                    return (errorLine("unknown wait preset '\(preset)'; choose one of: "
+                        + WaitStrategy.presets.map(\.name).joined(separator: ", "), cmd: "config"), .none)
+                }
+                strategy = named
+            }
+            if let value = change.spin_min { strategy.minSpins = value }
+            if let value = change.spin_max { strategy.maxSpins = value }
+            if let value = change.spin_start { strategy.startSpins = value }
+            if let value = change.yield_every { strategy.yieldEvery = value }
+            if let value = change.sleep_timeout_ms {
+                let (nanoseconds, overflow) = value.multipliedReportingOverflow(by: 1_000_000)
+                strategy.sleepTimeoutNanoseconds = overflow ? .max : nanoseconds
+            }
+            do {
+                try target.setStrategy(strategy)
+            } catch {
+                return (errorLine("invalid configuration, nothing changed: \(error)", cmd: "config"), .none)
+            }
+            changed = true
+        }
+        let region = target.region
+        return (encodeLine(ConfigReply(changed: changed, wait: StrategyFields(target.strategy), lanes: region.laneCount,
+                                       slot_size: region.slotCapacity, workers: region.workerCount)), .none)
+    }
+
+    /// The Prometheus text exposition of the counters.
+    private func metrics() -> String {
+        let window = currentWindow()
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String) {
+            out += "# HELP dx_\(name) \(help)\n# TYPE dx_\(name) \(type)\n"
+        }
+        let region = "region=\"\(target.region.name)\""
+        family("uptime_seconds", "gauge", "Seconds since the control plane started.")
+        out += "dx_uptime_seconds{\(region)} \(uptime(window.now.time))\n"
+        let laneCounters: [(String, String, (LaneSnapshot) -> UInt64)] = [
+            ("round_trips_total", "Requests answered by the host.", { $0.roundTrips }),
+            ("wakes_sent_total", "Sleeping guests woken by the host.", { $0.wakesSent }),
+            ("wakes_skipped_total", "Responses published while the guest was awake.", { $0.wakesSkipped }),
+            ("host_errors_total", "Requests answered with an error status (bad length, bad sequence, handler).", { $0.hostErrors }),
+            ("guest_calls_total", "Calls the guest made (guest-reported).", { $0.calls }),
+            ("guest_spin_wins_total", "Guest waits that ended while spinning (guest-reported).", { $0.spinWins }),
+            ("guest_yields_total", "Guest yields while waiting (guest-reported).", { $0.yields }),
+            ("guest_sleeps_total", "Guest sleeps while waiting (guest-reported).", { $0.sleeps }),
+            ("guest_doorbells_total", "Worker wake-ups the guest sent (guest-reported).", { $0.doorbells }),
+            ("guest_turn_waits_total", "Turns the guest waited for (guest-reported).", { $0.turnWaits }),
+        ]
+        for (name, help, value) in laneCounters {
+            family("lane_\(name)", "counter", help)
+            for lane in window.now.lanes { out += "dx_lane_\(name){\(region),lane=\"\(lane.index)\"} \(value(lane))\n" }
+        }
+        let workerCounters: [(String, String, (WorkerSnapshot) -> UInt64)] = [
+            ("spin_wins_total", "Idle waits of the worker that ended while spinning.", { $0.spinWins }),
+            ("yields_total", "Worker yields while idle.", { $0.yields }),
+            ("sleeps_total", "Worker sleeps on its doorbell.", { $0.sleeps }),
+        ]
+        for (name, help, value) in workerCounters {
+            family("worker_\(name)", "counter", help)
+            for worker in window.now.workers {
+                out += "dx_worker_\(name){\(region),worker=\"\(worker.index)\"} \(value(worker))\n"
+            }
+        }
+        family("ops_per_second", "gauge", "Round trips per second over the last second.")
+        out += "dx_ops_per_second{\(region)} \(Double(window.now.roundTrips &- window.then.roundTrips) / window.seconds)\n"
+        return out
+    }
+
+    // MARK: - Encoding
+
+    private func encodeLine<Reply: Encodable>(_ reply: Reply) -> [UInt8] {
+        var bytes = (try? encoder.encode(reply)).map { [UInt8]($0) } ?? Array(#"{"v":1,"ok":false,"error":"encoding failed"}"#.utf8)
+        bytes.append(UInt8(ascii: "\n"))
+        return bytes
+    }
+
+    private static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case .typeMismatch(_, let context), .valueNotFound(_, let context):
+            let path = context.codingPath.map(\.stringValue).joined(separator: ".")
+            return "wrong type for '\(path)'"
+        case .keyNotFound(let key, _):
+            return "missing field '\(key.stringValue)'"
+        case .dataCorrupted:
+            return "not a JSON object"
+        @unknown default:
+            return "malformed"
+        }
+    }
+}

@@ -1,0 +1,78 @@
+import CShm
+
+/// One lane's counters and owner, read from shared memory at one moment.
+///
+/// Guest-written values (owner, the guest counters) are whatever the guest wrote: shown, never
+/// trusted.
+public struct LaneSnapshot: Sendable, Equatable {
+    public var index: Int
+    /// The owning guest's pid, or 0 when the lane is free.
+    public var ownerPID: Int32
+    public var generation: UInt32
+    // Written by the serving worker.
+    public var roundTrips: UInt64
+    public var wakesSent: UInt64
+    public var hostErrors: UInt64
+    // Written by the guest.
+    public var calls: UInt64
+    public var spinWins: UInt64
+    public var yields: UInt64
+    public var sleeps: UInt64
+    public var doorbells: UInt64
+    public var guestErrors: UInt64
+    public var turnWaits: UInt64
+
+    /// Responses published while the guest was awake, so no wake-up was needed.
+    public var wakesSkipped: UInt64 { roundTrips &- min(wakesSent, roundTrips) }
+}
+
+/// One serving worker's counters.
+public struct WorkerSnapshot: Sendable, Equatable {
+    public var index: Int
+    public var spinWins: UInt64
+    public var yields: UInt64
+    public var sleeps: UInt64
+}
+
+/// Every counter of a region at one moment (CLOCK_MONOTONIC `time`).
+public struct RegionSnapshot: Sendable {
+    public var time: UInt64
+    public var lanes: [LaneSnapshot]
+    public var workers: [WorkerSnapshot]
+
+    public var roundTrips: UInt64 { lanes.reduce(0) { $0 &+ $1.roundTrips } }
+}
+
+extension Region {
+    /// Reads every counter with relaxed loads. It costs the data path nothing: the counters sit on
+    /// their owners' cache lines, which this read only shares for a moment.
+    public func snapshot() -> RegionSnapshot {
+        let lanes = (0..<laneCount).map { index -> LaneSnapshot in
+            let base = lane(index)
+            let host = base + Layout.Lane.hostCounters
+            let guest = base + Layout.Lane.guestCounters
+            let owner = CShm_load_relaxed_u64(base + Layout.Lane.owner)
+            return LaneSnapshot(
+                index: index, ownerPID: Int32(truncatingIfNeeded: owner >> 32),
+                generation: UInt32(truncatingIfNeeded: owner),
+                roundTrips: CShm_load_relaxed_u64(host + Layout.Counters.hostRoundTrips),
+                wakesSent: CShm_load_relaxed_u64(host + Layout.Counters.hostWakesSent),
+                hostErrors: CShm_load_relaxed_u64(host + Layout.Counters.hostErrors),
+                calls: CShm_load_relaxed_u64(guest + Layout.Counters.guestCalls),
+                spinWins: CShm_load_relaxed_u64(guest + Layout.Counters.guestSpinWins),
+                yields: CShm_load_relaxed_u64(guest + Layout.Counters.guestYields),
+                sleeps: CShm_load_relaxed_u64(guest + Layout.Counters.guestSleeps),
+                doorbells: CShm_load_relaxed_u64(guest + Layout.Counters.guestDoorbells),
+                guestErrors: CShm_load_relaxed_u64(guest + Layout.Counters.guestErrors),
+                turnWaits: CShm_load_relaxed_u64(guest + Layout.Counters.guestTurnWaits))
+        }
+        let workers = (0..<workerCount).map { index -> WorkerSnapshot in
+            let counters = workerCounters(index)
+            return WorkerSnapshot(
+                index: index, spinWins: CShm_load_relaxed_u64(counters + Layout.Counters.workerSpinWins),
+                yields: CShm_load_relaxed_u64(counters + Layout.Counters.workerYields),
+                sleeps: CShm_load_relaxed_u64(counters + Layout.Counters.workerSleeps))
+        }
+        return RegionSnapshot(time: CShm_monotonic_ns(), lanes: lanes, workers: workers)
+    }
+}

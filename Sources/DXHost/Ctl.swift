@@ -1,0 +1,227 @@
+import ArgumentParser
+import DXCommandLine
+import DXCore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `dx-host ctl …`: talk to a running host over its control socket.
+struct Ctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Watch and steer a running host over its control socket.",
+        subcommands: [Stats.self, Watch.self, Lanes.self, Config.self, Metrics.self, Shutdown.self])
+}
+
+/// The flags every `ctl` command takes.
+struct CtlOptions: ParsableArguments {
+    @Option(help: "Region name of the host.")
+    var name: String
+
+    @Option(help: "Control socket path (default: the one --name implies).")
+    var control: String?
+
+    @Flag(help: "Print the host's JSON replies instead of tables.")
+    var json = false
+
+    func validate() throws {
+        guard Region.isValidName(name) else {
+            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to 200 letters, digits, '.', '_' or '-' (no '/')")
+        }
+    }
+
+    var path: String { control ?? ControlPath.socket(for: name) }
+
+    /// Connects, or explains that no host runs under this name (exit 3).
+    func connect() throws -> ControlClient {
+        do {
+            return try ControlClient(path: path)
+        } catch let error {
+            switch error {
+            case .noHost:
+                throw CommandFailure("no dx host named '\(name)' is running (nothing listens on \(path))", exit: .noHost)
+            default:
+                throw CommandFailure("\(error)", exit: .noHost)
+            }
+        }
+    }
+
+    /// Sends one command; prints the raw reply with --json, else hands the decoded reply back.
+    func call<Reply: Decodable>(_ command: ControlCommand, as type: Reply.Type) throws -> Reply? {
+        var client = try connect()
+        do {
+            let line = try client.request(command.line)
+            let reply = try ControlClient.decode(line, as: type)
+            if json {
+                print(line)
+                return nil
+            }
+            return reply
+        } catch {
+            throw CommandFailure("\(error)", exit: .failure)
+        }
+    }
+}
+
+extension Ctl {
+    struct Stats: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Uptime, round trips, ops/s over the last second and since start, and a per-lane table.")
+        @OptionGroup var options: CtlOptions
+
+        func run() throws {
+            guard let stats = try options.call(ControlCommand("stats"), as: StatsReply.self) else { return }
+            print("host '\(stats.name)' pid \(stats.host_pid), up \(Table.seconds(stats.uptime_s))")
+            print("round trips \(Table.grouped(stats.round_trips)), \(Table.rate(stats.ops_per_sec_last))/s over the last second, "
+                + "\(Table.rate(stats.ops_per_sec_avg))/s since start; \(stats.lanes_claimed) of \(stats.lanes.count) lanes claimed")
+            print("wait: \(Table.strategy(stats.wait)); sleeps \(stats.sleeps), wake-ups sent \(stats.wakes_sent), errors \(stats.errors)")
+            print("")
+            print(Table.render(
+                ["lane", "owner", "state", "round trips", "ops/s", "spin wins", "yields", "sleeps", "wakes sent",
+                 "wakes skipped", "turn waits", "errors"],
+                stats.lanes.map { lane in
+                    ["\(lane.lane)", lane.owner_pid == 0 ? "-" : "\(lane.owner_pid)", lane.state,
+                     Table.grouped(lane.round_trips), Table.rate(lane.ops_per_sec), "\(lane.spin_wins)", "\(lane.yields)",
+                     "\(lane.sleeps)", "\(lane.wakes_sent)", "\(lane.wakes_skipped)", "\(lane.turn_waits)", "\(lane.errors)"]
+                }))
+            print("")
+            print(Table.render(["worker", "spin wins", "yields", "sleeps"], stats.workers.map {
+                ["\($0.worker)", "\($0.spin_wins)", "\($0.yields)", "\($0.sleeps)"]
+            }))
+        }
+    }
+
+    struct Watch: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "One line per interval until Ctrl-C.")
+        @OptionGroup var options: CtlOptions
+
+        @Option(name: .customLong("interval-ms"), help: "Milliseconds between lines.")
+        var intervalMilliseconds = 1000
+
+        @Option(help: "Stop after this many lines (default: until Ctrl-C).")
+        var count: Int?
+
+        func run() throws {
+            var client = try options.connect()
+            do {
+                try client.send(ControlCommand("watch", intervalMilliseconds: intervalMilliseconds).line)
+                var printed = 0
+                if !options.json { print("uptime      ops/s    slowest lane/s  fastest lane/s    sleeps/s    wakes/s") }
+                while count.map({ printed < $0 }) ?? true {
+                    let line = try client.readLine()
+                    let watch = try ControlClient.decode(line, as: WatchLine.self)
+                    if options.json {
+                        print(line)
+                    } else {
+                        print([Table.seconds(watch.uptime_s).padding(10), Table.rate(watch.ops_per_sec).padding(10),
+                               Table.rate(watch.lane_min_ops_per_sec).padding(16), Table.rate(watch.lane_max_ops_per_sec).padding(16),
+                               Table.rate(watch.sleeps_per_sec).padding(10), Table.rate(watch.wakes_per_sec).padding(10)]
+                            .joined(separator: " "))
+                    }
+                    printed += 1
+                }
+            } catch {
+                throw CommandFailure("\(error)", exit: .failure)
+            }
+        }
+    }
+
+    struct Lanes: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Lane, owner pid, state, round trips and last activity.")
+        @OptionGroup var options: CtlOptions
+
+        func run() throws {
+            guard let reply = try options.call(ControlCommand("lanes"), as: LanesReply.self) else { return }
+            print(Table.render(["lane", "owner", "state", "round trips", "last activity"], reply.lanes.map { lane in
+                ["\(lane.lane)", lane.owner_pid == 0 ? "-" : "\(lane.owner_pid)", lane.state, Table.grouped(lane.round_trips),
+                 lane.last_activity_s.map { Table.seconds($0) + " ago" } ?? "never"]
+            }))
+        }
+    }
+
+    struct Config: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show the host's wait strategy, or change it while the host runs.")
+        @OptionGroup var options: CtlOptions
+
+        @Option(name: .customLong("wait"), help: "A wait preset: \(WaitStrategy.presets.map(\.name).joined(separator: ", ")).")
+        var preset: String?
+        @Option(name: .customLong("spin-min")) var spinMin: UInt32?
+        @Option(name: .customLong("spin-max")) var spinMax: UInt32?
+        @Option(name: .customLong("spin-start")) var spinStart: UInt32?
+        @Option(name: .customLong("yield-every")) var yieldEvery: UInt32?
+        @Option(name: .customLong("sleep-timeout-ms")) var sleepTimeoutMilliseconds: UInt64?
+
+        func run() throws {
+            let change = ConfigChange(wait: preset, spin_min: spinMin, spin_max: spinMax, spin_start: spinStart,
+                                      yield_every: yieldEvery, sleep_timeout_ms: sleepTimeoutMilliseconds)
+            let changing = preset != nil || spinMin != nil || spinMax != nil || spinStart != nil || yieldEvery != nil
+                || sleepTimeoutMilliseconds != nil
+            guard let reply = try options.call(ControlCommand("config", set: changing ? change : nil), as: ConfigReply.self)
+            else { return }
+            print("\(reply.changed ? "changed; now " : "")wait: \(Table.strategy(reply.wait))")
+            print("lanes \(reply.lanes), slot size \(reply.slot_size) bytes, workers \(reply.workers)")
+        }
+    }
+
+    struct Metrics: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The counters in Prometheus text exposition format.")
+        @OptionGroup var options: CtlOptions
+
+        func run() throws {
+            guard let reply = try options.call(ControlCommand("metrics"), as: MetricsReply.self) else { return }
+            print(reply.text, terminator: "")
+        }
+    }
+
+    struct Shutdown: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Stop the host gracefully.")
+        @OptionGroup var options: CtlOptions
+
+        func run() throws {
+            guard try options.call(ControlCommand("shutdown"), as: ShutdownReply.self) != nil else { return }
+            print("the host '\(options.name)' is shutting down")
+        }
+    }
+}
+
+/// Text tables for people.
+enum Table {
+    static func render(_ header: [String], _ rows: [[String]]) -> String {
+        let widths = header.indices.map { column in max(header[column].count, rows.map { $0[column].count }.max() ?? 0) }
+        func line(_ cells: [String]) -> String {
+            cells.indices.map { column in
+                let pad = String(repeating: " ", count: widths[column] - cells[column].count)
+                return column == 0 || column == 2 ? cells[column] + pad : pad + cells[column]
+            }.joined(separator: "  ")
+        }
+        return ([line(header), widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")] + rows.map(line))
+            .joined(separator: "\n")
+    }
+
+    static func grouped(_ value: UInt64) -> String {
+        let digits = String(value)
+        var out = ""
+        for (offset, character) in digits.enumerated() {
+            if offset > 0, (digits.count - offset) % 3 == 0 { out.append(",") }
+            out.append(character)
+        }
+        return out
+    }
+
+    static func rate(_ value: Double) -> String { grouped(UInt64(max(0, value.rounded()))) }
+
+    static func seconds(_ value: Double) -> String {
+        value < 60 ? "\((value * 10).rounded() / 10) s" : "\(Int(value) / 60) min \(Int(value) % 60) s"
+    }
+
+    static func strategy(_ wait: StrategyFields) -> String {
+        "spin min \(wait.spin_min) max \(wait.spin_max) start \(wait.spin_start), yield every \(wait.yield_every), "
+            + "sleep timeout \(wait.sleep_timeout_ms) ms\(wait.relax ? "" : ", no relax")"
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String {
+        count >= width ? self : String(repeating: " ", count: width - count) + self
+    }
+}
