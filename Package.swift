@@ -76,7 +76,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DXIntegrationTests",
-            dependencies: ["DXCore"],
+            dependencies: ["DXCore", "CShm"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -43,8 +43,9 @@ final class ControlConnection {
 /// and dropping clients that do not keep up.
 final class ControlConnections: @unchecked Sendable {  // handed to the control thread, used only there
     static let maxConnections = 64
-    /// A client that lets this much output pile up (a `watch` it never reads) is dropped.
-    static let maxPendingOutput = 1 << 20
+    /// A client that lets this much output pile up in the host (a `watch` it never reads, on top
+    /// of what the kernel buffers) is dropped.
+    static let maxPendingOutput = 64 * 1024
 
     let service: ControlService
     private(set) var connections: [ControlConnection?] = Array(repeating: nil, count: maxConnections)

@@ -1,0 +1,281 @@
+import CShm
+import DXCore
+import Foundation
+import Testing
+
+/// A raw control-socket client, for sending what a well-behaved client never would.
+final class RawControlSocket {
+    let fd: Int32
+
+    init(_ path: String) throws {
+        fd = CShm_unix_connect(path)
+        guard fd >= 0 else { throw SystemError("connect", errno: -fd) }
+        _ = CShm_socket_timeouts(fd, 5_000_000_000)
+    }
+
+    deinit { close(fd) }
+
+    func write(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let count = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            if count <= 0 { return }
+            offset += count
+        }
+    }
+
+    func write(_ text: String) { write(Array(text.utf8)) }
+
+    /// Reads one line, or nil when the host closed the connection (or 5 s passed).
+    func readLine() -> String? {
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while recv(fd, &byte, 1, 0) == 1 {
+            if byte == UInt8(ascii: "\n") { return String(decoding: line, as: UTF8.self) }
+            line.append(byte)
+        }
+        return line.isEmpty ? nil : String(decoding: line, as: UTF8.self)
+    }
+
+    /// True when the host closed its end (a read returns 0).
+    func closedByHost() -> Bool {
+        var byte: UInt8 = 0
+        while true {
+            let count = recv(fd, &byte, 1, 0)
+            if count == 0 { return true }
+            if count < 0 { return false }
+        }
+    }
+}
+
+func reply(_ line: String?) throws -> [String: Any] {
+    let line = try #require(line)
+    return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
+}
+
+/// Every line of the issue's "bad input" list, against both event loops: after each, the host
+/// still serves the data path and answers the next good client.
+@Suite(.serialized, .timeLimit(.minutes(5))) struct ControlTests {
+    struct Setup {
+        let host: RunningHost
+        let socket: String
+    }
+
+    func start(_ backend: String) throws -> Setup {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
+        let socket = directory.appendingPathComponent("c.sock").path
+        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend])
+        let deadline = Date().addingTimeInterval(10)
+        while access(socket, F_OK) != 0, Date() < deadline { usleep(10_000) }
+        return Setup(host: host, socket: socket)
+    }
+
+    /// The data path and a good client still work.
+    func stillServes(_ setup: Setup) throws {
+        #expect(try run(Binaries.guest, ["call", "--name", setup.host.name, "still"]).stdout == "still\n")
+        let stats = try reply(try RawControlSocket(setup.socket).request(#"{"v":1,"cmd":"stats"}"#))
+        #expect(stats["ok"] as? Bool == true)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func commandsAnswer(backend: String) throws {
+        let setup = try start(backend)
+        let client = try RawControlSocket(setup.socket)
+        for command in ["stats", "lanes", "config", "metrics"] {
+            let answer = try reply(client.request(#"{"v":1,"cmd":"\#(command)"}"#))
+            #expect(answer["ok"] as? Bool == true)
+            #expect(answer["v"] as? Int == 1)
+            #expect(answer["cmd"] as? String == command)
+        }
+        let changed = try reply(client.request(#"{"v":1,"cmd":"config","set":{"wait":"low-cpu"}}"#))
+        #expect(changed["changed"] as? Bool == true)
+        #expect((changed["wait"] as? [String: Any])?["spin_max"] as? Int == 500)
+        // A bad value gets an error and changes nothing.
+        let refused = try reply(client.request(#"{"v":1,"cmd":"config","set":{"spin_min":10,"spin_max":5}}"#))
+        #expect(refused["ok"] as? Bool == false)
+        let after = try reply(client.request(#"{"v":1,"cmd":"config"}"#))
+        #expect((after["wait"] as? [String: Any])?["spin_max"] as? Int == 500)
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func badRequestsGetErrorsAndTheHostCarriesOn(backend: String) throws {
+        let setup = try start(backend)
+        let client = try RawControlSocket(setup.socket)
+        let cases: [(String, String)] = [
+            ("\u{01}\u{02}garbage\u{ff}\n", "invalid request"),
+            ("{not json\n", "invalid request"),
+            (#"{"v":1,"cmd":"reboot"}"# + "\n", "unknown command"),
+            (#"{"v":"one","cmd":"stats"}"# + "\n", "wrong type"),
+            (#"{"v":1,"cmd":42}"# + "\n", "wrong type"),
+            (#"{"v":1,"cmd":"watch","interval_ms":"fast"}"# + "\n", "wrong type"),
+            (#"{"v":2,"cmd":"stats"}"# + "\n", "unsupported protocol version"),
+            (#"{"cmd":"stats"}"# + "\n", "missing field"),
+        ]
+        for (line, message) in cases {
+            client.write(line)
+            let answer = try reply(client.readLine())
+            #expect(answer["ok"] as? Bool == false, "\(line)")
+            #expect((answer["error"] as? String ?? "").contains(message), "\(line): \(answer)")
+        }
+        // The same connection still works after all of that.
+        #expect(try reply(client.request(#"{"v":1,"cmd":"stats"}"#))["ok"] as? Bool == true)
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func overlongLineClosesTheConnection(backend: String) throws {
+        let setup = try start(backend)
+        let client = try RawControlSocket(setup.socket)
+        client.write([UInt8](repeating: UInt8(ascii: "x"), count: 70 * 1024))
+        let answer = try reply(client.readLine())
+        #expect((answer["error"] as? String ?? "").contains("longer than 65536 bytes"))
+        #expect(client.closedByHost())
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func halfLineThenDisconnect(backend: String) throws {
+        let setup = try start(backend)
+        for _ in 0..<20 {
+            let client = try RawControlSocket(setup.socket)
+            client.write(#"{"v":1,"cmd":"sta"#)
+        }
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func watchStreamsAndAStalledWatcherBlocksNobody(backend: String) throws {
+        let setup = try start(backend)
+        let watcher = try RawControlSocket(setup.socket)
+        watcher.write(#"{"v":1,"cmd":"watch","interval_ms":20}"# + "\n")
+        for _ in 0..<3 {
+            let line = try reply(watcher.readLine())
+            #expect(line["cmd"] as? String == "watch")
+            #expect(line["ops_per_sec"] != nil)
+        }
+        // Another watcher at 10 ms that never reads, while a guest runs and others ask for stats.
+        let stalled = try RawControlSocket(setup.socket)
+        stalled.write(#"{"v":1,"cmd":"watch","interval_ms":10}"# + "\n")
+        let bench = try run(Binaries.guest, ["bench", "--name", setup.host.name, "--threads", "2", "--duration", "2", "--json"])
+        #expect(bench.status == 0)
+        for _ in 0..<10 { try stillServes(setup) }
+        _ = stalled
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func twoHundredConnectionsAtOnce(backend: String) throws {
+        let setup = try start(backend)
+        var clients: [RawControlSocket] = []
+        for _ in 0..<200 { clients.append(try RawControlSocket(setup.socket)) }
+        for client in clients { client.write(#"{"v":1,"cmd":"stats"}"# + "\n") }
+        var answered = 0, refused = 0
+        for client in clients {
+            let answer = try reply(client.readLine())
+            if answer["ok"] as? Bool == true { answered += 1 }
+            if (answer["error"] as? String ?? "").contains("too many control connections") { refused += 1 }
+        }
+        #expect(answered == 64)
+        #expect(refused == 136)
+        clients.removeAll()
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test(arguments: ["uring", "poll"])
+    func shutdownOverTheSocket(backend: String) throws {
+        let setup = try start(backend)
+        let answer = try reply(try RawControlSocket(setup.socket).request(#"{"v":1,"cmd":"shutdown"}"#))
+        #expect(answer["ok"] as? Bool == true)
+        let deadline = Date().addingTimeInterval(10)
+        while setup.host.process.isRunning, Date() < deadline { usleep(10_000) }
+        #expect(!setup.host.process.isRunning)
+        #expect(setup.host.process.terminationStatus == 0)
+        #expect(!regionExists(setup.host.name))
+        #expect(access(setup.socket, F_OK) != 0)
+    }
+
+    @Test func ctlCommandsUnderLoad() throws {
+        let setup = try start("auto")
+        let name = setup.host.name
+        let control = ["--name", name, "--control", setup.socket]
+        let guest = Process()
+        guest.executableURL = Binaries.guest
+        guest.arguments = ["bench", "--name", name, "--threads", "8", "--duration", "3", "--json"]
+        guest.standardOutput = FileHandle.nullDevice
+        try guest.run()
+        usleep(1_000_000)
+        let stats = try run(Binaries.host, ["ctl", "stats"] + control)
+        #expect(stats.status == 0)
+        #expect(stats.stdout.contains("8 of 8 lanes claimed"), "\(stats.stdout)")
+        let json = try run(Binaries.host, ["ctl", "stats", "--json"] + control)
+        let parsed = try reply(json.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect((parsed["ops_per_sec_last"] as? Double ?? 0) > 0)
+        #expect((parsed["lanes"] as? [Any])?.count == 8)
+        let watch = try run(Binaries.host, ["ctl", "watch", "--count", "2", "--interval-ms", "200"] + control)
+        #expect(watch.status == 0)
+        #expect(watch.stdout.split(separator: "\n").count == 3)  // header and two lines
+        let lanes = try run(Binaries.host, ["ctl", "lanes"] + control)
+        #expect(lanes.stdout.contains("claimed"))
+        let metrics = try run(Binaries.host, ["ctl", "metrics"] + control)
+        #expect(metrics.stdout.contains("# TYPE dx_lane_round_trips_total counter"))
+        let config = try run(Binaries.host, ["ctl", "config", "--wait", "low-cpu"] + control)
+        #expect(config.stdout.contains("changed; now wait: spin min 10 max 500"))
+        let bad = try run(Binaries.host, ["ctl", "config", "--spin-min", "9", "--spin-max", "3"] + control)
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("nothing changed"))
+        guest.waitUntilExit()
+        #expect(guest.terminationStatus == 0)  // the guest never noticed the live change
+        #expect(try setup.host.stop() == 0)
+    }
+
+    @Test func ctlWithoutAHostSaysSo() throws {
+        let name = uniqueName()
+        let outcome = try run(Binaries.host, ["ctl", "stats", "--name", name])
+        #expect(outcome.status == 3)
+        #expect(outcome.stderr.contains("no dx host named '\(name)' is running"))
+    }
+
+    /// As root, a process of another user (nobody) is refused: by the 0700 directory, and, when
+    /// the directory is opened up, by the SO_PEERCRED check.
+    @Test func anotherUserIsRefused() throws {
+        guard getuid() == 0, access("/usr/bin/setpriv", X_OK) == 0 else {
+            print("skipped: needs root and setpriv to act as another user")
+            return
+        }
+        let setup = try start("auto")
+        let asNobody = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", Binaries.host.path,
+                        "ctl", "stats", "--name", setup.host.name, "--control", setup.socket]
+        // The helper binary must be reachable by nobody: run it from a copy in /tmp.
+        let copy = "/tmp/dx-host-\(getpid())"
+        try? FileManager.default.removeItem(atPath: copy)
+        try FileManager.default.copyItem(atPath: Binaries.host.path, toPath: copy)
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        var arguments = asNobody
+        arguments[3] = copy
+        let blocked = try run(URL(fileURLWithPath: "/usr/bin/setpriv"), arguments)
+        #expect(blocked.status != 0)
+        #expect(blocked.stderr.contains("permission denied") || blocked.stderr.contains("Permission denied"), "\(blocked.stderr)")
+        // Open the directory and the socket: now only the peer-credential check stands.
+        let directory = (setup.socket as NSString).deletingLastPathComponent
+        chmod(directory, 0o755)
+        chmod(setup.socket, 0o666)
+        let refused = try run(URL(fileURLWithPath: "/usr/bin/setpriv"), arguments)
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("permission denied: this host serves uid 0 only"), "\(refused.stderr)")
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+}
+
+extension RawControlSocket {
+    func request(_ line: String) -> String? {
+        write(line + "\n")
+        return readLine()
+    }
+}
