@@ -317,3 +317,73 @@ int CShm_socket_timeouts(int fd, uint64_t timeout_ns) {
     if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0) return -errno;
     return 0;
 }
+
+// MARK: - Truncation guard
+
+#define GUARD_SLOTS 16
+static struct {
+    _Atomic(uintptr_t) base;
+    _Atomic(size_t) size;
+    _Atomic uint64_t faults;
+} guards[GUARD_SLOTS];
+
+static void on_sigbus(int signal_number, siginfo_t *info, void *context) {
+    (void)context;
+    uintptr_t address = (uintptr_t)info->si_addr;
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t base = atomic_load(&guards[i].base);
+        size_t size = atomic_load(&guards[i].size);
+        if (base && address >= base && address < base + size) {
+            uintptr_t page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
+            void *page = (void *)(address & ~(page_size - 1));
+            // mmap is a plain system call on Linux and safe here in practice.
+            if (mmap(page, page_size, PROT_READ | PROT_WRITE, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED) {
+                atomic_fetch_add(&guards[i].faults, 1);
+                return;
+            }
+        }
+    }
+    struct sigaction fallback;
+    memset(&fallback, 0, sizeof fallback);
+    fallback.sa_handler = SIG_DFL;
+    sigaction(signal_number, &fallback, NULL);
+    raise(signal_number);
+}
+
+int CShm_guard_truncation(void *base, size_t size) {
+    static _Atomic int installed;
+    if (!atomic_exchange(&installed, 1)) {
+        struct sigaction action;
+        memset(&action, 0, sizeof action);
+        action.sa_sigaction = on_sigbus;
+        action.sa_flags = SA_SIGINFO | SA_NODEFER;
+        sigemptyset(&action.sa_mask);
+        sigaction(SIGBUS, &action, NULL);
+    }
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        uintptr_t expected = 0;
+        if (atomic_compare_exchange_strong(&guards[i].base, &expected, (uintptr_t)1)) {
+            atomic_store(&guards[i].faults, 0);
+            atomic_store(&guards[i].size, size);
+            atomic_store(&guards[i].base, (uintptr_t)base);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void CShm_unguard_truncation(void *base) {
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        if (atomic_load(&guards[i].base) == (uintptr_t)base) {
+            atomic_store(&guards[i].size, 0);
+            atomic_store(&guards[i].base, 0);
+        }
+    }
+}
+
+uint64_t CShm_truncation_faults(void *base) {
+    for (int i = 0; i < GUARD_SLOTS; i++) {
+        if (atomic_load(&guards[i].base) == (uintptr_t)base) return atomic_load(&guards[i].faults);
+    }
+    return 0;
+}

@@ -18,6 +18,8 @@ public enum DXExit: Int32, Sendable {
     case callFailed = 5
     /// A benchmark saw wrong, lost or failed responses.
     case verificationFailed = 6
+    /// Interrupted (SIGINT) before the end; what was measured so far was printed.
+    case interrupted = 130
 }
 
 /// A failure with its one-line message and exit code.

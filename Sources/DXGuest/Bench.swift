@@ -81,6 +81,7 @@ struct Bench: ParsableCommand {
     }
 
     func run() throws {
+        Interrupt.install()
         let strategy = try wait.strategy
         let region = try attach(name: name)
         guard payload <= region.slotCapacity else {
@@ -111,6 +112,11 @@ struct Bench: ParsableCommand {
             if let failure = result.failure {
                 if !json { print(BenchTable.render(results, repeats: `repeat`)) }
                 throw CommandFailure("\(mode) run with \(count) threads failed: \(failure)", exit: .verificationFailed)
+            }
+            if Interrupt.requested {
+                if !json { print(BenchTable.render(results, repeats: `repeat`)) }
+                throw CommandFailure("interrupted; the table shows what was measured so far (the last run is partial)",
+                                     exit: .interrupted)
             }
             return result
         }

@@ -231,7 +231,7 @@ struct BenchRun {
                 failure = text
             }
             if failure != nil { break }
-            if seq >= limit || (callsPerThread == nil && t1 >= end) { break }
+            if seq >= limit || (callsPerThread == nil && t1 >= end) || Interrupt.requested { break }
         }
         record.ops = ops
         record.errors = errors
@@ -266,6 +266,18 @@ extension BenchRun {
     }
 }
 
+/// SIGINT: benchmark threads finish their current call and stop; the command prints what it has.
+enum Interrupt {
+    private static let flag = Atomic<Bool>(false)
+
+    static var requested: Bool { flag.load(ordering: .relaxed) }
+
+    /// Installs the SIGINT handler (it only sets the flag: an atomic store is async-signal-safe).
+    static func install() {
+        signal(SIGINT) { _ in Interrupt.flag.store(true, ordering: .relaxed) }
+    }
+}
+
 /// The start line: threads arrive when they hold their lane, then wait for the start time.
 final class Gate: Sendable {
     private let ready = Atomic<Int>(0)
@@ -283,6 +295,7 @@ final class Gate: Sendable {
         while true {
             let time = start.load(ordering: .acquiring)
             if time != 0 { return time }
+            if Interrupt.requested { return 1 }
             usleep(100)
         }
     }

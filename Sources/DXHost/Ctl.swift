@@ -73,15 +73,18 @@ extension Ctl {
             print("host '\(stats.name)' pid \(stats.host_pid), up \(Table.seconds(stats.uptime_s))")
             print("round trips \(Table.grouped(stats.round_trips)), \(Table.rate(stats.ops_per_sec_last))/s over the last second, "
                 + "\(Table.rate(stats.ops_per_sec_avg))/s since start; \(stats.lanes_claimed) of \(stats.lanes.count) lanes claimed")
-            print("wait: \(Table.strategy(stats.wait)); sleeps \(stats.sleeps), wake-ups sent \(stats.wakes_sent), errors \(stats.errors)")
+            print("wait: \(Table.strategy(stats.wait))")
+            print("worker sleeps \(stats.sleeps), wake-ups sent \(stats.wakes_sent), errors \(stats.errors), "
+                + "lanes reclaimed from dead guests \(stats.reclaimed_lanes)")
             print("")
             print(Table.render(
-                ["lane", "owner", "state", "round trips", "ops/s", "spin wins", "yields", "sleeps", "wakes sent",
-                 "wakes skipped", "turn waits", "errors"],
+                ["lane", "owner", "state", "round trips", "ops/s", "wakes sent", "wakes skipped", "errors",
+                 "guest: spin wins", "yields", "sleeps", "turn waits"],
                 stats.lanes.map { lane in
                     ["\(lane.lane)", lane.owner_pid == 0 ? "-" : "\(lane.owner_pid)", lane.state,
-                     Table.grouped(lane.round_trips), Table.rate(lane.ops_per_sec), "\(lane.spin_wins)", "\(lane.yields)",
-                     "\(lane.sleeps)", "\(lane.wakes_sent)", "\(lane.wakes_skipped)", "\(lane.turn_waits)", "\(lane.errors)"]
+                     Table.grouped(lane.round_trips), Table.rate(lane.ops_per_sec), "\(lane.wakes_sent)",
+                     "\(lane.wakes_skipped)", "\(lane.errors)", "\(lane.spin_wins)", "\(lane.yields)", "\(lane.sleeps)",
+                     "\(lane.turn_waits)"]
                 }))
             print("")
             print(Table.render(["worker", "spin wins", "yields", "sleeps"], stats.workers.map {

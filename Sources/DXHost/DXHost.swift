@@ -3,6 +3,7 @@ import CShm
 import DXCommandLine
 import DXCore
 import Logging
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -136,7 +137,22 @@ struct Run: ParsableCommand {
             received = sigtimedwait(&signals, nil, &timeout)
         }
         logger.info("signal received, stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
-        controlServer.stop()
-        host.stop()
+        // Stop on another thread, so that a second signal can still cut the shutdown short.
+        let done = Atomic<Bool>(false)
+        let stopper = try DXCore.Thread {
+            controlServer.stop()
+            host.stop()
+            done.store(true, ordering: .releasing)
+        }
+        while !done.load(ordering: .acquiring) {
+            var timeout = timespec(tv_sec: 0, tv_nsec: 20_000_000)
+            if sigtimedwait(&signals, nil, &timeout) > 0 {
+                logger.warning("second signal: exiting at once")
+                host.abandon()
+                unlink(controlServer.path)
+                Glibc.exit(0)
+            }
+        }
+        stopper.join()
     }
 }

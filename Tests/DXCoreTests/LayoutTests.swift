@@ -28,7 +28,7 @@ import Testing
             (Layout.Lane.requestSeq, 0), (Layout.Lane.requestLength, 8), (Layout.Lane.owner, 16),
             (Layout.Lane.responseSeq, 128), (Layout.Lane.responseLength, 136), (Layout.Lane.status, 140),
             (Layout.Lane.guestSleeping, 256), (Layout.Lane.guestSemaphore, 264),
-            (Layout.Lane.hostCounters, 384), (Layout.Lane.guestCounters, 512), (Layout.Lane.payload, 768),
+            (Layout.Lane.ownerStartTime, 24), (Layout.Lane.guestCounters, 512), (Layout.Lane.payload, 768),
             (Layout.Raw.ping, 0), (Layout.Raw.length, 8), (Layout.Raw.owner, 16), (Layout.Raw.pong, 128),
             (Layout.Raw.serverSleeping, 256), (Layout.Raw.serverSemaphore, 264), (Layout.Raw.payload, 768),
         ]
@@ -38,7 +38,7 @@ import Testing
     @Test func sidesWriteSeparateBlocks() {
         // Guest-written, host-written and wait fields each sit in their own 128-byte block.
         let blocks = [Layout.Lane.requestSeq, Layout.Lane.responseSeq, Layout.Lane.guestSleeping,
-                      Layout.Lane.hostCounters, Layout.Lane.guestCounters, Layout.Lane.payload].map { $0 / Layout.block }
+                      Layout.Lane.guestCounters, Layout.Lane.payload].map { $0 / Layout.block }
         #expect(Set(blocks).count == blocks.count)
         #expect(Layout.Lane.requestLength / Layout.block == Layout.Lane.requestSeq / Layout.block)
         #expect(Layout.Lane.status / Layout.block == Layout.Lane.responseSeq / Layout.block)
@@ -48,7 +48,7 @@ import Testing
     @Test func semaphoresFitTheirSlots() {
         #expect(Int(CShm_sem_size()) <= Layout.semaphoreSize)
         #expect(Layout.Lane.guestSemaphore % 8 == 0)
-        #expect(Layout.Lane.guestSemaphore + Layout.semaphoreSize <= Layout.Lane.hostCounters)
+        #expect(Layout.Lane.guestSemaphore + Layout.semaphoreSize <= Layout.Lane.guestCounters)
         #expect(Layout.Header.doorbells + Layout.maxWorkers * Layout.block <= Layout.Header.turnstiles)
         #expect(Layout.Header.turnstiles + Layout.maxWorkers * Layout.Header.turnstileStride <= Layout.headerSize)
         #expect(Layout.Header.turnWakeSlots + Layout.Header.turnWakeSlotCount * 4 <= Layout.Header.turnstileStride)

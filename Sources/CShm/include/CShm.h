@@ -160,6 +160,17 @@ int CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32
 /// True when a completion says more will follow from the same request (multishot).
 bool CShm_ring_more(uint32_t flags);
 
+// MARK: - Truncation guard
+
+/// Guards [base, base + size): a SIGBUS inside it (someone truncated the shared-memory object
+/// under the mapping) maps a private zero page over the faulting page instead of killing the
+/// process, and counts the fault. Up to 16 ranges. Returns 0, or -1 when the table is full.
+int CShm_guard_truncation(void *base, size_t size);
+/// Removes a guard set by CShm_guard_truncation.
+void CShm_unguard_truncation(void *base);
+/// How many SIGBUS faults inside [base, base + size) the guard absorbed.
+uint64_t CShm_truncation_faults(void *base);
+
 // MARK: - Sockets
 
 /// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`), or -1.

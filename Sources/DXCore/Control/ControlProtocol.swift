@@ -102,6 +102,7 @@ public struct StatsReply: Codable, Sendable {
     public var sleeps: UInt64
     public var wakes_sent: UInt64
     public var errors: UInt64
+    public var reclaimed_lanes: UInt64
     public var wait: StrategyFields
     public var lanes: [LaneFields]
     public var workers: [WorkerFields]

@@ -156,7 +156,13 @@ public struct ControlClient: ~Copyable {
 
     /// One request, one reply line.
     public mutating func request(_ line: String) throws(ControlError) -> String {
-        try send(line)
+        do {
+            try send(line)
+        } catch {
+            // A host that refuses a client says why in one line, then closes: read it if it is there.
+            if let reason = try? readLine() { return reason }
+            throw error
+        }
         return try readLine()
     }
 }

@@ -5,6 +5,8 @@ import FoundationEssentials
 public protocol ControlTarget: AnyObject, Sendable {
     var region: Region { get }
     var strategy: WaitStrategy { get }
+    /// Every counter now.
+    func snapshot() -> RegionSnapshot
     func setStrategy(_ strategy: WaitStrategy) throws(WaitStrategyError)
     /// Asks the host to stop, from the control thread; the host stops on its own thread.
     func requestShutdown()
@@ -39,13 +41,13 @@ final class ControlService {
     init(target: any ControlTarget) {
         self.target = target
         lastActivity = Array(repeating: 0, count: target.region.laneCount)
-        history = [target.region.snapshot()]
+        history = [target.snapshot()]
     }
 
     /// Takes a snapshot when the last one is older than the snapshot interval.
     func tick(now: UInt64) {
         guard let last = history.last, now &- last.time >= ControlService.snapshotInterval else { return }
-        let snapshot = target.region.snapshot()
+        let snapshot = target.snapshot()
         for lane in snapshot.lanes where lane.roundTrips != last.lanes[lane.index].roundTrips {
             lastActivity[lane.index] = snapshot.time
         }
@@ -99,10 +101,9 @@ final class ControlService {
         let seconds = window.seconds
         let laneRates = window.now.lanes.filter { $0.ownerPID != 0 || $0.roundTrips != window.then.lanes[$0.index].roundTrips }
             .map { Double($0.roundTrips &- window.then.lanes[$0.index].roundTrips) / seconds }
-        let sleeps = window.now.lanes.reduce(0) { $0 &+ $1.sleeps } &- window.then.lanes.reduce(0) { $0 &+ $1.sleeps }
-            &+ window.now.workers.reduce(0) { $0 &+ $1.sleeps } &- window.then.workers.reduce(0) { $0 &+ $1.sleeps }
-        let wakes = window.now.lanes.reduce(0) { $0 &+ $1.wakesSent &+ $1.doorbells }
-            &- window.then.lanes.reduce(0) { $0 &+ $1.wakesSent &+ $1.doorbells }
+        // Host-side figures only: guest-reported counters are shown per lane, never summed here.
+        let sleeps = window.now.workers.reduce(0) { $0 &+ $1.sleeps } &- window.then.workers.reduce(0) { $0 &+ $1.sleeps }
+        let wakes = window.now.lanes.reduce(0) { $0 &+ $1.wakesSent } &- window.then.lanes.reduce(0) { $0 &+ $1.wakesSent }
         return encodeLine(WatchLine(
             uptime_s: uptime(window.now.time),
             ops_per_sec: Double(window.now.roundTrips &- window.then.roundTrips) / seconds,
@@ -154,9 +155,10 @@ final class ControlService {
             ops_per_sec_last: Double(total &- window.then.roundTrips) / window.seconds,
             ops_per_sec_avg: uptime > 0 ? Double(total) / uptime : 0,
             lanes_claimed: window.now.lanes.filter { $0.ownerPID != 0 }.count,
-            sleeps: window.now.workers.reduce(0) { $0 &+ $1.sleeps } &+ window.now.lanes.reduce(0) { $0 &+ $1.sleeps },
-            wakes_sent: window.now.lanes.reduce(0) { $0 &+ $1.wakesSent &+ $1.doorbells },
+            sleeps: window.now.workers.reduce(0) { $0 &+ $1.sleeps },
+            wakes_sent: window.now.lanes.reduce(0) { $0 &+ $1.wakesSent },
             errors: window.now.lanes.reduce(0) { $0 &+ $1.hostErrors },
+            reclaimed_lanes: window.now.reclaimedLanes,
             wait: StrategyFields(target.strategy), lanes: laneFields(stats: window),
             workers: window.now.workers.map {
                 WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps)
@@ -231,6 +233,8 @@ final class ControlService {
                 out += "dx_worker_\(name){\(region),worker=\"\(worker.index)\"} \(value(worker))\n"
             }
         }
+        family("reclaimed_lanes_total", "counter", "Lanes taken back from guests that died.")
+        out += "dx_reclaimed_lanes_total{\(region)} \(window.now.reclaimedLanes)\n"
         family("ops_per_second", "gauge", "Round trips per second over the last second.")
         out += "dx_ops_per_second{\(region)} \(Double(window.now.roundTrips &- window.then.roundTrips) / window.seconds)\n"
         return out

@@ -33,8 +33,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
 
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``.
-    /// Whether workers update the counters in shared memory (on unless measuring their cost).
+    /// Whether workers update their counters (on unless measuring their cost).
     public let counting: Bool
+    private let counters: HostCounters
 
     public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .fair,
                 counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
@@ -42,25 +43,38 @@ public final class Host: ControlTarget, @unchecked Sendable {
         self.region = try Region.create(name: name, configuration: configuration)
         self.strategies = StrategyCell(strategy)
         self.counting = counting
+        self.counters = HostCounters(laneCount: region.laneCount, workerCount: region.workerCount)
         self.logger = logger
     }
 
     /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
     public func start<Handler: RequestHandler>(handler: Handler) throws(SystemError) {
-        let region = region, strategies = strategies, stop = stopFlag, counting = counting
+        let region = region, strategies = strategies, stop = stopFlag, counting = counting, counters = counters
         do {
             for index in 0..<region.workerCount {
                 let worker = Worker(region: region, index: index, handler: handler, strategies: strategies,
-                                    stop: stop, counting: counting)
+                                    stop: stop, counters: counters, counting: counting)
                 threads.append(try Thread { worker.run() })
             }
             for index in 0..<region.rawCount {
                 let server = RawServer(region: region, index: index, stop: stop)
                 threads.append(try Thread(stackSize: 64 * 1024) { server.run() })
             }
-            threads.append(try Thread(stackSize: 64 * 1024) {
+            let logger = logger
+            threads.append(try Thread(stackSize: 256 * 1024) { [weak self] in
+                var watch = OwnerWatch(region: region, counters: counters)
+                var truncated = false
                 while !stop.isSet {
                     region.beat()
+                    if !truncated, region.truncationFaults > 0 {
+                        truncated = true
+                        logger.error("the region was truncated under the host (a guest shrank /dev/shm/\(region.name)); stopping")
+                        region.setState(.stopping)
+                        self?.requestShutdown()
+                    }
+                    for lane in watch.reclaimDeadOwners() {
+                        logger.notice("reclaimed a lane whose guest died", metadata: ["lane": "\(lane.index)", "pid": "\(lane.pid)"])
+                    }
                     usleepNanoseconds(100_000_000)
                 }
             })
@@ -95,6 +109,20 @@ public final class Host: ControlTarget, @unchecked Sendable {
         } else {
             logger.warning("shutdown requested over the control socket, but this host has no shutdown handler")
         }
+    }
+
+    /// Every counter now: the host's own (from host memory) and the guests' (from the region).
+    public func snapshot() -> RegionSnapshot {
+        counters.snapshot(of: region)
+    }
+
+    /// The quick way out, for a second stop signal: publishes `stopping`, wakes sleeping guests
+    /// and removes the region's name, without waiting for any thread. The process should exit next.
+    public func abandon() {
+        region.setState(.stopping)
+        stopFlag.set()
+        for index in 0..<region.laneCount { wakeSleepingGuest(lane: region.lane(index)) }
+        region.unlink()
     }
 
     /// Stops serving: publishes `stopping`, wakes sleeping guests, joins every thread and

@@ -284,7 +284,7 @@ extension Region {
         case .hostGone?: throw .hostGone
         case nil: break
         }
-        let pid = UInt64(UInt32(bitPattern: getpid()))
+        let pid = UInt64(UInt32(bitPattern: Region.ownPID))
         for step in 0..<laneCount {
             let index = (max(hint, 0) + step) % laneCount
             let lane = lane(index)
@@ -294,6 +294,7 @@ extension Region {
             guard word >> 32 == 0 else { continue }
             let mine = pid << 32 | UInt64(UInt32(truncatingIfNeeded: word &+ 1))
             guard CShm_cas_acqrel_u64(owner, word, mine) else { continue }
+            CShm_store_relaxed_u64(lane + Layout.Lane.ownerStartTime, Region.ownStartTime)
             let request = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
             let response = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
             guard request == response else {

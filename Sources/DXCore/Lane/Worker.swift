@@ -20,27 +20,33 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     let stop: StopFlag
     /// Whether the worker updates its counters in shared memory (off only to measure their cost).
     let counting: Bool
-    /// This worker's counter block.
+    /// This worker's counters (host memory).
     private let counters: UnsafeMutableRawPointer
     /// Bases of the lanes this worker serves.
     private let lanes: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
+    /// The host-memory counters of each of those lanes.
+    private let laneCounters: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
     /// The last sequence number answered on each of those lanes (host-private).
     private let answered: UnsafeMutableBufferPointer<UInt64>
 
     /// With a focus lane, every lane is scanned once per this many polls of the focus lane.
     static var scanEvery: Int { 8 }
 
-    init(region: Region, index: Int, handler: Handler, strategies: StrategyCell, stop: StopFlag, counting: Bool) {
+    init(region: Region, index: Int, handler: Handler, strategies: StrategyCell, stop: StopFlag,
+         counters hostCounters: HostCounters, counting: Bool) {
         self.region = region
         self.index = index
         self.handler = handler
         self.strategies = strategies
         self.stop = stop
         self.counting = counting
-        self.counters = region.workerCounters(index)
-        let served = stride(from: index, to: region.laneCount, by: region.workerCount).map { region.lane($0) }
+        self.counters = hostCounters.worker(index)
+        let indices = Array(stride(from: index, to: region.laneCount, by: region.workerCount))
+        let served = indices.map { region.lane($0) }
         lanes = .allocate(capacity: served.count)
         _ = lanes.initialize(from: served)
+        laneCounters = .allocate(capacity: served.count)
+        _ = laneCounters.initialize(from: indices.map { hostCounters.lane($0) })
         answered = .allocate(capacity: served.count)
         for (slot, lane) in served.enumerated() {
             answered[slot] = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
@@ -49,6 +55,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
 
     deinit {
         lanes.deallocate()
+        laneCounters.deallocate()
         answered.deallocate()
     }
 
@@ -109,7 +116,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if served {
                 if idle != 0 {
                     spin.spinSucceeded()
-                    if counting { bump(counters + Layout.Counters.workerSpinWins) }
+                    if counting { bump(counters + HostCounters.Worker.spinWins) }
                 }
                 idle = 0
                 untilYield = yieldEvery  // yield after N idle spins in a row, not N in total
@@ -118,7 +125,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             idle &+= 1
             if idle >= spin.budget {
                 spin.hadToSleep()
-                if counting { bump(counters + Layout.Counters.workerSleeps) }
+                if counting { bump(counters + HostCounters.Worker.sleeps) }
                 if !sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds) { return }
                 idle = 0
                 untilYield = yieldEvery
@@ -130,7 +137,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                 if untilYield == 0 {
                     untilYield = yieldEvery
                     sched_yield()
-                    if counting { bump(counters + Layout.Counters.workerYields) }
+                    if counting { bump(counters + HostCounters.Worker.yields) }
                 }
             }
         }
@@ -157,9 +164,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         }
         answered[slot] = seq
         if counting {
-            let hostCounters = lane + Layout.Lane.hostCounters
-            bump(hostCounters + Layout.Counters.hostRoundTrips)
-            if status != .ok { bump(hostCounters + Layout.Counters.hostErrors) }
+            bump(laneCounters[slot] + HostCounters.Lane.roundTrips)
+            if status != .ok { bump(laneCounters[slot] + HostCounters.Lane.errors) }
         }
         CShm_store_relaxed_u32(lane + Layout.Lane.responseLength, UInt32(length))
         CShm_store_relaxed_u32(lane + Layout.Lane.status, status.rawValue)
@@ -167,7 +173,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         // before the load of the guest's sleeping flag (paired with the guest's seq-cst store).
         CShm_store_seqcst_u64(lane + Layout.Lane.responseSeq, seq)
         if CShm_load_seqcst_u32(lane + Layout.Lane.guestSleeping) != 0, wakeSleepingGuest(lane: lane), counting {
-            bump(lane + Layout.Lane.hostCounters + Layout.Counters.hostWakesSent)
+            bump(laneCounters[slot] + HostCounters.Lane.wakesSent)
         }
     }
 

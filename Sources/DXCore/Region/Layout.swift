@@ -15,15 +15,15 @@
 /// │  128 state u32   136 heartbeat u64 (host, every 100 ms)                                │
 /// │  256 lanes offset u64   264 raw offset u64   272 raw count u32                          │
 /// │ 1024 + 128·w  worker w doorbell: sleeping u32, semaphore (w < 16)                      │
-/// │ 3072 +  64·w  worker w counters: spin wins, yields, sleeps (u64, worker-written)        │
 /// │ 4096 + 256·w  worker w turnstile: next ticket u64, serving u64, lease start u64,       │
 /// │               and at +128 32 futex wake words u32 (guests take turns per worker)       │
 /// ├──────────────────────────────── lane i (at lanes offset + i · stride) ───────────────┤
-/// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen)    │
+/// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen),   │
+/// │                   owner start time u64                                                 │
 /// │  128 host block:  response seq u64, response length u32, status u32                   │
 /// │  256 guest wait:  sleeping u32, semaphore (the host posts it)                          │
-/// │  384 host counters: round trips, wakes sent, errors (u64, worker-written)              │
-/// │  512 guest counters: calls, spin wins, yields, sleeps, doorbells, errors, turn waits   │
+/// │  384 reserved · 512 guest counters: calls, spin wins, yields, sleeps, doorbells,        │
+/// │  errors, turn waits (u64, guest-written)                                               │
 /// │  768 payload [slot capacity]: the request, then the response written in place         │
 /// ├──────────────────────────────── raw channel i (at raw offset + i · stride) ──────────┤
 /// │    0 ping u64, length u32, owner u64 · 128 pong u64 · 256 server sleeping u32, sem    │
@@ -74,9 +74,6 @@ public enum Layout {
         public static let rawOffset = 264
         public static let rawCount = 272
         public static let doorbells = 1024
-        /// Worker w's counters: 64 bytes at `workerCounters + 64 · w`, written by the worker only.
-        public static let workerCounters = 3072
-        public static let workerCountersStride = 64
         /// Within a doorbell block.
         public static let doorbellSleeping = 0
         public static let doorbellSemaphore = 8
@@ -93,14 +90,10 @@ public enum Layout {
         public static let turnWakeSlotCount = 32
     }
 
-    /// Counter offsets. Each counter is a UInt64 written with relaxed stores by its one owner
-    /// and read by the control plane; wake-ups skipped are derived (round trips − wakes sent).
+    /// The guest's counters, in a lane's guest block (`Lane.guestCounters`): UInt64s written by
+    /// the lane's guest with relaxed stores and read by the host's control plane. They are the
+    /// guest's word: the host's own counters are kept in host memory, out of guests' reach.
     public enum Counters {
-        /// In a lane's host block (`Lane.hostCounters`): written by the serving worker.
-        public static let hostRoundTrips = 0
-        public static let hostWakesSent = 8
-        public static let hostErrors = 16
-        /// In a lane's guest block (`Lane.guestCounters`): written by the lane's guest.
         public static let guestCalls = 0
         public static let guestSpinWins = 8
         public static let guestYields = 16
@@ -108,10 +101,6 @@ public enum Layout {
         public static let guestDoorbells = 32
         public static let guestErrors = 40
         public static let guestTurnWaits = 48
-        /// In a worker's counter block (`Header.workerCounters + 64 · w`).
-        public static let workerSpinWins = 0
-        public static let workerYields = 8
-        public static let workerSleeps = 16
     }
 
     /// Lane field offsets, relative to the lane's base.
@@ -119,12 +108,14 @@ public enum Layout {
         public static let requestSeq = 0
         public static let requestLength = 8
         public static let owner = 16
+        /// The owner's start time (clock ticks since boot), written by the guest when it claims the
+        /// lane, so that the host can tell a dead owner from a reused pid.
+        public static let ownerStartTime = 24
         public static let responseSeq = 128
         public static let responseLength = 136
         public static let status = 140
         public static let guestSleeping = 256
         public static let guestSemaphore = 264
-        public static let hostCounters = 384
         public static let guestCounters = 512
         public static let payload = 768
     }

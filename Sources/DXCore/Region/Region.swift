@@ -53,6 +53,18 @@ public final class Region: @unchecked Sendable {
         self.handler = handler
     }
 
+    /// This process's pid and start time, as written into the lanes it claims.
+    static let ownPID = getpid()
+    static let ownStartTime = CShm_process_start_time(getpid())
+
+    /// SIGBUS faults the host absorbed because someone truncated the region (host side only).
+    public var truncationFaults: UInt64 { CShm_truncation_faults(base) }
+
+    deinit {
+        if isCreator { CShm_unguard_truncation(base) }
+    }
+
+
     /// The path of the shared-memory object for a name.
     public static func path(for name: String) -> String { "/dev/shm/\(objectName(for: name).dropFirst())" }
 
@@ -87,12 +99,6 @@ public final class Region: @unchecked Sendable {
     func doorbell(_ index: Int) -> UnsafeMutableRawPointer {
         precondition(index >= 0 && index < workerCount)
         return base + Layout.Header.doorbells + index * Layout.block
-    }
-
-    /// The counter block of serving worker `index`.
-    func workerCounters(_ index: Int) -> UnsafeMutableRawPointer {
-        precondition(index >= 0 && index < workerCount)
-        return base + Layout.Header.workerCounters + index * Layout.Header.workerCountersStride
     }
 
     /// The turnstile of serving worker `index` (guests take turns per worker).
@@ -235,6 +241,8 @@ extension Region {
             try retryingOnInterrupt("fstat") { fstat(descriptor, &info) }
             region.identity = (info.st_dev, info.st_ino)
             try region.initialize(regionSize: size)
+            // A guest can truncate the object under us; the host must not die of the SIGBUS.
+            _ = CShm_guard_truncation(region.base, size)
             return region
         } catch {
             _ = CShm_shm_unlink(objectName)

@@ -34,30 +34,33 @@ public struct WorkerSnapshot: Sendable, Equatable {
     public var sleeps: UInt64
 }
 
-/// Every counter of a region at one moment (CLOCK_MONOTONIC `time`).
+/// Every counter of a host at one moment (CLOCK_MONOTONIC `time`).
 public struct RegionSnapshot: Sendable {
     public var time: UInt64
     public var lanes: [LaneSnapshot]
     public var workers: [WorkerSnapshot]
+    /// Lanes the host took back from guests that died.
+    public var reclaimedLanes: UInt64
 
     public var roundTrips: UInt64 { lanes.reduce(0) { $0 &+ $1.roundTrips } }
 }
 
-extension Region {
-    /// Reads every counter with relaxed loads. It costs the data path nothing: the counters sit on
-    /// their owners' cache lines, which this read only shares for a moment.
-    public func snapshot() -> RegionSnapshot {
-        let lanes = (0..<laneCount).map { index -> LaneSnapshot in
-            let base = lane(index)
-            let host = base + Layout.Lane.hostCounters
+extension HostCounters {
+    /// Reads every counter, the host's from host memory and the guests' from the region, with
+    /// relaxed loads. It costs the data path nothing: the counters sit on their owners' cache
+    /// lines, which this read only shares for a moment.
+    func snapshot(of region: Region) -> RegionSnapshot {
+        let lanes = (0..<region.laneCount).map { index -> LaneSnapshot in
+            let base = region.lane(index)
+            let host = lane(index)
             let guest = base + Layout.Lane.guestCounters
             let owner = CShm_load_relaxed_u64(base + Layout.Lane.owner)
             return LaneSnapshot(
                 index: index, ownerPID: Int32(truncatingIfNeeded: owner >> 32),
                 generation: UInt32(truncatingIfNeeded: owner),
-                roundTrips: CShm_load_relaxed_u64(host + Layout.Counters.hostRoundTrips),
-                wakesSent: CShm_load_relaxed_u64(host + Layout.Counters.hostWakesSent),
-                hostErrors: CShm_load_relaxed_u64(host + Layout.Counters.hostErrors),
+                roundTrips: read(host + HostCounters.Lane.roundTrips),
+                wakesSent: read(host + HostCounters.Lane.wakesSent),
+                hostErrors: read(host + HostCounters.Lane.errors),
                 calls: CShm_load_relaxed_u64(guest + Layout.Counters.guestCalls),
                 spinWins: CShm_load_relaxed_u64(guest + Layout.Counters.guestSpinWins),
                 yields: CShm_load_relaxed_u64(guest + Layout.Counters.guestYields),
@@ -66,13 +69,12 @@ extension Region {
                 guestErrors: CShm_load_relaxed_u64(guest + Layout.Counters.guestErrors),
                 turnWaits: CShm_load_relaxed_u64(guest + Layout.Counters.guestTurnWaits))
         }
-        let workers = (0..<workerCount).map { index -> WorkerSnapshot in
-            let counters = workerCounters(index)
+        let workers = (0..<region.workerCount).map { index -> WorkerSnapshot in
+            let counters = worker(index)
             return WorkerSnapshot(
-                index: index, spinWins: CShm_load_relaxed_u64(counters + Layout.Counters.workerSpinWins),
-                yields: CShm_load_relaxed_u64(counters + Layout.Counters.workerYields),
-                sleeps: CShm_load_relaxed_u64(counters + Layout.Counters.workerSleeps))
+                index: index, spinWins: read(counters + HostCounters.Worker.spinWins),
+                yields: read(counters + HostCounters.Worker.yields), sleeps: read(counters + HostCounters.Worker.sleeps))
         }
-        return RegionSnapshot(time: CShm_monotonic_ns(), lanes: lanes, workers: workers)
+        return RegionSnapshot(time: CShm_monotonic_ns(), lanes: lanes, workers: workers, reclaimedLanes: read(reclaimedLanes))
     }
 }
