@@ -272,9 +272,14 @@ enum Interrupt {
 
     static var requested: Bool { flag.load(ordering: .relaxed) }
 
-    /// Installs the SIGINT handler (it only sets the flag: an atomic store is async-signal-safe).
+    /// Installs the SIGINT handler (it only sets the flag: an atomic store is async-signal-safe),
+    /// and unblocks SIGINT, which a parent may have left blocked in the mask we inherited.
     static func install() {
         signal(SIGINT) { _ in Interrupt.flag.store(true, ordering: .relaxed) }
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        pthread_sigmask(SIG_UNBLOCK, &set, nil)
     }
 }
 

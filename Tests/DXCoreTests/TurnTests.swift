@@ -59,6 +59,24 @@ import Glibc
         #expect(try turnstileWords(name) == (next: 1, serving: 1))
     }
 
+    /// A guest process killed while holding the turn, with more of its threads queued behind it:
+    /// their tickets are never served by anyone, and the live waiter must get past all of them.
+    @Test func deadTicketsAreSkipped() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        try withRawRegion(name) { base, _, _ in
+            let turnstile = base + Layout.Header.turnstiles
+            CShm_store_relaxed_u64(turnstile + Layout.Header.turnNext, 3)      // tickets 0, 1, 2: the dead
+            CShm_store_relaxed_u64(turnstile + Layout.Header.turnServing, 0)   // 0 "holds" the turn
+            CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, 1)     // long ago
+        }
+        var lane = try Region.attach(name: name).claimLane(strategy: TurnTests.turns)
+        #expect(try lane.call([7]).get() == [7])
+        #expect(try turnstileWords(name) == (next: 4, serving: 3))
+    }
+
     @Test func anIdleHolderLosesItsTurnToAWaiter() throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))

@@ -9,8 +9,8 @@ import CShm
 /// when someone does, it passes the turn after `turnCalls` calls or `turnQuantumNanoseconds`,
 /// whichever comes first, between two calls, never in the middle of an exchange. Counting calls
 /// rather than time keeps lanes equal in round trips even when the machine's speed drifts.
-/// A holder that stops calling, or died, loses its turn to the next waiter once its lease is
-/// stale (twice the quantum plus 1 ms).
+/// A holder that stops calling, or died, loses its turn once its lease is stale (twice the
+/// quantum plus 1 ms); dead waiters in the queue are skipped the same way, one stale period each.
 ///
 /// Every turn operation happens inside ``Lane/call(request:response:)`` (it is part of the call's
 /// latency) and only every 64 calls, or while waiting. The turnstile is guest-written: a guest that
@@ -60,12 +60,19 @@ extension Lane {
             waited = true
             _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, staleAfter)
             if CShm_load_acquire_u64(serving) == ticket { break }
+            // The holder has neither renewed nor passed its turn for too long (it stopped calling,
+            // or died, possibly with dead waiters queued behind it): move the turn on by one
+            // ticket. Every waiter may do this, so dead tickets cannot stall the queue; each costs
+            // one stale period, because the lease restarts for the ticket served next.
+            let holder = CShm_load_acquire_u64(serving)
             let now = CShm_monotonic_ns()
-            // The turn is ours next, but its holder has not renewed or passed it: take it.
-            if CShm_load_acquire_u64(serving) == ticket &- 1,
-               now &- CShm_load_relaxed_u64(turnstile + Layout.Header.turnLease) > staleAfter,
-               CShm_cas_seqcst_u64(serving, ticket &- 1, ticket) {
-                break
+            if ticket &- holder < 1 << 62,
+               now &- CShm_load_relaxed_u64(turnstile + Layout.Header.turnLease) > staleAfter {
+                CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
+                if CShm_cas_seqcst_u64(serving, holder, holder &+ 1) {
+                    if holder &+ 1 == ticket { break }
+                    wake(holder &+ 1)
+                }
             }
             if region.hostProblem() != nil { break }  // the call itself reports it
         }
@@ -78,10 +85,16 @@ extension Lane {
         // Relaxed: the next holder's lease starts now; ordered by the CAS below.
         CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
         if CShm_cas_seqcst_u64(turnstile + Layout.Header.turnServing, turnTicket, turnTicket &+ 1) {
-            let slot = wakeSlot(turnTicket &+ 1)
-            _ = CShm_fetch_add_seqcst_u32(slot, 1)
-            _ = CShm_futex_wake(slot.assumingMemoryBound(to: UInt32.self), Int32.max)
+            wake(turnTicket &+ 1)
         }
+    }
+
+    /// Wakes whoever sleeps on the wake slot of `ticket` (the slot changes first, so a waiter
+    /// about to sleep on its old value does not).
+    func wake(_ ticket: UInt64) {
+        let slot = wakeSlot(ticket)
+        _ = CShm_fetch_add_seqcst_u32(slot, 1)
+        _ = CShm_futex_wake(slot.assumingMemoryBound(to: UInt32.self), Int32.max)
     }
 
     /// Leaves the queue for good (the lane is released).
