@@ -1,0 +1,130 @@
+import ArgumentParser
+import CShm
+import DXCommandLine
+import DXCore
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Long-running checked traffic for `scripts/soak`: random sizes, checksummed payloads, and
+/// totals printed every second so that a guest killed on purpose leaves its counts behind.
+struct Soak: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Send checked traffic with random sizes for a while, printing totals every second (scripts/soak).")
+
+    @Option(help: "Region name of the host (it must serve the echo handler).")
+    var name: String
+
+    @Option(help: "Guest threads, each on its own lane.")
+    var threads: Int = 2
+
+    @Option(help: "Seconds to run.")
+    var duration: Double = 20
+
+    @OptionGroup var wait: WaitOptions
+
+    func validate() throws {
+        try validateName(name)
+        guard (1...Layout.maxLanes).contains(threads) else { throw ValidationError("--threads must be between 1 and \(Layout.maxLanes)") }
+        guard duration > 0 else { throw ValidationError("--duration must be positive") }
+    }
+
+    /// Totals of one soak process, shared by its threads (relaxed counters, read by the reporter).
+    final class Totals: Sendable {
+        let calls = Atomic<UInt64>(0)
+        let errors = Atomic<UInt64>(0)
+        let lost = Atomic<UInt64>(0)
+        let duplicated = Atomic<UInt64>(0)
+        let corrupted = Atomic<UInt64>(0)
+
+        var line: String {
+            "{\"calls\":\(calls.load(ordering: .relaxed)),\"errors\":\(errors.load(ordering: .relaxed)),"
+                + "\"lost\":\(lost.load(ordering: .relaxed)),\"duplicated\":\(duplicated.load(ordering: .relaxed)),"
+                + "\"corrupted\":\(corrupted.load(ordering: .relaxed))}"
+        }
+    }
+
+    func run() throws {
+        let region = try attach(name: name)
+        guard region.handler == .echo else { throw CommandFailure("soak needs a host serving the echo handler", exit: .usage) }
+        let strategy = try wait.strategy
+        let totals = Totals()
+        let end = CShm_monotonic_ns() + UInt64(duration * 1e9)
+        let workers = try (0..<threads).map { index in
+            try DXCore.Thread { Soak.traffic(region: region, index: index, strategy: strategy, end: end, totals: totals) }
+        }
+        while CShm_monotonic_ns() < end {
+            usleep(1_000_000)
+            print(totals.line)
+            fflush(nil)  // every line out at once: the process may be killed next
+        }
+        for worker in workers { worker.join() }
+        print(totals.line)
+        let bad = totals.errors.load(ordering: .relaxed) + totals.lost.load(ordering: .relaxed)
+            + totals.duplicated.load(ordering: .relaxed) + totals.corrupted.load(ordering: .relaxed)
+        if bad > 0 { throw CommandFailure("\(bad) calls went wrong", exit: .verificationFailed) }
+    }
+
+    /// One thread: requests of random size, each `[seq u64][checksum u64][body]` with the FNV-1a of
+    /// the body; the echo must come back with the same sequence number and checksum.
+    static func traffic(region: Region, index: Int, strategy: WaitStrategy, end: UInt64, totals: Totals) {
+        guard var lane = try? region.claimLane(strategy: strategy, startingAt: index) else {
+            totals.errors.add(1, ordering: .relaxed)
+            return
+        }
+        let capacity = region.slotCapacity
+        var request = [UInt8](repeating: 0, count: capacity)
+        var response = [UInt8](repeating: 0, count: capacity)
+        var state = UInt64(index + 1) &* 0x9E37_79B9_7F4A_7C15 ^ CShm_monotonic_ns()
+        var seq: UInt64 = 0
+        func next() -> UInt64 {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return state
+        }
+        while CShm_monotonic_ns() < end {
+            seq &+= 1
+            let size = capacity < 16 ? capacity : 16 + Int(next() % UInt64(capacity - 15))
+            request.withUnsafeMutableBytes { buffer in
+                var word = next()
+                for offset in stride(from: 16, to: size, by: 1) {
+                    if offset % 8 == 0 { word = next() }
+                    buffer[offset] = UInt8(truncatingIfNeeded: word >> ((offset % 8) * 8))
+                }
+                if size >= 16 {
+                    buffer.storeBytes(of: seq, toByteOffset: 0, as: UInt64.self)
+                    buffer.storeBytes(of: Checksum.fnv1a64(UnsafeRawBufferPointer(rebasing: buffer[16..<size])),
+                                      toByteOffset: 8, as: UInt64.self)
+                }
+            }
+            let result = request.withUnsafeBytes { requestBytes in
+                response.withUnsafeMutableBytes { responseBytes in
+                    lane.call(UnsafeRawBufferPointer(rebasing: requestBytes[0..<size]), into: responseBytes)
+                }
+            }
+            totals.calls.add(1, ordering: .relaxed)
+            switch result {
+            case .failure:
+                totals.lost.add(1, ordering: .relaxed)
+                return  // the lane cannot be trusted after a failed call
+            case .success(let length):
+                guard length == size else {
+                    totals.corrupted.add(1, ordering: .relaxed)
+                    continue
+                }
+                guard size >= 16 else { continue }
+                response.withUnsafeBytes { bytes in
+                    let echoedSeq = bytes.load(fromByteOffset: 0, as: UInt64.self)
+                    let echoedSum = bytes.load(fromByteOffset: 8, as: UInt64.self)
+                    if echoedSeq != seq {
+                        totals.duplicated.add(1, ordering: .relaxed)
+                    } else if echoedSum != Checksum.fnv1a64(UnsafeRawBufferPointer(rebasing: bytes[16..<size])) {
+                        totals.corrupted.add(1, ordering: .relaxed)
+                    }
+                }
+            }
+        }
+    }
+}
