@@ -50,10 +50,6 @@ int CShm_sem_trywait(sem_t *sem) {
     return sem_trywait(sem) == 0 ? 0 : errno;
 }
 
-void CShm_sem_destroy(sem_t *sem) {
-    sem_destroy(sem);
-}
-
 int CShm_sem_size(void) {
     return (int)sizeof(sem_t);
 }
@@ -143,13 +139,6 @@ bool CShm_process_alive(pid_t pid) {
     if (!p) return true;  // exists, but /proc is not readable: trust kill()
     while (*p == ' ') p++;
     return *p != 'Z' && *p != 'X';
-}
-
-int CShm_pin_self_to_cpu(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
 int CShm_available_cpus(void) {

@@ -54,9 +54,6 @@ static inline bool CShm_cas_acqrel_u64(void *p, uint64_t expected, uint64_t desi
     return atomic_compare_exchange_strong_explicit((_Atomic uint64_t *)p, &expected, desired,
                                                    memory_order_acq_rel, memory_order_acquire);
 }
-static inline uint64_t CShm_fetch_add_acqrel_u64(void *p, uint64_t v) {
-    return atomic_fetch_add_explicit((_Atomic uint64_t *)p, v, memory_order_acq_rel);
-}
 
 // MARK: - Atomics on shared memory (32-bit)
 
@@ -97,10 +94,6 @@ static inline bool CShm_cas_seqcst_u64(void *p, uint64_t expected, uint64_t desi
     return atomic_compare_exchange_strong_explicit((_Atomic uint64_t *)p, &expected, desired,
                                                    memory_order_seq_cst, memory_order_seq_cst);
 }
-/// Exchange (32-bit), acquire-release.
-static inline uint32_t CShm_exchange_acqrel_u32(void *p, uint32_t v) {
-    return atomic_exchange_explicit((_Atomic uint32_t *)p, v, memory_order_acq_rel);
-}
 
 /// A full (sequentially consistent) fence.
 static inline void CShm_fence_seqcst(void) {
@@ -123,8 +116,6 @@ int CShm_sem_post(sem_t *sem);
 int CShm_sem_wait_ns(sem_t *sem, uint64_t timeout_ns);
 /// `sem_trywait`. Returns 0 when taken, EAGAIN when the count was zero.
 int CShm_sem_trywait(sem_t *sem);
-/// `sem_destroy`.
-void CShm_sem_destroy(sem_t *sem);
 /// `sizeof(sem_t)`, pinned by a unit test against the layout.
 int CShm_sem_size(void);
 
@@ -205,8 +196,6 @@ int64_t CShm_self_cpu_ns(void);
 /// True when process `pid` exists and is not a zombie: `kill(pid, 0)` succeeds (or fails
 /// with EPERM) and /proc/PID/stat does not show state Z or X.
 bool CShm_process_alive(pid_t pid);
-/// Pins the calling thread to one CPU. Returns 0 or errno.
-int CShm_pin_self_to_cpu(int cpu);
 /// The number of CPUs the calling thread may run on.
 int CShm_available_cpus(void);
 

@@ -114,10 +114,6 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
             case .watch(let interval):
                 connection.watchInterval = interval
                 connection.nextWatch = CShm_monotonic_ns() &+ interval
-            case .close:
-                connection.closeAfterOutput = true
-                connection.input.removeAll()
-                return
             case .shutdown:
                 shutdownRequested = true
             }

@@ -21,8 +21,6 @@ final class ControlService {
         case none
         /// Start streaming watch lines at this interval (nanoseconds).
         case watch(UInt64)
-        /// Close the connection after the reply.
-        case close
         case shutdown
     }
 
@@ -47,6 +45,12 @@ final class ControlService {
     /// Takes a snapshot when the last one is older than the snapshot interval.
     func tick(now: UInt64) {
         guard let last = history.last, now &- last.time >= ControlService.snapshotInterval else { return }
+        record()
+    }
+
+    /// Takes a snapshot and keeps the ones that cover the last second.
+    private func record() {
+        let last = history[history.count - 1]
         let snapshot = target.snapshot()
         for lane in snapshot.lanes where lane.roundTrips != last.lanes[lane.index].roundTrips {
             lastActivity[lane.index] = snapshot.time
@@ -121,7 +125,7 @@ final class ControlService {
 
     /// The newest snapshot (taken now) and the oldest one within the last second or so.
     private func currentWindow() -> Window {
-        tick(now: CShm_monotonic_ns() &+ ControlService.snapshotInterval)  // force a fresh snapshot
+        record()
         let now = history[history.count - 1]
         let then = history.count > 1 ? history[0] : now
         return Window(then: then, now: now)

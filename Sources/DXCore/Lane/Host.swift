@@ -104,10 +104,10 @@ public final class Host: ControlTarget, @unchecked Sendable {
 
     public func requestShutdown() {
         if let handler = shutdownHandler.withLock({ $0 }) {
-            logger.info("shutdown requested over the control socket")
+            logger.info("shutdown requested")
             handler()
         } else {
-            logger.warning("shutdown requested over the control socket, but this host has no shutdown handler")
+            logger.warning("shutdown requested, but this host has no shutdown handler (see onShutdownRequest)")
         }
     }
 

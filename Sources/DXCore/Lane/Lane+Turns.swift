@@ -54,9 +54,8 @@ extension Lane {
             // Seq-cst: read the slot before re-checking `serving`; the passer changes `serving`
             // before the slot, so a pass between the two makes the futex wait return at once.
             let seen = CShm_load_seqcst_u32(slot)
-            let current = CShm_load_seqcst_u64(serving)
-            // Served, or a vandalised counter ahead of us: go.
-            if current == ticket || current &- ticket < 1 << 62 { break }
+            // Served (or a vandalised counter already past us): go.
+            if CShm_load_seqcst_u64(serving) &- ticket < 1 << 62 { break }
             waited = true
             _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, staleAfter)
             if CShm_load_acquire_u64(serving) == ticket { break }

@@ -41,7 +41,4 @@ struct Semaphore {
         while bound > 0, CShm_sem_trywait(pointer) == 0 { bound -= 1 }
     }
 
-    func destroy() {
-        CShm_sem_destroy(pointer)
-    }
 }
