@@ -30,7 +30,8 @@ final class RawServer: @unchecked Sendable {
             // Seq-cst: the flag before the owner check, paired with the guest's claim then post.
             CShm_store_seqcst_u32(sleeping, 1)
             if CShm_load_seqcst_u64(channel + Layout.Raw.owner) >> 32 == 0 {
-                _ = semaphore.wait(timeoutNanoseconds: 250_000_000)
+                // A claim posts the semaphore, and so does the host's stop: the timeout is a backstop.
+                _ = semaphore.wait(timeoutNanoseconds: 1_000_000_000)
             }
             CShm_store_relaxed_u32(sleeping, 0)
             if CShm_load_acquire_u64(channel + Layout.Raw.owner) >> 32 != 0 { session() }

@@ -126,8 +126,14 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if idle >= spin.budget {
                 spin.hadToSleep()
                 if counting { bump(counters + HostCounters.Worker.sleeps) }
-                if !sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds) { return }
-                idle = 0
+                switch sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds) {
+                case .stopped: return
+                // Rung or not needed: spin again, a request is there or about to be.
+                case .woken: idle = 0
+                // Nobody came for a whole sleep: poll once more and sleep again, without spinning
+                // through the budget first (an idle host should cost next to nothing).
+                case .timedOut: idle = spin.budget &- 1
+                }
                 untilYield = yieldEvery
                 continue
             }
@@ -177,9 +183,11 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         }
     }
 
+    private enum Wake { case woken, timedOut, stopped }
+
     /// Announces the sleep, re-checks every lane, and sleeps on the doorbell for at most the
-    /// strategy's sleep timeout. Returns false when the host stops.
-    private func sleep(doorbell: UnsafeMutableRawPointer, timeout: UInt64) -> Bool {
+    /// strategy's sleep timeout.
+    private func sleep(doorbell: UnsafeMutableRawPointer, timeout: UInt64) -> Wake {
         let sleeping = doorbell + Layout.Header.doorbellSleeping
         let semaphore = Semaphore(doorbell + Layout.Header.doorbellSemaphore)
         semaphore.drain()
@@ -191,11 +199,13 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             pending = true
             break
         }
+        var rung = true
         if !pending && !stop.isSet {
-            _ = semaphore.wait(timeoutNanoseconds: timeout)
+            rung = semaphore.wait(timeoutNanoseconds: timeout)
         }
         CShm_store_relaxed_u32(sleeping, 0)
-        return !stop.isSet
+        if stop.isSet { return .stopped }
+        return rung ? .woken : .timedOut
     }
 }
 
