@@ -35,30 +35,22 @@ public struct WaitOptions: ParsableArguments {
     /// The strategy these flags describe.
     public var strategy: WaitStrategy {
         get throws {
-            guard var strategy = WaitStrategy.preset(named: preset) else {
-                throw ValidationError("unknown wait preset '\(preset)'; choose one of: "
-                    + WaitStrategy.presets.map(\.name).joined(separator: ", "))
+            let change = WaitStrategyChange(
+                preset: preset, minSpins: spinMin, maxSpins: spinMax, startSpins: spinStart, yieldEvery: yieldEvery,
+                sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
+            do {
+                var strategy = try change.applied(to: .fair)
+                if noRelax { strategy.relax = false }
+                if let turnCalls { strategy.turnCalls = turnCalls }
+                if let turnQuantumMicroseconds {
+                    let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
+                    strategy.turnQuantumNanoseconds = overflow ? .max : nanoseconds
+                }
+                try strategy.validate()
+                return strategy
+            } catch {
+                throw ValidationError(error.description)
             }
-            if let spinMin { strategy.minSpins = spinMin }
-            if let spinMax { strategy.maxSpins = spinMax }
-            if let spinStart { strategy.startSpins = spinStart }
-            if let yieldEvery { strategy.yieldEvery = yieldEvery }
-            if let sleepTimeoutMilliseconds {
-                let (nanoseconds, overflow) = sleepTimeoutMilliseconds.multipliedReportingOverflow(by: 1_000_000)
-                strategy.sleepTimeoutNanoseconds = overflow ? .max : nanoseconds
-            }
-            if noRelax { strategy.relax = false }
-            if let turnCalls { strategy.turnCalls = turnCalls }
-            if let turnQuantumMicroseconds {
-                let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
-                strategy.turnQuantumNanoseconds = overflow ? .max : nanoseconds
-            }
-            // A preset's start may fall outside a min or max given on their own: clamp it.
-            if spinStart == nil, strategy.minSpins <= strategy.maxSpins {
-                strategy.startSpins = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)
-            }
-            do { try strategy.validate() } catch { throw ValidationError(error.description) }
-            return strategy
         }
     }
 

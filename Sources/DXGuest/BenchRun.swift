@@ -1,4 +1,5 @@
 import CShm
+import DXCommandLine
 import DXCore
 import Histogram
 import Synchronization
@@ -317,12 +318,4 @@ struct BenchFailure: Error, CustomStringConvertible {
 }
 
 /// `value` with `digits` decimals, for JSON and tables.
-func format(_ value: Double, _ digits: Int) -> String {
-    guard value.isFinite else { return "0" }
-    var scale = 1.0
-    for _ in 0..<digits { scale *= 10 }
-    let rounded = (value * scale).rounded() / scale
-    var text = "\(rounded)"
-    if text.contains("e") { text = "\(Int64(rounded))" }
-    return text
-}
+func format(_ value: Double, _ digits: Int) -> String { Format.decimal(value, digits) }

@@ -1,3 +1,5 @@
+import DXCommandLine
+
 /// The human table: the median run of each mode and thread count, and dx as a ratio of raw.
 enum BenchTable {
     static func render(_ results: [BenchResult], repeats: Int) -> String {
@@ -64,13 +66,5 @@ enum BenchTable {
 
     static func micro(_ nanoseconds: UInt64) -> String { format(Double(nanoseconds) / 1000, 2) }
 
-    static func grouped(_ value: Int) -> String {
-        let digits = String(value)
-        var out = ""
-        for (offset, character) in digits.enumerated() {
-            if offset > 0, (digits.count - offset) % 3 == 0 { out.append(",") }
-            out.append(character)
-        }
-        return out
-    }
+    static func grouped(_ value: Int) -> String { Format.grouped(value) }
 }

@@ -201,15 +201,7 @@ enum Table {
             .joined(separator: "\n")
     }
 
-    static func grouped(_ value: UInt64) -> String {
-        let digits = String(value)
-        var out = ""
-        for (offset, character) in digits.enumerated() {
-            if offset > 0, (digits.count - offset) % 3 == 0 { out.append(",") }
-            out.append(character)
-        }
-        return out
-    }
+    static func grouped(_ value: UInt64) -> String { Format.grouped(value) }
 
     static func rate(_ value: Double) -> String { grouped(UInt64(max(0, value.rounded()))) }
 

@@ -60,4 +60,15 @@ import Testing
             try WaitStrategy(minSpins: 1, maxSpins: 5, startSpins: 2, yieldEvery: 0, sleepTimeoutNanoseconds: 10).validate()
         }
     }
+
+    @Test func changesApplyAPresetThenValues() throws {
+        let low = try WaitStrategyChange(preset: "low-cpu", yieldEvery: 32).applied(to: .fair)
+        #expect(low.maxSpins == 500)
+        #expect(low.yieldEvery == 32)
+        // A new max below the preset's start pulls start down with it.
+        let clamped = try WaitStrategyChange(maxSpins: 1000).applied(to: .balanced)
+        #expect(clamped.startSpins == 1000)
+        #expect(throws: WaitStrategyError.self) { try WaitStrategyChange(preset: "warp").applied(to: .fair) }
+        #expect(throws: WaitStrategyError.self) { try WaitStrategyChange(minSpins: 10, maxSpins: 5).applied(to: .fair) }
+    }
 }

@@ -172,24 +172,11 @@ final class ControlService {
     private func config(_ change: ConfigChange?) -> ([UInt8], Effect) {
         var changed = false
         if let change {
-            var strategy = target.strategy
-            if let preset = change.wait {
-                guard let named = WaitStrategy.preset(named: preset) else {
-                    return (errorLine("unknown wait preset '\(preset)'; choose one of: "
-                        + WaitStrategy.presets.map(\.name).joined(separator: ", "), cmd: "config"), .none)
-                }
-                strategy = named
-            }
-            if let value = change.spin_min { strategy.minSpins = value }
-            if let value = change.spin_max { strategy.maxSpins = value }
-            if let value = change.spin_start { strategy.startSpins = value }
-            if let value = change.yield_every { strategy.yieldEvery = value }
-            if let value = change.sleep_timeout_ms {
-                let (nanoseconds, overflow) = value.multipliedReportingOverflow(by: 1_000_000)
-                strategy.sleepTimeoutNanoseconds = overflow ? .max : nanoseconds
-            }
+            let wanted = WaitStrategyChange(
+                preset: change.wait, minSpins: change.spin_min, maxSpins: change.spin_max, startSpins: change.spin_start,
+                yieldEvery: change.yield_every, sleepTimeoutMilliseconds: change.sleep_timeout_ms)
             do {
-                try target.setStrategy(strategy)
+                try target.setStrategy(try wanted.applied(to: target.strategy))
             } catch {
                 return (errorLine("invalid configuration, nothing changed: \(error)", cmd: "config"), .none)
             }

@@ -100,3 +100,51 @@ public enum WaitStrategyError: Error, Equatable, Sendable, CustomStringConvertib
         switch self { case .invalid(let text): return text }
     }
 }
+
+/// Changes to a wait strategy as people give them (command-line flags, the control socket's
+/// `config`): a preset first, then any single value on top.
+public struct WaitStrategyChange: Sendable {
+    public var preset: String?
+    public var minSpins: UInt32?
+    public var maxSpins: UInt32?
+    public var startSpins: UInt32?
+    public var yieldEvery: UInt32?
+    public var sleepTimeoutMilliseconds: UInt64?
+
+    public init(preset: String? = nil, minSpins: UInt32? = nil, maxSpins: UInt32? = nil, startSpins: UInt32? = nil,
+                yieldEvery: UInt32? = nil, sleepTimeoutMilliseconds: UInt64? = nil) {
+        self.preset = preset
+        self.minSpins = minSpins
+        self.maxSpins = maxSpins
+        self.startSpins = startSpins
+        self.yieldEvery = yieldEvery
+        self.sleepTimeoutMilliseconds = sleepTimeoutMilliseconds
+    }
+
+    /// The strategy with the changes made, validated. When min or max moves and start is not
+    /// given, start is clamped between them.
+    public func applied(to base: WaitStrategy) throws(WaitStrategyError) -> WaitStrategy {
+        var strategy = base
+        if let preset {
+            guard let named = WaitStrategy.preset(named: preset) else {
+                throw .invalid("unknown wait preset '\(preset)'; choose one of: "
+                    + WaitStrategy.presets.map(\.name).joined(separator: ", "))
+            }
+            strategy = named
+        }
+        if let minSpins { strategy.minSpins = minSpins }
+        if let maxSpins { strategy.maxSpins = maxSpins }
+        if let startSpins {
+            strategy.startSpins = startSpins
+        } else if strategy.minSpins <= strategy.maxSpins {
+            strategy.startSpins = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)
+        }
+        if let yieldEvery { strategy.yieldEvery = yieldEvery }
+        if let sleepTimeoutMilliseconds {
+            let (nanoseconds, overflow) = sleepTimeoutMilliseconds.multipliedReportingOverflow(by: 1_000_000)
+            strategy.sleepTimeoutNanoseconds = overflow ? .max : nanoseconds
+        }
+        try strategy.validate()
+        return strategy
+    }
+}
