@@ -42,24 +42,22 @@ extension ParsableCommand {
         var command: any ParsableCommand
         do {
             command = try parseAsRoot(arguments)
-        } catch {
-            let code = exitCode(for: error)
-            if code == .success { self.exit(withError: error) }  // --help, --version
-            let message = fullMessage(for: error)
-            if !message.isEmpty { printError(message) }
-            Glibc.exit(DXExit.usage.rawValue)
-        }
-        do {
             try command.run()
             Glibc.exit(DXExit.ok.rawValue)
         } catch let failure as CommandFailure {
             printError("\(commandName): \(failure.message)")
             Glibc.exit(failure.exit.rawValue)
-        } catch let error as ValidationError {
-            printError("\(commandName): error: \(error.message)")
-            Glibc.exit(DXExit.usage.rawValue)
         } catch {
-            printError("\(commandName): \(error)")
+            // --help and --version (which can surface from parsing or from a command group's
+            // run) exit 0 with their text; usage errors print ArgumentParser's message, exit 2.
+            let code = exitCode(for: error)
+            if code == .success { self.exit(withError: error) }
+            let message = fullMessage(for: error)
+            if code == .validationFailure {
+                printError(message.isEmpty ? "\(commandName): invalid arguments" : message)
+                Glibc.exit(DXExit.usage.rawValue)
+            }
+            printError("\(commandName): \(message.isEmpty ? "\(error)" : message)")
             Glibc.exit(DXExit.failure.rawValue)
         }
     }

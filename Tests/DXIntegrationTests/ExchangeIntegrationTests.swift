@@ -150,6 +150,20 @@ import Testing
         #expect(!outcome.stderr.isEmpty)
     }
 
+    @Test(arguments: [["--help"], ["run", "--help"], ["ctl", "--help"], ["ctl", "stats", "--help"]])
+    func hostHelpExitsZero(arguments: [String]) throws {
+        let outcome = try run(Binaries.host, arguments)
+        #expect(outcome.status == 0)
+        #expect(outcome.stdout.contains("USAGE:"), "\(outcome.stdout)\(outcome.stderr)")
+    }
+
+    @Test(arguments: [["--help"], ["bench", "--help"], ["call", "--help"], ["soak", "--help"]])
+    func guestHelpExitsZero(arguments: [String]) throws {
+        let outcome = try run(Binaries.guest, arguments)
+        #expect(outcome.status == 0)
+        #expect(outcome.stdout.contains("USAGE:"), "\(outcome.stdout)\(outcome.stderr)")
+    }
+
     @Test func errorMessagesNameTheProblem() throws {
         let lanes = try run(Binaries.host, ["--name", "demo", "--lanes", "0"])
         #expect(lanes.stderr.contains("--lanes must be between 1 and 1024, not 0"))
