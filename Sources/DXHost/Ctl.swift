@@ -155,8 +155,8 @@ extension Ctl {
         @Option(name: .customLong("sleep-timeout-ms")) var sleepTimeoutMilliseconds: UInt64?
 
         func run() throws {
-            let change = ConfigChange(wait: preset, spin_min: spinMin, spin_max: spinMax, spin_start: spinStart,
-                                      yield_every: yieldEvery, sleep_timeout_ms: sleepTimeoutMilliseconds)
+            let change = WaitStrategyChange(preset: preset, minSpins: spinMin, maxSpins: spinMax, startSpins: spinStart,
+                                            yieldEvery: yieldEvery, sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
             let changing = preset != nil || spinMin != nil || spinMax != nil || spinStart != nil || yieldEvery != nil
                 || sleepTimeoutMilliseconds != nil
             guard let reply = try options.call(ControlCommand("config", set: changing ? change : nil), as: ConfigReply.self)

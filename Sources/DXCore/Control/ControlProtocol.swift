@@ -14,27 +14,7 @@ struct ControlRequest: Decodable {
     /// `watch`: how often to send a line.
     var interval_ms: Int?
     /// `config`: the changes to make; absent to only read the configuration.
-    var set: ConfigChange?
-}
-
-/// The fields `config` can set; each is optional. `wait` picks a preset first.
-public struct ConfigChange: Codable, Sendable {
-    public init(wait: String? = nil, spin_min: UInt32? = nil, spin_max: UInt32? = nil, spin_start: UInt32? = nil,
-                yield_every: UInt32? = nil, sleep_timeout_ms: UInt64? = nil) {
-        self.wait = wait
-        self.spin_min = spin_min
-        self.spin_max = spin_max
-        self.spin_start = spin_start
-        self.yield_every = yield_every
-        self.sleep_timeout_ms = sleep_timeout_ms
-    }
-
-    public var wait: String?
-    public var spin_min: UInt32?
-    public var spin_max: UInt32?
-    public var spin_start: UInt32?
-    public var yield_every: UInt32?
-    public var sleep_timeout_ms: UInt64?
+    var set: WaitStrategyChange?
 }
 
 /// The wait strategy, as the protocol shows it.
@@ -156,9 +136,9 @@ public struct ControlCommand: Encodable, Sendable {
     public var v = ControlProtocol.version
     public var cmd: String
     public var interval_ms: Int?
-    public var set: ConfigChange?
+    public var set: WaitStrategyChange?
 
-    public init(_ cmd: String, intervalMilliseconds: Int? = nil, set: ConfigChange? = nil) {
+    public init(_ cmd: String, intervalMilliseconds: Int? = nil, set: WaitStrategyChange? = nil) {
         self.cmd = cmd
         self.interval_ms = intervalMilliseconds
         self.set = set
@@ -191,3 +171,4 @@ extension ControlClient {
         try ControlClient.decode(try request(command.line), as: type)
     }
 }
+

@@ -169,14 +169,11 @@ final class ControlService {
             })
     }
 
-    private func config(_ change: ConfigChange?) -> ([UInt8], Effect) {
+    private func config(_ change: WaitStrategyChange?) -> ([UInt8], Effect) {
         var changed = false
         if let change {
-            let wanted = WaitStrategyChange(
-                preset: change.wait, minSpins: change.spin_min, maxSpins: change.spin_max, startSpins: change.spin_start,
-                yieldEvery: change.yield_every, sleepTimeoutMilliseconds: change.sleep_timeout_ms)
             do {
-                try target.setStrategy(try wanted.applied(to: target.strategy))
+                try target.setStrategy(try change.applied(to: target.strategy))
             } catch {
                 return (errorLine("invalid configuration, nothing changed: \(error)", cmd: "config"), .none)
             }

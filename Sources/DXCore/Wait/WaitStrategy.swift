@@ -148,3 +148,16 @@ public struct WaitStrategyChange: Sendable {
         return strategy
     }
 }
+
+/// On the wire, a `config` change is `{"wait": preset, "spin_min": …, "spin_max": …, "spin_start": …,
+/// "yield_every": …, "sleep_timeout_ms": …}`, every field optional.
+extension WaitStrategyChange: Codable {
+    enum CodingKeys: String, CodingKey {
+        case preset = "wait"
+        case minSpins = "spin_min"
+        case maxSpins = "spin_max"
+        case startSpins = "spin_start"
+        case yieldEvery = "yield_every"
+        case sleepTimeoutMilliseconds = "sleep_timeout_ms"
+    }
+}
