@@ -13,6 +13,7 @@ let package = Package(
     name: "dx",
     products: [
         .library(name: "DXCore", targets: ["DXCore"]),
+        .library(name: "CDXGuest", targets: ["CDXGuest"]),
         .executable(name: "dx-host", targets: ["DXHost"]),
         .executable(name: "dx-guest", targets: ["DXGuest"]),
     ],
@@ -35,6 +36,9 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+
+        // The guest side in C, written from docs/LAYOUT.md, for programs in other languages.
+        .target(name: "CDXGuest", linkerSettings: [.linkedLibrary("pthread")]),
 
         // MARK: Executables
         .target(
@@ -71,7 +75,7 @@ let package = Package(
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
         .testTarget(
             name: "DXCoreTests",
-            dependencies: ["DXCore", "CShm", "CAllocationCounter"],
+            dependencies: ["DXCore", "CShm", "CAllocationCounter", "CDXGuest"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -1,0 +1,122 @@
+// dxguest: the guest side of a dx region, in C.
+//
+// Written from docs/LAYOUT.md (layout version 1) for programs that are not in Swift. It attaches to
+// a region a dx host published, claims a lane per thread, and makes calls with the same wait as
+// the Swift guest: spin with a CPU-relax hint, sched_yield now and then, an adaptive spin budget,
+// then bounded sleeps on the lane's process-shared semaphore; guest threads of one serving worker
+// take turns. It needs only libc and pthreads:
+//
+//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c your.c
+//
+// Example:
+//
+//     dx_region *region;
+//     dx_lane *lane;
+//     if (dx_attach("demo", &region) != DX_OK) ...;
+//     if (dx_lane_claim(region, NULL, &lane) != DX_OK) ...;
+//     char answer[64];
+//     size_t length;
+//     int rc = dx_call(lane, "hello", 5, answer, sizeof answer, &length);
+//     dx_lane_release(lane);
+//     dx_detach(region);
+//
+// Errors are negative return codes (enum dx_error); dx_strerror names them. Calls allocate nothing,
+// take no lock and make no system call unless a side has to sleep. A lane belongs to one thread
+// at a time; a region may be shared by every thread of the process.
+#ifndef DXGUEST_H
+#define DXGUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// The region layout this library implements. A region with another version is refused
+/// (DX_E_VERSION) before anything else in it is read.
+#define DX_LAYOUT_VERSION 1u
+
+enum dx_error {
+    DX_OK = 0,
+    DX_E_INVALID_NAME = -1,  ///< not 1-200 characters of [A-Za-z0-9._-], or starts with '.'
+    DX_E_NO_REGION = -2,     ///< no region of that name: is the host running?
+    DX_E_PERMISSION = -3,    ///< the region belongs to another user
+    DX_E_NOT_READY = -4,     ///< the host has not published the region yet: try again
+    DX_E_NOT_DX = -5,        ///< the object is not a dx region
+    DX_E_VERSION = -6,       ///< the region has another layout version
+    DX_E_SIZE = -7,          ///< a size in the header is invalid or the object is too small
+    DX_E_SYSTEM = -8,        ///< a system call failed (errno is kept)
+    DX_E_NO_LANE = -9,       ///< every lane is claimed
+    DX_E_TOO_LARGE = -10,    ///< the request is larger than the lane's capacity
+    DX_E_REJECTED = -11,     ///< the host answered with an error status (dx_lane_status says which)
+    DX_E_BAD_RESPONSE = -12, ///< the response's length is outside the lane
+    DX_E_TIMEOUT = -13,      ///< no response within the call timeout
+    DX_E_SHUTDOWN = -14,     ///< the host is shutting down
+    DX_E_HOST_GONE = -15,    ///< the host process is gone
+    DX_E_BROKEN = -16,       ///< an earlier call on this lane failed; claim another lane
+    DX_E_ARGUMENT = -17,     ///< a NULL pointer or an invalid wait configuration
+};
+
+/// How a guest waits for its response. dx_wait_fair() is the default the Swift guest uses.
+typedef struct dx_wait {
+    uint32_t min_spins;        ///< the adaptive spin budget never falls below this
+    uint32_t max_spins;        ///< ... nor grows above this
+    uint32_t start_spins;      ///< the budget of the first wait
+    uint32_t yield_every;      ///< sched_yield every this many spins; 0 never
+    uint64_t sleep_timeout_ns; ///< the longest single sleep (1 ms ... 1 s)
+    uint32_t turn_calls;       ///< calls per turn while other guests of the worker wait; 0: no turns
+    uint64_t turn_quantum_ns;  ///< the longest a turn lasts
+} dx_wait;
+
+typedef struct dx_region dx_region;
+typedef struct dx_lane dx_lane;
+
+/// The `fair` preset: spins 2000...20000 (start 5000), yield every 128, 50 ms sleeps, turns of
+/// 4096 calls or 4 ms.
+dx_wait dx_wait_fair(void);
+/// The `balanced` preset (the tuning study's): spins 100...5000 (start 2000), yield every 128,
+/// no turns.
+dx_wait dx_wait_balanced(void);
+
+/// Attaches to the region the host published as `name` and validates its header. On success
+/// *region must be released with dx_detach after its last lane.
+int dx_attach(const char *name, dx_region **region);
+void dx_detach(dx_region *region);
+
+/// The region's layout version as found by the last dx_attach in this thread that failed with
+/// DX_E_VERSION (0 otherwise).
+uint32_t dx_last_found_version(void);
+
+size_t dx_region_lane_count(const dx_region *region);
+/// The largest request or response, in bytes.
+size_t dx_region_capacity(const dx_region *region);
+/// The handler the host announced: 1 echo, 2 checksum (FNV-1a 64), 0xFFFF other.
+uint32_t dx_region_handler(const dx_region *region);
+
+/// Claims a free lane for the calling thread. `wait` may be NULL (fair).
+int dx_lane_claim(dx_region *region, const dx_wait *wait, dx_lane **lane);
+/// Releases the lane (and passes this thread's turn on).
+void dx_lane_release(dx_lane *lane);
+
+/// The lane's buffer: write a request into it and call dx_lane_call; the response is then in
+/// the same buffer. Its size is dx_region_capacity.
+void *dx_lane_buffer(dx_lane *lane);
+/// One round trip in place: the request is the first `request_length` bytes of the buffer. On
+/// success *response_length is the response's length.
+int dx_lane_call(dx_lane *lane, size_t request_length, size_t *response_length);
+/// One round trip with copies: sends `request`, copies up to `response_capacity` bytes of the
+/// response into `response` and sets *response_length to the number copied.
+int dx_call(dx_lane *lane, const void *request, size_t request_length, void *response,
+            size_t response_capacity, size_t *response_length);
+/// The status word of the last response (1 bad length, 2 bad sequence, 3 handler failed).
+uint32_t dx_lane_status(const dx_lane *lane);
+/// The longest a call waits for its response (default 10 s).
+void dx_lane_set_timeout(dx_lane *lane, uint64_t timeout_ns);
+
+const char *dx_strerror(int error);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

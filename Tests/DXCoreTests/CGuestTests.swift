@@ -1,0 +1,93 @@
+import CDXGuest
+import CShm
+import DXCore
+import Testing
+
+/// The C guest library (Sources/CDXGuest, written from docs/LAYOUT.md) against the Swift host, in
+/// one process. scripts/test-c-guest runs it from a C program against the dx-host executable too.
+@Suite(.serialized, .timeLimit(.minutes(2))) struct CGuestTests {
+    @Test func bothLanguagesImplementTheSameLayoutVersion() {
+        #expect(DX_LAYOUT_VERSION == Layout.version)
+    }
+
+    @Test func cGuestRoundTripsAreChecked() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 512, handler: .echo))
+        defer { host.stop() }
+        try host.start(handler: EchoHandler())
+
+        var region: OpaquePointer?
+        #expect(dx_attach(name, &region) == DX_OK.rawValue)
+        defer { dx_detach(region) }
+        #expect(dx_region_capacity(region) == 512)
+        #expect(dx_region_lane_count(region) == 4)
+        var lane: OpaquePointer?
+        #expect(dx_lane_claim(region, nil, &lane) == DX_OK.rawValue)
+        defer { dx_lane_release(lane) }
+
+        var request = [UInt8](repeating: 0, count: 513)
+        var response = [UInt8](repeating: 0, count: 512)
+        for round in 0..<2_000 {
+            let length = round % 513
+            for index in 0..<length { request[index] = UInt8(truncatingIfNeeded: index &* 7 &+ round) }
+            var got = 0
+            let rc = dx_call(lane, request, length, &response, response.count, &got)
+            #expect(rc == DX_OK.rawValue)
+            #expect(got == length && request[..<length] == response[..<length])
+        }
+        #expect(dx_call(lane, request, 513, &response, response.count, nil) == DX_E_TOO_LARGE.rawValue)
+        #expect(host.snapshot().roundTrips == 2_000)
+    }
+
+    @Test func aSwiftGuestAndACGuestShareTheRegion() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        defer { host.stop() }
+        try host.start(handler: ChecksumHandler())
+
+        var cRegion: OpaquePointer?
+        var cLane: OpaquePointer?
+        #expect(dx_attach(name, &cRegion) == DX_OK.rawValue)
+        defer { dx_detach(cRegion) }
+        #expect(dx_lane_claim(cRegion, nil, &cLane) == DX_OK.rawValue)
+        let swiftRegion = try Region.attach(name: name)
+        var swiftLane = try swiftRegion.claimLane()
+        #expect(swiftLane.index == 1)  // the C guest took lane 0
+        var third: OpaquePointer?
+        #expect(dx_lane_claim(cRegion, nil, &third) == DX_E_NO_LANE.rawValue)
+
+        for round in 0..<1_000 {
+            let bytes = (0..<(round % 64)).map { UInt8(truncatingIfNeeded: $0 &+ round) }
+            let expected = bytes.withUnsafeBytes { Checksum.fnv1a64($0) }
+            var answer: UInt64 = 0
+            var got = 0
+            #expect(dx_call(cLane, bytes, bytes.count, &answer, 8, &got) == DX_OK.rawValue)
+            #expect(got == 8 && UInt64(littleEndian: answer) == expected)
+            let swiftAnswer = try swiftLane.call(bytes).get()
+            #expect(swiftAnswer.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self) } == expected.littleEndian)
+        }
+        dx_lane_release(cLane)
+        cLane = nil
+        // The C guest released its lane the way the Swift guest does: it can be claimed again.
+        let again = try swiftRegion.claimLane()
+        #expect(again.index == 0)
+    }
+
+    /// The version rule from both languages: a region of another layout version is refused by
+    /// each guest with a version-mismatch error naming the version found.
+    @Test(arguments: [UInt32(0), Layout.version + 1, 0xFFFF_FFFF])
+    func anotherLayoutVersionIsRefusedByBothGuests(version: UInt32) throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration())
+        defer { host.stop() }
+        try withRawRegion(name) { base, _, _ in CShm_store_relaxed_u32(base + Layout.Header.version, version) }
+
+        #expect(throws: RegionAttachError.versionMismatch(found: version, expected: Layout.version)) {
+            try Region.attach(name: name)
+        }
+        var region: OpaquePointer?
+        #expect(dx_attach(name, &region) == DX_E_VERSION.rawValue)
+        #expect(region == nil)
+        #expect(dx_last_found_version() == version)
+    }
+}
