@@ -16,6 +16,8 @@ let package = Package(
         .library(name: "CDXGuest", targets: ["CDXGuest"]),
         .executable(name: "dx-host", targets: ["DXHost"]),
         .executable(name: "dx-guest", targets: ["DXGuest"]),
+        .executable(name: "kv-host", targets: ["KVHost"]),
+        .executable(name: "kv-guest", targets: ["KVGuest"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -68,6 +70,30 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
+            swiftSettings: swiftSettings
+        ),
+
+        // MARK: Examples (see Examples/README.md)
+        .target(name: "KVProtocol", path: "Examples/KVProtocol", swiftSettings: swiftSettings),
+        .executableTarget(
+            name: "KVHost",
+            dependencies: [
+                "DXCore", "KVProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Examples/KVHost",
+            exclude: ["README.md"],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "KVGuest",
+            dependencies: [
+                "DXCore", "KVProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/KVGuest",
+            exclude: ["README.md"],
             swiftSettings: swiftSettings
         ),
 
