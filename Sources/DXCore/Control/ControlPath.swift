@@ -7,6 +7,7 @@ import Glibc
 /// `$XDG_RUNTIME_DIR/dx/<name>.sock`, or `/tmp/dx-<uid>/<name>.sock` when `XDG_RUNTIME_DIR` is
 /// unset. The directory is created with mode 0700 and must belong to the current user.
 public enum ControlPath {
+    /// The directory of control sockets: `$XDG_RUNTIME_DIR/dx`, or `/tmp/dx-<uid>`.
     public static func directory() -> String {
         if let runtime = getenv("XDG_RUNTIME_DIR").map({ String(cString: $0) }), !runtime.isEmpty {
             return runtime + "/dx"
@@ -51,6 +52,7 @@ public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
     case refused(String)
     case system(SystemError)
 
+    /// A sentence for a person.
     public var description: String {
         switch self {
         case .unsafeDirectory(let text): return "unsafe control socket directory: \(text)"

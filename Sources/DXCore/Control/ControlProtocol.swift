@@ -2,6 +2,7 @@ import FoundationEssentials
 
 /// The control protocol: one JSON object per line, each with `"v": 1` (see docs/CONTROL.md).
 public enum ControlProtocol {
+    /// The protocol version every line carries as `"v"`.
     public static let version = 1
     /// The longest request line the host reads; a longer one gets an error and the connection closes.
     public static let maxLineBytes = 64 * 1024
@@ -19,13 +20,20 @@ struct ControlRequest: Decodable {
 
 /// The wait strategy, as the protocol shows it.
 public struct StrategyFields: Codable, Equatable, Sendable {
+    /// The spin budget's floor.
     public var spin_min: UInt32
+    /// The spin budget's ceiling.
     public var spin_max: UInt32
+    /// The budget a new waiter starts with.
     public var spin_start: UInt32
+    /// `sched_yield` every this many spins; 0 never.
     public var yield_every: UInt32
+    /// The longest single sleep, in milliseconds.
     public var sleep_timeout_ms: UInt64
+    /// Whether spins execute the CPU-relax hint.
     public var relax: Bool
 
+    /// The fields of `strategy`.
     public init(_ strategy: WaitStrategy) {
         spin_min = strategy.minSpins
         spin_max = strategy.maxSpins
@@ -36,108 +44,190 @@ public struct StrategyFields: Codable, Equatable, Sendable {
     }
 }
 
+/// The reply to a request that failed: `"ok": false` and a sentence.
 public struct ErrorReply: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always false.
     public var ok = false
+    /// The command that failed, when the request named one.
     public var cmd: String?
+    /// What went wrong, in a sentence.
     public var error: String
 }
 
+/// One lane in `stats` and `lanes` replies. Guest-reported values are shown, never trusted.
 public struct LaneFields: Codable, Sendable {
+    /// The lane's index.
     public var lane: Int
+    /// The owning guest's pid; 0 when free.
     public var owner_pid: Int32
+    /// `"free"`, `"claimed"`, or `"owner-gone"` (the owner died; the host reclaims it).
     public var state: String
+    /// Round trips the host answered (counted in host memory).
     public var round_trips: UInt64
+    /// Round trips per second over the last window.
     public var ops_per_sec: Double
+    /// Seconds since the lane's last round trip; absent before the first.
     public var last_activity_s: Double?
+    /// Calls, as the guest counted them.
     public var guest_calls: UInt64
+    /// Waits that ended while spinning.
     public var spin_wins: UInt64
+    /// `sched_yield` calls made while waiting.
     public var yields: UInt64
+    /// Waits that ended in a sleep.
     public var sleeps: UInt64
+    /// Times the guest woke the serving worker (guest-reported).
     public var doorbells: UInt64
+    /// Sleeping guests the host woke.
     public var wakes_sent: UInt64
+    /// Responses published while the guest was awake, so no wake-up was needed.
     public var wakes_skipped: UInt64
+    /// Times the guest slept waiting for its turn (guest-reported).
     public var turn_waits: UInt64
+    /// Requests answered with an error status.
     public var errors: UInt64
 }
 
+/// One serving worker in a `stats` reply.
 public struct WorkerFields: Codable, Sendable {
+    /// The worker's index.
     public var worker: Int
+    /// Waits that ended while spinning.
     public var spin_wins: UInt64
+    /// `sched_yield` calls made while waiting.
     public var yields: UInt64
+    /// Waits that ended in a sleep.
     public var sleeps: UInt64
 }
 
+/// The reply to `stats`.
 public struct StatsReply: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always true: failures are ``ErrorReply``s.
     public var ok = true
+    /// The command answered.
     public var cmd = "stats"
+    /// The region name.
     public var name: String
+    /// The host's pid.
     public var host_pid: Int32
+    /// Seconds since the host started serving.
     public var uptime_s: Double
+    /// Round trips the host answered (counted in host memory).
     public var round_trips: UInt64
+    /// Round trips per second over the last second.
     public var ops_per_sec_last: Double
+    /// Round trips per second since the start.
     public var ops_per_sec_avg: Double
+    /// Lanes with a live owner.
     public var lanes_claimed: Int
+    /// Waits that ended in a sleep.
     public var sleeps: UInt64
+    /// Sleeping guests the host woke.
     public var wakes_sent: UInt64
+    /// Requests answered with an error status.
     public var errors: UInt64
+    /// Lanes taken back from guests that died.
     public var reclaimed_lanes: UInt64
+    /// The serving workers' wait strategy.
     public var wait: StrategyFields
+    /// Every lane.
     public var lanes: [LaneFields]
+    /// Every serving worker.
     public var workers: [WorkerFields]
 }
 
+/// The reply to `lanes`.
 public struct LanesReply: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always true: failures are ``ErrorReply``s.
     public var ok = true
+    /// The command answered.
     public var cmd = "lanes"
+    /// Every lane.
     public var lanes: [LaneFields]
 }
 
+/// The reply to `config`: the configuration after any change.
 public struct ConfigReply: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always true: failures are ``ErrorReply``s.
     public var ok = true
+    /// The command answered.
     public var cmd = "config"
+    /// Whether the request changed the wait strategy.
     public var changed: Bool
+    /// The serving workers' wait strategy.
     public var wait: StrategyFields
+    /// The region's lane count.
     public var lanes: Int
+    /// The largest request or response, in bytes.
     public var slot_size: Int
+    /// The number of serving workers.
     public var workers: Int
 }
 
+/// One line of a `watch` stream.
 public struct WatchLine: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always true: failures are ``ErrorReply``s.
     public var ok = true
+    /// The command answered.
     public var cmd = "watch"
+    /// Seconds since the host started serving.
     public var uptime_s: Double
+    /// Round trips per second over the last window.
     public var ops_per_sec: Double
+    /// The slowest claimed lane's round trips per second.
     public var lane_min_ops_per_sec: Double
+    /// The fastest claimed lane's round trips per second.
     public var lane_max_ops_per_sec: Double
+    /// Worker sleeps per second.
     public var sleeps_per_sec: Double
+    /// Guest wake-ups sent per second.
     public var wakes_per_sec: Double
 }
 
+/// The reply to `metrics`.
 public struct MetricsReply: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always true: failures are ``ErrorReply``s.
     public var ok = true
+    /// The command answered.
     public var cmd = "metrics"
+    /// The counters in the Prometheus text format.
     public var text: String
 }
 
+/// The reply to `shutdown`, sent before the host stops.
 public struct ShutdownReply: Codable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// Always true: failures are ``ErrorReply``s.
     public var ok = true
+    /// The command answered.
     public var cmd = "shutdown"
 }
 
 /// A request as a client sends it.
 public struct ControlCommand: Encodable, Sendable {
+    /// The protocol version (``ControlProtocol/version``).
     public var v = ControlProtocol.version
+    /// The command: `stats`, `lanes`, `config`, `watch`, `metrics` or `shutdown`.
     public var cmd: String
+    /// `watch`: milliseconds between lines.
     public var interval_ms: Int?
+    /// `config`: the changes to make; nil only reads the configuration.
     public var set: WaitStrategyChange?
 
+    /// A command named `cmd` (`stats`, `lanes`, `config`, `watch`, `metrics`, `shutdown`).
     public init(_ cmd: String, intervalMilliseconds: Int? = nil, set: WaitStrategyChange? = nil) {
         self.cmd = cmd
         self.interval_ms = intervalMilliseconds

@@ -98,6 +98,7 @@ public final class ControlServer: @unchecked Sendable {
 public struct ControlClient: ~Copyable {
     private let fd: Int32
     private var pending: [UInt8] = []
+    /// The socket path.
     public let path: String
 
     /// Connects (bounded: every read and write times out after `timeout`).

@@ -15,6 +15,7 @@ public enum CallError: Error, Equatable, Sendable, CustomStringConvertible {
     /// An earlier call on this lane failed in a way that leaves the lane unusable.
     case laneBroken
 
+    /// A sentence for a person, with what to do about it.
     public var description: String {
         switch self {
         case .payloadTooLarge(let length, let capacity):
@@ -38,6 +39,7 @@ public enum LaneClaimError: Error, Equatable, Sendable, CustomStringConvertible 
     /// The host process no longer exists.
     case hostGone
 
+    /// A sentence for a person, with what to do about it.
     public var description: String {
         switch self {
         case .noFreeLane(let count):

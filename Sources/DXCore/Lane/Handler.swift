@@ -24,8 +24,10 @@ public enum HandlerKind: UInt32, Sendable, CaseIterable {
 
 /// Answers every request with itself. In place, that costs nothing.
 public struct EchoHandler: RequestHandler {
+    /// The handler.
     public init() {}
 
+    /// Serves one request (see ``RequestHandler``).
     @inlinable
     public func handle(request: UnsafeRawBufferPointer, response: UnsafeMutableRawBufferPointer) -> Int {
         if let source = request.baseAddress, let target = response.baseAddress, source != UnsafeRawPointer(target) {
@@ -37,8 +39,10 @@ public struct EchoHandler: RequestHandler {
 
 /// Answers every request with its FNV-1a 64 checksum, 8 bytes little-endian.
 public struct ChecksumHandler: RequestHandler {
+    /// The handler.
     public init() {}
 
+    /// Serves one request (see ``RequestHandler``).
     @inlinable
     public func handle(request: UnsafeRawBufferPointer, response: UnsafeMutableRawBufferPointer) -> Int {
         guard response.count >= 8 else { return -1 }
@@ -52,10 +56,12 @@ public struct ChecksumHandler: RequestHandler {
 public struct ClosureHandler: RequestHandler {
     @usableFromInline let body: @Sendable (UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer) -> Int
 
+    /// A handler that calls `body(request, response)` and returns its result.
     public init(_ body: @escaping @Sendable (UnsafeRawBufferPointer, UnsafeMutableRawBufferPointer) -> Int) {
         self.body = body
     }
 
+    /// Serves one request (see ``RequestHandler``).
     @inlinable
     public func handle(request: UnsafeRawBufferPointer, response: UnsafeMutableRawBufferPointer) -> Int {
         body(request, response)

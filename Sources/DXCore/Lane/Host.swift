@@ -31,12 +31,12 @@ public final class Host: ControlTarget, @unchecked Sendable {
     private var stopped = false
     private let shutdownHandler = Mutex<(@Sendable () -> Void)?>(nil)
 
-    /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
-    /// ``start(handler:)``.
     /// Whether workers update their counters (on unless measuring their cost).
     public let counting: Bool
     private let counters: HostCounters
 
+    /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
+    /// ``start(handler:)``. `logger` receives the host's few lifecycle messages (never one per call).
     public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .fair,
                 counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         do { try strategy.validate() } catch { throw .invalidConfiguration(error.description) }
@@ -102,6 +102,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
         shutdownHandler.withLock { $0 = handler }
     }
 
+    /// Asks the host's owner to shut down: runs the ``onShutdownRequest(_:)`` handler.
     public func requestShutdown() {
         if let handler = shutdownHandler.withLock({ $0 }) {
             logger.info("shutdown requested")

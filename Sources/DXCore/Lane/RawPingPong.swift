@@ -74,6 +74,7 @@ final class RawServer: @unchecked Sendable {
 ///
 /// - Important: One thread at a time, like ``Lane``. Dropping it ends the session.
 public struct RawChannel: ~Copyable {
+    /// The largest payload, in bytes.
     public let capacity: Int
     let region: Region
     let channel: UnsafeMutableRawPointer

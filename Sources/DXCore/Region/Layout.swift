@@ -56,37 +56,60 @@ public enum Layout {
 
     /// Header field offsets.
     public enum Header {
+        /// The offset of the magic u64: written last, with release order.
         public static let magic = 0
+        /// The offset of the layout version u32.
         public static let version = 8
+        /// The offset of the header size u32 (8192).
         public static let headerSize = 12
+        /// The offset of the lane stride u32.
         public static let laneStride = 16
+        /// The offset of the lane count u32.
         public static let laneCount = 20
+        /// The offset of the slot capacity u32.
         public static let slotCapacity = 24
+        /// The offset of the worker count u32.
         public static let workerCount = 28
+        /// The offset of the region size u64.
         public static let regionSize = 32
+        /// The offset of the host pid u32 (written first).
         public static let hostPID = 40
+        /// The offset of the handler kind u32.
         public static let handler = 44
+        /// The offset of the host start time u64 (clock ticks since boot).
         public static let hostStartTime = 48
+        /// The offset of the epoch u64: differs for every region created under a name.
         public static let epoch = 56
+        /// The offset of the host state u32 (``HostState``).
         public static let state = 128
+        /// The offset of the heartbeat u64 (CLOCK_MONOTONIC ns, every 100 ms).
         public static let heartbeat = 136
+        /// The offset of the lanes offset u64.
         public static let lanesOffset = 256
+        /// The offset of the raw channels offset u64.
         public static let rawOffset = 264
+        /// The offset of the raw channel count u32.
         public static let rawCount = 272
+        /// The offset of the first worker doorbell (128 bytes each).
         public static let doorbells = 1024
         /// Within a doorbell block.
         public static let doorbellSleeping = 0
+        /// The offset of the doorbell semaphore, within a doorbell block.
         public static let doorbellSemaphore = 8
         /// Worker w's turnstile: 256 bytes at `turnstiles + 256 · w`.
         public static let turnstiles = 4096
+        /// The offset of the distance between turnstiles.
         public static let turnstileStride = 256
         /// Within a turnstile: the next ticket to hand out, the ticket that holds the turn, and
         /// when the holder's lease began (CLOCK_MONOTONIC ns). All written by guests.
         public static let turnNext = 0
+        /// The offset of the ticket holding the turn, u64.
         public static let turnServing = 8
+        /// The offset of the lease start u64.
         public static let turnLease = 16
         /// 32 futex words: the waiter with ticket t sleeps on word t mod 32.
         public static let turnWakeSlots = 128
+        /// The offset of the number of futex wake words.
         public static let turnWakeSlotCount = 32
     }
 
@@ -94,40 +117,64 @@ public enum Layout {
     /// the lane's guest with relaxed stores and read by the host's control plane. They are the
     /// guest's word: the host's own counters are kept in host memory, out of guests' reach.
     public enum Counters {
+        /// The offset of the calls counter.
         public static let guestCalls = 0
+        /// The offset of the spin wins counter.
         public static let guestSpinWins = 8
+        /// The offset of the yields counter.
         public static let guestYields = 16
+        /// The offset of the sleeps counter.
         public static let guestSleeps = 24
+        /// The offset of the doorbells counter.
         public static let guestDoorbells = 32
+        /// The offset of the errors counter.
         public static let guestErrors = 40
+        /// The offset of the turn waits counter.
         public static let guestTurnWaits = 48
     }
 
     /// Lane field offsets, relative to the lane's base.
     public enum Lane {
+        /// The offset of the request sequence u64 (guest, seq-cst store).
         public static let requestSeq = 0
+        /// The offset of the request length u32 (guest).
         public static let requestLength = 8
+        /// The offset of the owner word u64: `pid << 32 | generation`, claimed by CAS.
         public static let owner = 16
         /// The owner's start time (clock ticks since boot), written by the guest when it claims the
         /// lane, so that the host can tell a dead owner from a reused pid.
         public static let ownerStartTime = 24
+        /// The offset of the response sequence u64 (host, seq-cst store).
         public static let responseSeq = 128
+        /// The offset of the response length u32 (host).
         public static let responseLength = 136
+        /// The offset of the response status u32 (``ResponseStatus``).
         public static let status = 140
+        /// The offset of the guest sleeping flag u32.
         public static let guestSleeping = 256
+        /// The offset of the guest semaphore (`sem_t`; the host posts it).
         public static let guestSemaphore = 264
+        /// The offset of the guest counters (``Layout/Counters``).
         public static let guestCounters = 512
+        /// The offset of the payload: slot capacity bytes.
         public static let payload = 768
     }
 
     /// Raw ping-pong channel offsets, relative to the channel's base.
     public enum Raw {
+        /// The offset of the ping u64 (guest, release).
         public static let ping = 0
+        /// The offset of the payload length u32.
         public static let length = 8
+        /// The offset of the owner word u64: `pid << 32 | generation`, claimed by CAS.
         public static let owner = 16
+        /// The offset of the pong u64 (server, release).
         public static let pong = 128
+        /// The offset of the server sleeping flag u32.
         public static let serverSleeping = 256
+        /// The offset of the server semaphore (`sem_t`).
         public static let serverSemaphore = 264
+        /// The offset of the payload: slot capacity bytes.
         public static let payload = 768
     }
 

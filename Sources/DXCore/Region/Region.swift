@@ -11,14 +11,27 @@ import CShm
 /// ``attach(name:)``. Both keep private copies of every size they validated, and never read
 /// a size from shared memory again.
 ///
+/// ```swift
+/// // Guest: attach, claim a lane per thread, call.
+/// let region = try Region.attach(name: "demo")
+/// print(region.laneCount, region.slotCapacity)
+/// var lane = try region.claimLane(strategy: .fair)
+/// let reply = try lane.call(Array("ping".utf8)).get()
+/// ```
+///
 /// - Important: `Region` is thread-safe. It owns the mapping; lanes and servers keep it alive.
 public final class Region: @unchecked Sendable {
     /// The name given by the user (the region is `/dev/shm/dx.<name>`).
     public let name: String
+    /// How many lanes (guest threads at once) the region has.
     public let laneCount: Int
+    /// The largest request or response, in bytes.
     public let slotCapacity: Int
+    /// The distance between lanes, in bytes.
     public let laneStride: Int
+    /// How many workers serve the lanes; lane i is served by worker i mod workerCount.
     public let workerCount: Int
+    /// How many raw baseline channels the region has.
     public let rawCount: Int
     /// The pid of the host that created the region.
     public let hostPID: Int32
@@ -170,12 +183,18 @@ public final class Region: @unchecked Sendable {
 
 /// What the host puts into a new region.
 public struct RegionConfiguration: Sendable, Equatable {
+    /// Lanes: how many guest threads can be connected at once (1...1024).
     public var laneCount: Int
+    /// The largest request or response, in bytes (1 B...16 MiB).
     public var slotCapacity: Int
+    /// Serving worker threads (1...16, at most the lane count).
     public var workerCount: Int
+    /// Whether the region carries raw ping-pong channels for `--baseline raw`.
     public var rawChannels: Bool
+    /// The handler announced in the header, so that guests can check responses.
     public var handler: HandlerKind
 
+    /// A configuration; the defaults suit a small host.
     public init(laneCount: Int = 8, slotCapacity: Int = 4096, workerCount: Int = 1, rawChannels: Bool = true,
                 handler: HandlerKind = .custom) {
         self.laneCount = laneCount

@@ -35,6 +35,7 @@ public enum RegionAttachError: Error, Equatable, Sendable {
 }
 
 extension RegionCreateError: CustomStringConvertible {
+    /// A sentence for a person, with what to do about it.
     public var description: String {
         switch self {
         case .invalidName(let name):
@@ -50,6 +51,7 @@ extension RegionCreateError: CustomStringConvertible {
 }
 
 extension RegionAttachError: CustomStringConvertible {
+    /// A sentence for a person, with what to do about it.
     public var description: String {
         switch self {
         case .invalidName(let name):

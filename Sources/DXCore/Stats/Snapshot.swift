@@ -5,21 +5,33 @@ import CShm
 /// Guest-written values (owner, the guest counters) are whatever the guest wrote: shown, never
 /// trusted.
 public struct LaneSnapshot: Sendable, Equatable {
+    /// The index.
     public var index: Int
     /// The owning guest's pid, or 0 when the lane is free.
     public var ownerPID: Int32
+    /// Bumped by every claim of the lane.
     public var generation: UInt32
     // Written by the serving worker.
+    /// Round trips the worker answered.
     public var roundTrips: UInt64
+    /// Sleeping guests the worker woke.
     public var wakesSent: UInt64
+    /// Requests answered with an error status.
     public var hostErrors: UInt64
     // Written by the guest.
+    /// Calls the guest counted.
     public var calls: UInt64
+    /// Waits that ended while spinning.
     public var spinWins: UInt64
+    /// `sched_yield` calls while waiting.
     public var yields: UInt64
+    /// Waits that ended in a sleep.
     public var sleeps: UInt64
+    /// Times the guest woke the worker.
     public var doorbells: UInt64
+    /// Calls the guest counted as failed.
     public var guestErrors: UInt64
+    /// Times the guest slept waiting for its turn.
     public var turnWaits: UInt64
 
     /// Responses published while the guest was awake, so no wake-up was needed.
@@ -28,20 +40,28 @@ public struct LaneSnapshot: Sendable, Equatable {
 
 /// One serving worker's counters.
 public struct WorkerSnapshot: Sendable, Equatable {
+    /// The index.
     public var index: Int
+    /// Waits that ended while spinning.
     public var spinWins: UInt64
+    /// `sched_yield` calls while waiting.
     public var yields: UInt64
+    /// Waits that ended in a sleep.
     public var sleeps: UInt64
 }
 
 /// Every counter of a host at one moment (CLOCK_MONOTONIC `time`).
 public struct RegionSnapshot: Sendable {
+    /// When the snapshot was taken (CLOCK_MONOTONIC ns).
     public var time: UInt64
+    /// Every lane.
     public var lanes: [LaneSnapshot]
+    /// Every serving worker.
     public var workers: [WorkerSnapshot]
     /// Lanes the host took back from guests that died.
     public var reclaimedLanes: UInt64
 
+    /// Round trips answered on every lane.
     public var roundTrips: UInt64 { lanes.reduce(0) { $0 &+ $1.roundTrips } }
 }
 

@@ -11,11 +11,13 @@ public struct SystemError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The `errno` value.
     public var errno: Int32
 
+    /// The failure of `call` with `errno`.
     public init(_ call: String, errno: Int32) {
         self.call = call
         self.errno = errno
     }
 
+    /// The call and the system's message for errno.
     public var description: String {
         "\(call): \(String(cString: strerror(errno)))"
     }

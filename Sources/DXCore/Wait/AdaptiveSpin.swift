@@ -5,13 +5,16 @@
 /// budget halves, down to `min`. The budget therefore climbs slowly under steady traffic and
 /// falls fast when the peer goes quiet.
 public struct AdaptiveSpin: Sendable, Equatable {
+    /// The floor.
     @usableFromInline var _budget: UInt32
     public let minSpins: UInt32
+    /// The ceiling.
     public let maxSpins: UInt32
 
     /// The spins the next wait may make before it sleeps.
     @inlinable public var budget: UInt32 { _budget }
 
+    /// A budget at the strategy's start value, clamped between its min and max.
     public init(_ strategy: WaitStrategy) {
         minSpins = strategy.minSpins
         maxSpins = strategy.maxSpins

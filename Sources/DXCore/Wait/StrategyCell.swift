@@ -8,6 +8,7 @@ public final class StrategyCell: Sendable {
     private let current: Mutex<WaitStrategy>
     private let counter = Atomic<UInt64>(0)
 
+    /// A cell holding `strategy`.
     public init(_ strategy: WaitStrategy) {
         current = Mutex(strategy)
     }
@@ -19,6 +20,7 @@ public final class StrategyCell: Sendable {
         counter.load(ordering: .acquiring)
     }
 
+    /// The current strategy (takes the lock: not for the call path).
     public func load() -> WaitStrategy {
         current.withLock { $0 }
     }

@@ -31,6 +31,7 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     /// Guest side: the longest a turn lasts, in nanoseconds, however few calls it made.
     public var turnQuantumNanoseconds: UInt64
 
+    /// A strategy; ``validate()`` it before use.
     public init(minSpins: UInt32, maxSpins: UInt32, startSpins: UInt32, yieldEvery: UInt32,
                 sleepTimeoutNanoseconds: UInt64 = 50_000_000, relax: Bool = true, turnCalls: UInt32 = 0,
                 turnQuantumNanoseconds: UInt64 = 4_000_000) {
@@ -85,6 +86,7 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The values, as the host logs them.
     public var description: String {
         "min \(minSpins) max \(maxSpins) start \(startSpins) yield-every \(yieldEvery) "
             + "sleep-timeout \(sleepTimeoutNanoseconds / 1_000_000) ms\(relax ? "" : " no-relax")"
@@ -96,6 +98,7 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
 public enum WaitStrategyError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalid(String)
 
+    /// The values, as the host logs them.
     public var description: String {
         switch self { case .invalid(let text): return text }
     }
@@ -104,13 +107,20 @@ public enum WaitStrategyError: Error, Equatable, Sendable, CustomStringConvertib
 /// Changes to a wait strategy as people give them (command-line flags, the control socket's
 /// `config`): a preset first, then any single value on top.
 public struct WaitStrategyChange: Sendable {
+    /// A preset to start from (`--wait`, `"wait"`).
     public var preset: String?
+    /// A new ``WaitStrategy/minSpins``.
     public var minSpins: UInt32?
+    /// A new ``WaitStrategy/maxSpins``.
     public var maxSpins: UInt32?
+    /// A new ``WaitStrategy/startSpins``.
     public var startSpins: UInt32?
+    /// A new ``WaitStrategy/yieldEvery``.
     public var yieldEvery: UInt32?
+    /// A new sleep timeout, in milliseconds.
     public var sleepTimeoutMilliseconds: UInt64?
 
+    /// Changes; nil leaves a value as it is.
     public init(preset: String? = nil, minSpins: UInt32? = nil, maxSpins: UInt32? = nil, startSpins: UInt32? = nil,
                 yieldEvery: UInt32? = nil, sleepTimeoutMilliseconds: UInt64? = nil) {
         self.preset = preset
