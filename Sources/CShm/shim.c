@@ -160,6 +160,20 @@ int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_
     return rc;
 }
 
+int CShm_pin_self(int cpu) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return EINVAL;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+int CShm_allowed_cpus(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
+    return CPU_COUNT(&set);
+}
+
 int CShm_thread_join(uint64_t thread) {
     return pthread_join((pthread_t)thread, NULL);
 }

@@ -3,7 +3,7 @@ import DXCore
 
 /// The wait-strategy flags `dx-host` and `dx-guest` share: a preset, then any parameter on its own.
 public struct WaitOptions: ParsableArguments {
-    @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presets.map(\.name).joined(separator: ", ")).")
+    @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presetNames.joined(separator: ", ")).")
     public var preset: String = "fair"
 
     @Option(name: .customLong("spin-min"), help: "Smallest adaptive spin budget.")
@@ -57,4 +57,12 @@ public struct WaitOptions: ParsableArguments {
     public mutating func validate() throws {
         _ = try strategy
     }
+}
+
+/// Parses `--pin`: a CPU list such as `1`, `0,1` or `0-3`.
+public func parseCPUList(_ text: String) throws -> [Int] {
+    guard let cpus = CPUAffinity.parse(text) else {
+        throw ValidationError("--pin takes a CPU list like 1, 0,1 or 0-3 (CPUs 0...1023)")
+    }
+    return cpus
 }

@@ -48,6 +48,10 @@ struct Bench: ParsableCommand {
     @Flag(name: .customLong("no-counters"), help: "Do not update the lanes' guest counters (to measure what they cost).")
     var noCounters = false
 
+    @Option(help: "Pin benchmark thread t to the t-th CPU of this list (like 0 or 0-1); experiments only.",
+            transform: parseCPUList)
+    var pin: [Int]?
+
     @Flag(help: "Print one JSON object per run instead of the table.")
     var json = false
 
@@ -98,6 +102,7 @@ struct Bench: ParsableCommand {
             run.callsPerThread = calls
             run.varyPayload = varyPayload
             run.counting = !noCounters
+            run.cpus = pin ?? []
             let before = mode == .dx ? hostView() : nil
             var result = try run.run()
             result.round = round

@@ -84,6 +84,8 @@ struct BenchRun {
     var varyPayload = false
     /// Whether the lanes update their guest counters.
     var counting = true
+    /// CPUs to pin the threads to (thread t on `cpus[t % count]`); empty: no pinning.
+    var cpus: [Int] = []
 
     func run() throws -> BenchResult {
         let records = (0..<threads).map { _ in ThreadRecord() }
@@ -133,6 +135,11 @@ struct BenchRun {
     /// One benchmark thread: claim a lane or raw channel, wait at the gate, then make round trips
     /// with unique payloads (sequence number and pattern) and verify every response.
     private func thread(index: Int, record: ThreadRecord, gate: Gate) {
+        if !cpus.isEmpty {
+            do { try CPUAffinity.pinCurrentThread(to: cpus[index % cpus.count]) } catch {
+                record.failure = "cannot pin thread \(index): \(error)"
+            }
+        }
         var request = [UInt8](repeating: 0, count: max(payload, 1))
         for position in request.indices { request[position] = UInt8(truncatingIfNeeded: index &* 31 &+ position) }
         var response = [UInt8](repeating: 0, count: max(payload, 8))

@@ -54,6 +54,10 @@ struct Run: ParsableCommand {
     @Flag(name: .customLong("no-counters"), help: "Do not update the per-lane counters (to measure what they cost).")
     var noCounters = false
 
+    @Option(help: "Pin serving worker w to the w-th CPU of this list (like 1 or 0-1); experiments only.",
+            transform: parseCPUList)
+    var pin: [Int]?
+
     @Option(help: "Control socket path (default: $XDG_RUNTIME_DIR/dx/<name>.sock, or /tmp/dx-<uid>/<name>.sock).")
     var control: String?
 
@@ -116,6 +120,7 @@ struct Run: ParsableCommand {
             if case .alreadyServed = error { throw CommandFailure("\(error)", exit: .alreadyRunning) }
             throw CommandFailure("cannot create the region: \(error)", exit: .failure)
         }
+        host.workerCPUs = pin ?? []
         switch handler {
         case .echo: try host.start(handler: EchoHandler())
         case .checksum: try host.start(handler: ChecksumHandler())

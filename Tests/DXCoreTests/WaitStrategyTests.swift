@@ -47,6 +47,42 @@ import Testing
         #expect(WaitStrategy.balanced.startSpins == 2000)
         #expect(WaitStrategy.balanced.yieldEvery == 128)
         #expect(WaitStrategy.preset(named: "nope") == nil)
+        #expect(WaitStrategy.presetNames == WaitStrategy.presets.map(\.name))
+    }
+
+    /// `auto` sets its budget in time: 50 µs to 500 µs of spinning, whatever a spin costs here.
+    @Test func autoIsCalibratedInTime() throws {
+        let auto = WaitStrategy.auto
+        try auto.validate()
+        #expect(auto.adaptiveYield && auto.turnCalls > 0)
+        #expect(auto.minSpins < auto.startSpins && auto.startSpins < auto.maxSpins)
+        // The ratios survive the calibration (up to the rounding and the 100-spin floor).
+        #expect(auto.maxSpins >= 9 * auto.minSpins && auto.maxSpins <= 11 * auto.minSpins)
+    }
+
+    @Test func yieldsThatGiveNothingAwayBecomeRarer() {
+        var strategy = WaitStrategy.fair
+        strategy.adaptiveYield = true
+        var spin = AdaptiveSpin(strategy)
+        #expect(spin.yieldEvery == 128)
+        spin.yielded(nanoseconds: 300)
+        #expect(spin.yieldEvery == 256)
+        for _ in 0..<20 { spin.yielded(nanoseconds: 300) }
+        #expect(spin.yieldEvery == 4096)
+        spin.yielded(nanoseconds: 40_000)
+        #expect(spin.yieldEvery == 2048)
+        for _ in 0..<20 { spin.yielded(nanoseconds: 40_000) }
+        #expect(spin.yieldEvery == 16)
+    }
+
+    @Test(arguments: [("1", [1]), ("0,1", [0, 1]), ("0-3", [0, 1, 2, 3]), ("2,0-1", [2, 0, 1])])
+    func cpuListsParse(text: String, cpus: [Int]) {
+        #expect(CPUAffinity.parse(text) == cpus)
+    }
+
+    @Test(arguments: ["", "a", "1-", "3-1", "-1", "1,,2", "1024"])
+    func badCPUListsAreRefused(text: String) {
+        #expect(CPUAffinity.parse(text) == nil)
     }
 
     @Test func invalidCombinationsAreRefused() {

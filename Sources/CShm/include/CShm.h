@@ -204,5 +204,9 @@ int CShm_available_cpus(void);
 int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_t stack_size);
 /// Joins a thread started with CShm_thread_start. Returns 0 or errno.
 int CShm_thread_join(uint64_t thread);
+/// Pins the calling thread to one CPU (`pthread_setaffinity_np`). Returns 0 or an errno value.
+int CShm_pin_self(int cpu);
+/// The CPUs this process may run on (`sched_getaffinity`), or -1.
+int CShm_allowed_cpus(void);
 
 #endif

@@ -31,6 +31,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
     private var stopped = false
     private let shutdownHandler = Mutex<(@Sendable () -> Void)?>(nil)
 
+    /// CPUs to pin the serving workers to (worker w on `workerCPUs[w % count]`); empty leaves
+    /// them to the scheduler (the default). Set it before ``start(handler:)``. See ``CPUAffinity``.
+    public var workerCPUs: [Int] = []
     /// Whether workers update their counters (on unless measuring their cost).
     public let counting: Bool
     private let counters: HostCounters
@@ -50,17 +53,25 @@ public final class Host: ControlTarget, @unchecked Sendable {
     /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
     public func start<Handler: RequestHandler>(handler: Handler) throws(SystemError) {
         let region = region, strategies = strategies, stop = stopFlag, counting = counting, counters = counters
+        let cpus = workerCPUs, logger = logger
         do {
             for index in 0..<region.workerCount {
                 let worker = Worker(region: region, index: index, handler: handler, strategies: strategies,
                                     stop: stop, counters: counters, counting: counting)
-                threads.append(try Thread { worker.run() })
+                let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
+                threads.append(try Thread {
+                    if let cpu {
+                        do { try CPUAffinity.pinCurrentThread(to: cpu) } catch {
+                            logger.warning("cannot pin serving worker \(index) to CPU \(cpu): \(error)")
+                        }
+                    }
+                    worker.run()
+                })
             }
             for index in 0..<region.rawCount {
                 let server = RawServer(region: region, index: index, stop: stop)
                 threads.append(try Thread(stackSize: 64 * 1024) { server.run() })
             }
-            let logger = logger
             threads.append(try Thread(stackSize: 256 * 1024) { [weak self] in
                 var watch = OwnerWatch(region: region, counters: counters)
                 var truncated = false
@@ -85,6 +96,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
         logger.info("serving", metadata: [
             "region": "\(Region.path(for: region.name))", "lanes": "\(region.laneCount)",
             "slot": "\(region.slotCapacity)", "workers": "\(region.workerCount)", "wait": "\(strategies.load())",
+            "pin": "\(cpus.isEmpty ? "none" : cpus.map(String.init).joined(separator: ","))",
         ])
     }
 

@@ -189,7 +189,7 @@ public struct Lane: ~Copyable {
     mutating func awaitResponse(_ seq: UInt64) -> CallError? {
         let responseSeq = base + Layout.Lane.responseSeq
         let budget = spin.budget
-        let yieldEvery = strategy.yieldEvery
+        let yieldEvery = spin.yieldEvery
         let relax = strategy.relax
         var untilYield = yieldEvery
         var spins: UInt32 = 0
@@ -207,8 +207,15 @@ public struct Lane: ~Copyable {
             if untilYield != 0 {
                 untilYield -= 1
                 if untilYield == 0 {
-                    untilYield = yieldEvery
-                    sched_yield()
+                    if strategy.adaptiveYield {
+                        let start = CShm_monotonic_ns()
+                        sched_yield()
+                        spin.yielded(nanoseconds: CShm_monotonic_ns() &- start)
+                        untilYield = spin.yieldEvery
+                    } else {
+                        sched_yield()
+                        untilYield = yieldEvery
+                    }
                     if counting { bump(counters + Layout.Counters.guestYields) }
                 }
             }

@@ -141,8 +141,15 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if untilYield != 0 {
                 untilYield -= 1
                 if untilYield == 0 {
+                    if strategy.adaptiveYield {
+                        let start = CShm_monotonic_ns()
+                        sched_yield()
+                        spin.yielded(nanoseconds: CShm_monotonic_ns() &- start)
+                        yieldEvery = spin.yieldEvery
+                    } else {
+                        sched_yield()
+                    }
                     untilYield = yieldEvery
-                    sched_yield()
                     if counting { bump(counters + HostCounters.Worker.yields) }
                 }
             }

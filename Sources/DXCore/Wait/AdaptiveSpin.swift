@@ -1,24 +1,35 @@
-/// The adaptive spin budget of one waiter.
+import CShm
+
+/// The adaptive spin budget and yield frequency of one waiter.
 ///
 /// A wait that ends while spinning means spinning paid off: the budget grows by a sixteenth of
 /// the way to `max` (at least 1). A wait that had to sleep means the spin was wasted: the
 /// budget halves, down to `min`. The budget therefore climbs slowly under steady traffic and
 /// falls fast when the peer goes quiet.
+///
+/// With ``WaitStrategy/adaptiveYield`` the waiter also times its `sched_yield` calls. One that
+/// returns within 2 µs gave nothing away (no other thread wanted the CPU), so yields become
+/// half as frequent (down to one per 4096 spins); one that took longer let another thread run,
+/// perhaps the peer itself, so they become twice as frequent (up to one per 16 spins).
 public struct AdaptiveSpin: Sendable, Equatable {
-    /// The floor.
     @usableFromInline var _budget: UInt32
+    @usableFromInline var _yieldEvery: UInt32
+    /// The floor.
     public let minSpins: UInt32
     /// The ceiling.
     public let maxSpins: UInt32
 
     /// The spins the next wait may make before it sleeps.
     @inlinable public var budget: UInt32 { _budget }
+    /// Spins between two `sched_yield` calls; 0 never yields.
+    @inlinable public var yieldEvery: UInt32 { _yieldEvery }
 
     /// A budget at the strategy's start value, clamped between its min and max.
     public init(_ strategy: WaitStrategy) {
         minSpins = strategy.minSpins
         maxSpins = strategy.maxSpins
         _budget = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)
+        _yieldEvery = strategy.yieldEvery
     }
 
     /// The wait ended while spinning.
@@ -32,4 +43,34 @@ public struct AdaptiveSpin: Sendable, Equatable {
     public mutating func hadToSleep() {
         _budget = max(_budget / 2, minSpins)
     }
+
+    /// A yield that took `nanoseconds` (adaptive yielding only).
+    @inlinable
+    public mutating func yielded(nanoseconds: UInt64) {
+        if nanoseconds < 2_000 {
+            _yieldEvery = min(_yieldEvery &* 2, 4096)
+        } else {
+            _yieldEvery = max(_yieldEvery / 2, 16)
+        }
+    }
+}
+
+/// What one spin (a load and the CPU-relax hint) costs on this machine, measured once.
+enum SpinCalibration {
+    /// The median of five timed runs of 20,000 spins.
+    static let nanosecondsPerSpin: Double = {
+        var word: UInt64 = 0
+        var samples: [Double] = []
+        withUnsafeMutablePointer(to: &word) { pointer in
+            for _ in 0..<5 {
+                let start = CShm_monotonic_ns()
+                for _ in 0..<20_000 {
+                    if CShm_load_acquire_u64(pointer) == 1 { break }
+                    CShm_cpu_relax()
+                }
+                samples.append(Double(CShm_monotonic_ns() &- start) / 20_000)
+            }
+        }
+        return samples.sorted()[2]
+    }()
 }

@@ -30,6 +30,10 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     public var turnCalls: UInt32
     /// Guest side: the longest a turn lasts, in nanoseconds, however few calls it made.
     public var turnQuantumNanoseconds: UInt64
+    /// Whether each waiter tunes its yield frequency at run time (the `auto` preset): a
+    /// `sched_yield` that returns at once (nothing else wanted the CPU) makes the next ones
+    /// rarer; one that gave the CPU away makes them more frequent. See ``AdaptiveSpin``.
+    public var adaptiveYield = false
 
     /// A strategy; ``validate()`` it before use.
     public init(minSpins: UInt32, maxSpins: UInt32, startSpins: UInt32, yieldEvery: UInt32,
@@ -62,14 +66,41 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     public static let fair = WaitStrategy(minSpins: 2000, maxSpins: 20000, startSpins: 5000, yieldEvery: 128,
                                           turnCalls: 4096, turnQuantumNanoseconds: 4_000_000)
 
+    /// Tunes itself to the machine and the load. At first use it measures what one spin costs
+    /// here and sets the spin budget in time rather than spins: 50 µs to 500 µs, starting at
+    /// 125 µs (a kernel wake-up costs about 50 µs on a VM, so spinning shorter than that before
+    /// sleeping loses). While running, each waiter adapts its budget (as every preset does) and its
+    /// yield frequency (``adaptiveYield``) to whether spinning and yielding pay off, and guest
+    /// threads take turns as in ``fair`` — a turn passes only when another guest waits.
+    public static let auto: WaitStrategy = {
+        let perSpin = max(SpinCalibration.nanosecondsPerSpin, 1)
+        func spins(_ nanoseconds: Double) -> UInt32 { UInt32(min(max(nanoseconds / perSpin, 100), 1_000_000)) }
+        var strategy = WaitStrategy(minSpins: spins(50_000), maxSpins: spins(500_000), startSpins: spins(125_000),
+                                    yieldEvery: 128, turnCalls: 4096, turnQuantumNanoseconds: 4_000_000)
+        strategy.adaptiveYield = true
+        return strategy
+    }()
+
     /// The presets by the name `--wait` takes.
-    public static let presets: [(name: String, strategy: WaitStrategy)] = [
-        ("balanced", .balanced), ("fair", .fair), ("spin", .spin), ("low-cpu", .lowCPU), ("yield", .yield),
-    ]
+    public static var presets: [(name: String, strategy: WaitStrategy)] {
+        [("auto", .auto), ("balanced", .balanced), ("fair", .fair), ("spin", .spin), ("low-cpu", .lowCPU),
+         ("yield", .yield)]
+    }
+
+    /// The names of the presets, without computing them (`auto` measures the machine first).
+    public static let presetNames = ["auto", "balanced", "fair", "spin", "low-cpu", "yield"]
 
     /// The preset called `name`, or nil.
     public static func preset(named name: String) -> WaitStrategy? {
-        presets.first { $0.name == name }?.strategy
+        switch name {
+        case "auto": .auto
+        case "balanced": .balanced
+        case "fair": .fair
+        case "spin": .spin
+        case "low-cpu": .lowCPU
+        case "yield": .yield
+        default: nil
+        }
     }
 
     /// Throws a sentence a person understands when the values do not fit together.
@@ -91,6 +122,7 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
         "min \(minSpins) max \(maxSpins) start \(startSpins) yield-every \(yieldEvery) "
             + "sleep-timeout \(sleepTimeoutNanoseconds / 1_000_000) ms\(relax ? "" : " no-relax")"
             + (turnCalls == 0 ? "" : " turn \(turnCalls) calls/\(turnQuantumNanoseconds / 1000) µs")
+            + (adaptiveYield ? " adaptive-yield" : "")
     }
 }
 
@@ -138,7 +170,7 @@ public struct WaitStrategyChange: Sendable {
         if let preset {
             guard let named = WaitStrategy.preset(named: preset) else {
                 throw .invalid("unknown wait preset '\(preset)'; choose one of: "
-                    + WaitStrategy.presets.map(\.name).joined(separator: ", "))
+                    + WaitStrategy.presetNames.joined(separator: ", "))
             }
             strategy = named
         }
