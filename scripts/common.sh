@@ -8,12 +8,12 @@ dx_find_swift() {
     command -v swift >/dev/null 2>&1 || { echo "error: swift is not installed (expected /opt/swift)" >&2; return 1; }
 }
 
-# Installs the Debian packages dx needs when they are missing: with apt-get when running as
-# root, otherwise it names them and fails.
+# Installs the Debian packages dx needs (and any named as arguments) when they are missing:
+# with apt-get when running as root, otherwise it names them and fails.
 dx_ensure_packages() {
     local missing=()
     local package
-    for package in liburing-dev libc6-dev; do
+    for package in liburing-dev libc6-dev "$@"; do
         dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -33,6 +33,9 @@ struct Bench: ParsableCommand {
     @Option(help: "Also measure a baseline: raw (a bare spin ping-pong).")
     var baseline: Baseline?
 
+    @Flag(name: .customLong("baseline-only"), help: "Measure only the baseline (for sweeps that run dx against another host).")
+    var baselineOnly = false
+
     @Option(help: "Stop each thread after this many calls instead of after --duration.")
     var calls: UInt64?
 
@@ -82,6 +85,7 @@ struct Bench: ParsableCommand {
         guard (1...100).contains(`repeat`) else { throw ValidationError("--repeat must be between 1 and 100") }
         if let calls { guard calls >= 1 else { throw ValidationError("--calls must be at least 1") } }
         if let idle { guard idle > 0, idle <= 3600 else { throw ValidationError("--idle must be in (0, 3600] seconds") } }
+        if baselineOnly, baseline == nil { throw ValidationError("--baseline-only needs --baseline raw") }
     }
 
     func run() throws {
@@ -134,6 +138,7 @@ struct Bench: ParsableCommand {
                     rawSame = try measure(.raw, count, round: count)
                     rawOne = count == 1 ? rawSame : try measure(.raw, 1, round: count)
                 }
+                if baselineOnly { continue }
                 var dx = try measure(.dx, count, round: count)
                 dx.pairedRawSameThreads = rawSame?.opsPerSecond
                 dx.pairedRawOneThread = rawOne?.opsPerSecond

@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""Runs an experiment file (docs/EXPERIMENTS.md) against fresh dx hosts and writes a report.
+
+Called by scripts/sweep, which builds dx and installs what this needs. For every experiment,
+payload and thread count, --repeat times: the raw baseline against a reference host that serves
+only raw channels, then a fresh dx-host with the experiment's host settings and `dx-guest bench
+--json` with the guest settings, then the host stops. Outputs in --out: runs.csv (one row per run),
+summary.csv (one row per experiment and thread count), report.md and chart.png.
+"""
+import argparse
+import csv
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+WAIT_INTEGERS = {"spin_min", "spin_max", "spin_start", "yield_every", "sleep_timeout_ms"}
+GUEST_ONLY_INTEGERS = {"turn_calls", "turn_quantum_us"}
+PRESETS = {"auto", "balanced", "fair", "spin", "low-cpu", "yield"}
+EXPERIMENT_KEYS = {"name", "hypothesis", "host", "guest", "workers", "threads", "payloads", "lanes"}
+DEFAULT_KEYS = EXPERIMENT_KEYS - {"name", "hypothesis"}
+FLAG = {"spin_min": "--spin-min", "spin_max": "--spin-max", "spin_start": "--spin-start",
+        "yield_every": "--yield-every", "sleep_timeout_ms": "--sleep-timeout-ms", "turn_calls": "--turn-calls",
+        "turn_quantum_us": "--turn-quantum-us"}
+
+
+class FileError(Exception):
+    pass
+
+
+# MARK: - The experiment file
+
+def is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_side(where, side, value):
+    if not isinstance(value, dict):
+        raise FileError(f"{where}: field '{side}' must be an object of wait settings")
+    allowed = WAIT_INTEGERS | {"preset", "relax", "pin"} | (GUEST_ONLY_INTEGERS if side == "guest" else set())
+    for key, item in value.items():
+        field = f"{side}.{key}"
+        if key not in allowed:
+            hint = " (guest only)" if key in GUEST_ONLY_INTEGERS else ""
+            raise FileError(f"{where}: unknown field '{field}'{hint}; allowed: {', '.join(sorted(allowed))}")
+        if key == "preset" and item not in PRESETS:
+            raise FileError(f"{where}: field '{field}' must be one of {', '.join(sorted(PRESETS))}, got {item!r}")
+        if key == "relax" and not isinstance(item, bool):
+            raise FileError(f"{where}: field '{field}' must be true or false, got {item!r}")
+        if key == "pin" and not (isinstance(item, str) and re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", item)):
+            raise FileError(f"{where}: field '{field}' must be a CPU list like \"0\" or \"0-1\", got {item!r}")
+        if key in WAIT_INTEGERS | GUEST_ONLY_INTEGERS and not (is_int(item) and 0 <= item <= 4_294_967_295):
+            raise FileError(f"{where}: field '{field}' must be an integer from 0 to 4294967295, got {item!r}")
+    if "sleep_timeout_ms" in value and not 1 <= value["sleep_timeout_ms"] <= 1000:
+        raise FileError(f"{where}: field '{side}.sleep_timeout_ms' must be 1...1000 (every sleep is bounded)")
+    low, start, high = value.get("spin_min"), value.get("spin_start"), value.get("spin_max")
+    if low is not None and high is not None and low > high:
+        raise FileError(f"{where}: field '{side}.spin_min' ({low}) is larger than '{side}.spin_max' ({high})")
+    if start is not None and ((low is not None and start < low) or (high is not None and start > high)):
+        raise FileError(f"{where}: field '{side}.spin_start' ({start}) is not between spin_min and spin_max")
+
+
+def check_common(where, experiment):
+    for key in ("threads", "payloads"):
+        if key in experiment:
+            values = experiment[key]
+            limit = 1024 if key == "threads" else 16 * 1024 * 1024
+            low = 1 if key == "threads" else 0
+            if not (isinstance(values, list) and values and all(is_int(v) and low <= v <= limit for v in values)):
+                raise FileError(f"{where}: field '{key}' must be a non-empty list of integers from {low} to {limit}")
+    if "workers" in experiment and not (is_int(experiment["workers"]) and 1 <= experiment["workers"] <= 16):
+        raise FileError(f"{where}: field 'workers' must be an integer from 1 to 16")
+    if "lanes" in experiment and not (is_int(experiment["lanes"]) and 1 <= experiment["lanes"] <= 1024):
+        raise FileError(f"{where}: field 'lanes' must be an integer from 1 to 1024")
+    for side in ("host", "guest"):
+        if side in experiment:
+            check_side(where, side, experiment[side])
+
+
+def load_experiments(path):
+    """The experiments with defaults applied; FileError names the experiment and the field."""
+    try:
+        with open(path) as handle:
+            document = json.load(handle)
+    except OSError as error:
+        raise FileError(f"{path}: {error.strerror}")
+    except json.JSONDecodeError as error:
+        raise FileError(f"{path}: not valid JSON: {error}")
+    if not isinstance(document, dict) or not isinstance(document.get("experiments"), list) or not document["experiments"]:
+        raise FileError(f"{path}: expected an object with a non-empty list 'experiments'")
+    unknown = set(document) - {"description", "defaults", "experiments"}
+    if unknown:
+        raise FileError(f"{path}: unknown top-level field '{sorted(unknown)[0]}'")
+    defaults = document.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise FileError(f"{path}: 'defaults' must be an object")
+    for key in defaults:
+        if key not in DEFAULT_KEYS:
+            raise FileError(f"{path}: defaults: unknown field '{key}'")
+    check_common(f"{path}: defaults", defaults)
+    experiments, names = [], set()
+    for index, experiment in enumerate(document["experiments"], 1):
+        if not isinstance(experiment, dict):
+            raise FileError(f"{path}: experiment #{index} must be an object")
+        name = experiment.get("name")
+        where = f"{path}: experiment '{name}' (#{index})" if isinstance(name, str) else f"{path}: experiment #{index}"
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", name):
+            raise FileError(f"{where}: field 'name' must be 1-40 of [A-Za-z0-9_-]")
+        if name in names:
+            raise FileError(f"{where}: field 'name': '{name}' is used twice")
+        names.add(name)
+        if not isinstance(experiment.get("hypothesis"), str) or not experiment["hypothesis"].strip():
+            raise FileError(f"{where}: field 'hypothesis' must be a sentence")
+        for key in experiment:
+            if key not in EXPERIMENT_KEYS:
+                raise FileError(f"{where}: unknown field '{key}'; allowed: {', '.join(sorted(EXPERIMENT_KEYS))}")
+        check_common(where, experiment)
+        merged = {"host": {}, "guest": {}, "workers": 1, "threads": [1, 4, 8], "payloads": [64], "lanes": 8}
+        merged.update({k: v for k, v in defaults.items()})
+        merged.update(experiment)
+        experiments.append(merged)
+    return experiments
+
+
+def wait_flags(settings):
+    flags = []
+    if "preset" in settings:
+        flags += ["--wait", settings["preset"]]
+    for key, flag in FLAG.items():
+        if key in settings:
+            flags += [flag, str(settings[key])]
+    if settings.get("relax") is False:
+        flags.append("--no-relax")
+    if "pin" in settings:
+        flags += ["--pin", settings["pin"]]
+    return flags
+
+
+def describe(settings):
+    parts = [settings.get("preset", "fair")]
+    for key in ("spin_min", "spin_max", "spin_start", "yield_every", "sleep_timeout_ms", "turn_calls", "turn_quantum_us"):
+        if key in settings:
+            parts.append(f"{key}={settings[key]}")
+    if settings.get("relax") is False:
+        parts.append("no-relax")
+    if "pin" in settings:
+        parts.append(f"pin={settings['pin']}")
+    return " ".join(parts)
+
+
+# MARK: - Running
+
+class Sweep:
+    def __init__(self, options, experiments):
+        self.options = options
+        self.experiments = experiments
+        self.bin = options.bin
+        self.prefix = f"sweep-{os.getpid()}"
+        self.children = []
+        self.reference_host = None
+        self.reference = None
+        self.interrupted = False
+        self.rows = []       # one per run
+        self.failures = []   # (experiment, payload, threads, message)
+
+    def cleanup(self):
+        """Everything, the reference host included (the end, or Ctrl-C)."""
+        for child in self.children + ([self.reference_host] if self.reference_host else []):
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        self.children = []
+        self.cleanup_regions(keep_reference=False)
+
+    def cleanup_regions(self, keep_reference=True):
+        for entry in os.listdir("/dev/shm"):
+            if keep_reference and entry == f"dx.{self.reference}":
+                continue
+            if entry.startswith(f"dx.{self.prefix}-"):
+                try:
+                    os.unlink(os.path.join("/dev/shm", entry))
+                except OSError:
+                    pass
+
+    def start_host(self, name, experiment, threads, payload):
+        lanes = max(experiment["lanes"], threads)
+        command = [os.path.join(self.bin, "dx-host"), "--name", name, "--lanes", str(lanes),
+                   "--slot-size", str(max(4096, payload)), "--workers", str(experiment["workers"]),
+                   "--log-level", "error"] + wait_flags(experiment["host"])
+        host = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.children.append(host)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if host.poll() is not None:
+                raise RuntimeError(f"dx-host exited with status {host.returncode}: {host.stderr.read().strip()}")
+            probe = subprocess.run([os.path.join(self.bin, "dx-guest"), "call", "--name", name, "ping"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if probe.returncode == 0:
+                return host
+            time.sleep(0.05)
+        raise RuntimeError("dx-host did not become ready within 10 s")
+
+    def stop_host(self, host):
+        if host.poll() is None:
+            host.send_signal(signal.SIGTERM)
+            try:
+                host.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait()
+        if host in self.children:
+            self.children.remove(host)
+
+    def bench(self, name, threads, payload, flags):
+        options = self.options
+        command = [os.path.join(self.bin, "dx-guest"), "bench", "--name", name, "--threads", str(threads),
+                   "--duration", str(options.duration), "--payload", str(payload), "--json"] + flags
+        timeout = 2 * (options.duration + 5) + 60
+        guest = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.children.append(guest)
+        try:
+            out, err = guest.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            guest.kill()
+            out, err = guest.communicate()
+            raise RuntimeError(f"dx-guest bench ran past {timeout:.0f} s")
+        finally:
+            self.children.remove(guest)
+        runs = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        if guest.returncode != 0:
+            said = [line.strip() for line in err.splitlines() if line.strip()]
+            errors = [line for line in said if line.lower().startswith("error")]
+            message = (errors or said or [f"exit status {guest.returncode}"])[0]
+            raise RuntimeError(f"dx-guest bench failed: {message}")
+        return runs
+
+    def record(self, experiment, payload, threads, runs):
+        """Pairs each dx run with the raw runs just before it (raw at the same thread count, then at 1)."""
+        pending = []
+        repeat = 0
+        for run in runs:
+            if run["mode"] == "raw":
+                pending.append(run)
+                role = "raw-same" if run["threads"] == threads and len(pending) == 1 else "raw-1"
+                self.rows.append(self.row(experiment, payload, threads, repeat, role, run, None, None))
+                continue
+            same = next((r for r in pending if r["threads"] == threads), None)
+            one = next((r for r in reversed(pending) if r["threads"] == 1), None)
+            ratio_same = run["ops_per_sec"] / same["ops_per_sec"] if same and same["ops_per_sec"] else None
+            ratio_one = run["ops_per_sec"] / one["ops_per_sec"] if one and one["ops_per_sec"] else None
+            self.rows.append(self.row(experiment, payload, threads, repeat, "dx", run, ratio_same, ratio_one))
+            pending = []
+            repeat += 1
+
+    @staticmethod
+    def row(experiment, payload, threads, repeat, role, run, ratio_same, ratio_one):
+        fairness = run["lane_min_ops"] / run["lane_max_ops"] if run["lane_max_ops"] else 0.0
+        return {"experiment": experiment["name"], "payload": payload, "threads": threads, "repeat": repeat,
+                "role": role, "run_threads": run["threads"], "ops_per_sec": run["ops_per_sec"],
+                "p50_ns": run["p50_ns"], "p99_ns": run["p99_ns"], "p999_ns": run["p999_ns"], "max_ns": run["max_ns"],
+                "exchange_p999_ns": run["exchange_p999_ns"], "lane_min_ops": run["lane_min_ops"],
+                "lane_max_ops": run["lane_max_ops"], "slowest_over_fastest": round(fairness, 4),
+                "cpu_us_per_op": run["cpu_us_per_op"], "errors": run["errors"],
+                "ratio_raw_same": round(ratio_same, 4) if ratio_same is not None else "",
+                "ratio_raw_1t": round(ratio_one, 4) if ratio_one is not None else ""}
+
+    def measure(self, index, experiment, threads, payload):
+        """Each repeat: raw against the reference host (the experiment's host is not running, so a
+        worker that never sleeps cannot slow the baseline down), then dx against a fresh host."""
+        runs = []
+        for repeat in range(self.options.repeat):
+            if self.interrupted:
+                break
+            runs += self.bench(self.reference, threads, payload, ["--baseline", "raw", "--baseline-only"])
+            name = f"{self.prefix}-{index}-{repeat}"
+            host = self.start_host(name, experiment, threads, payload)
+            try:
+                runs += self.bench(name, threads, payload, wait_flags(experiment["guest"]))
+            finally:
+                self.stop_host(host)
+                self.cleanup_regions()
+        return runs
+
+    def start_reference(self):
+        """A host that only serves the raw baseline channels; its worker sleeps while unused."""
+        self.reference = f"{self.prefix}-reference"
+        reference = {"lanes": 16, "workers": 1, "host": {"preset": "low-cpu"}}
+        most = max(t for e in self.experiments for t in e["threads"])
+        payload = max(p for e in self.experiments for p in e["payloads"])
+        if most > 16:
+            raise RuntimeError("the raw baseline has at most 16 channels: use at most 16 threads")
+        self.reference_host = self.start_host(self.reference, reference, most, payload)
+        self.children.remove(self.reference_host)
+
+    def run(self):
+        steps = [(e, p, t) for e in self.experiments for p in e["payloads"] for t in e["threads"]]
+        started = time.monotonic()
+        self.start_reference()
+        for index, (experiment, payload, threads) in enumerate(steps, 1):
+            if self.interrupted:
+                break
+            elapsed = time.monotonic() - started
+            left = elapsed / (index - 1) * (len(steps) - index + 1) if index > 1 else None
+            print(f"[{index}/{len(steps)}] {experiment['name']}: {threads} thread(s), {payload} B"
+                  f" — elapsed {clock(elapsed)}" + (f", about {clock(left)} left" if left is not None else ""),
+                  flush=True)
+            try:
+                self.record(experiment, payload, threads, self.measure(index, experiment, threads, payload))
+            except Exception as error:  # recorded; the sweep goes on
+                if self.interrupted:
+                    break
+                self.failures.append((experiment["name"], payload, threads, str(error)))
+                print(f"    failed: {error}", flush=True)
+        self.stop_host(self.reference_host)
+        return time.monotonic() - started
+
+
+def clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+# MARK: - Report
+
+def summarise(rows, experiments):
+    """Median figures per experiment, payload and thread count, over the dx runs."""
+    summary = []
+    for experiment in experiments:
+        for payload in experiment["payloads"]:
+            for threads in experiment["threads"]:
+                dx = [r for r in rows if r["experiment"] == experiment["name"] and r["payload"] == payload
+                      and r["threads"] == threads and r["role"] == "dx"]
+                if not dx:
+                    continue
+
+                def median(key):
+                    values = [r[key] for r in dx if r[key] != ""]
+                    return statistics.median(values) if values else None
+                summary.append({"experiment": experiment["name"], "payload": payload, "threads": threads,
+                                "runs": len(dx), "ops_per_sec": median("ops_per_sec"), "p999_ns": median("p999_ns"),
+                                "exchange_p999_ns": median("exchange_p999_ns"),
+                                "slowest_over_fastest": median("slowest_over_fastest"),
+                                "cpu_us_per_op": median("cpu_us_per_op"), "ratio_raw_same": median("ratio_raw_same"),
+                                "ratio_raw_1t": median("ratio_raw_1t"), "errors": sum(r["errors"] for r in dx)})
+    return summary
+
+
+def fmt(value, digits=2):
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def figure(summary, name, threads, payload):
+    return next((s for s in summary if s["experiment"] == name and s["threads"] == threads
+                 and s["payload"] == payload), None)
+
+
+def ranking(summary, experiments, payload):
+    """The best experiments for latency (1T ratio to raw), throughput (8T) and fairness."""
+    def best(threads, key, label):
+        scored = [(figure(summary, e["name"], threads, payload), e["name"]) for e in experiments]
+        scored = [(s[key], name, s) for s, name in scored if s and s[key] is not None]
+        scored.sort(key=lambda item: (-item[0], item[1]))
+        return label, threads, scored
+    highest_threads = max((s["threads"] for s in summary if s["payload"] == payload), default=1)
+    lowest_threads = min((s["threads"] for s in summary if s["payload"] == payload), default=1)
+    return [best(lowest_threads, "ratio_raw_1t", "latency"), best(highest_threads, "ratio_raw_1t", "throughput"),
+            best(highest_threads, "slowest_over_fastest", "fairness")]
+
+
+def auto_comparison(summary, experiments, payload):
+    """Per thread count: auto's ratio to raw 1T against the best other experiment's."""
+    lines = []
+    if not any(e["name"] == "auto" for e in experiments):
+        return lines
+    for threads in sorted({s["threads"] for s in summary if s["payload"] == payload}):
+        auto = figure(summary, "auto", threads, payload)
+        others = [figure(summary, e["name"], threads, payload) for e in experiments if e["name"] != "auto"]
+        others = [o for o in others if o and o["ratio_raw_1t"] is not None]
+        if not auto or auto["ratio_raw_1t"] is None or not others:
+            continue
+        top = max(others, key=lambda o: o["ratio_raw_1t"])
+        share = auto["ratio_raw_1t"] / top["ratio_raw_1t"]
+        verdict = "within 10 %" if share >= 0.9 else "MORE than 10 % behind"
+        lines.append(f"| {threads} | {auto['ratio_raw_1t']:.2f} | {top['experiment']} {top['ratio_raw_1t']:.2f} | "
+                     f"{share:.2f} | {verdict} |")
+    return lines
+
+
+def write_report(out, source, options, experiments, rows, summary, failures, seconds, chart_ok):
+    lines = [f"# Sweep: {os.path.basename(source)}", "",
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {os.cpu_count()} CPUs · "
+             f"{cpu_model()} · {len(experiments)} experiments · --repeat {options.repeat} --duration {options.duration} "
+             f"· {clock(seconds)}", "",
+             "Every figure is the median over the repeats. Ratios pair each dx run with the raw ping-pong runs made "
+             "just before it in the same processes (raw at the same thread count, then at 1 thread), so they hold "
+             "while the machine's speed drifts; compare experiments by ratio, not by absolute round trips/s.", ""]
+    for payload in sorted({p for e in experiments for p in e["payloads"]}):
+        lines += [f"## Ranking ({payload}-byte payload)", ""]
+        for label, threads, scored in ranking(summary, experiments, payload):
+            key = "slowest/fastest lane" if label == "fairness" else "× raw 1T"
+            podium = ", ".join(f"**{name}** {value:.2f}" if rank == 0 else f"{name} {value:.2f}"
+                               for rank, (value, name, _) in enumerate(scored[:3]))
+            lines.append(f"- Best for {label} ({threads}T, {key}): {podium or '—'}")
+        comparison = auto_comparison(summary, experiments, payload)
+        if comparison:
+            lines += ["", "`auto` against the best hand-tuned experiment (ratio to raw 1T):", "",
+                      "| threads | auto | best other | auto / best | |", "|---:|---:|---|---:|---|"] + comparison
+        lines.append("")
+    if chart_ok:
+        lines += ["![round trips/s against threads](chart.png)", "",
+                  "Round trips/s against threads; a red cross marks a run whose slowest lane got less than 0.8 × the "
+                  "fastest lane's round trips.", ""]
+    lines += ["## Experiments", ""]
+    for experiment in experiments:
+        lines += [f"### {experiment['name']}", "",
+                  f"- **Hypothesis**: {experiment['hypothesis']}",
+                  f"- **Host**: {describe(experiment['host'])}, {experiment['workers']} worker(s) · "
+                  f"**Guest**: {describe(experiment['guest'])}"]
+        for payload in experiment["payloads"]:
+            parts = []
+            for threads in experiment["threads"]:
+                s = figure(summary, experiment["name"], threads, payload)
+                if s is None:
+                    parts.append(f"{threads}T failed")
+                    continue
+                parts.append(f"{threads}T={s['ops_per_sec'] / 1e6:.2f}M ({fmt(s['ratio_raw_1t'])}× raw 1T, "
+                             f"p99.9 {fmt(s['p999_ns'] / 1000, 1)} µs, lanes {fmt(s['slowest_over_fastest'])}, "
+                             f"{fmt(s['cpu_us_per_op'], 3)} CPU µs/op)")
+            lines.append(f"- **Result** ({payload} B): " + "; ".join(parts) + ".")
+        for name, payload, threads, message in failures:
+            if name == experiment["name"]:
+                lines.append(f"- **Failed** ({payload} B, {threads}T): {message}")
+        lines.append("")
+    lines += ["## All figures", "",
+              "| experiment | payload | threads | round trips/s | × raw same T | × raw 1T | p99.9 µs | exch p99.9 µs "
+              "| slowest/fastest | CPU µs/op | errors |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in summary:
+        lines.append(f"| {s['experiment']} | {s['payload']} | {s['threads']} | {s['ops_per_sec']:,.0f} | "
+                     f"{fmt(s['ratio_raw_same'])} | {fmt(s['ratio_raw_1t'])} | {fmt(s['p999_ns'] / 1000, 1)} | "
+                     f"{fmt(s['exchange_p999_ns'] / 1000, 1)} | {fmt(s['slowest_over_fastest'])} | "
+                     f"{fmt(s['cpu_us_per_op'], 3)} | {s['errors']} |")
+    lines += ["", f"Raw data: `runs.csv` ({len(rows)} runs), `summary.csv`."]
+    with open(os.path.join(out, "report.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def write_csv(path, rows):
+    if not rows:
+        open(path, "w").close()
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_chart(out, experiments, summary):
+    """chart.png with gnuplot: round trips/s against threads per experiment, unfair runs crossed."""
+    payload = min(p for e in experiments for p in e["payloads"])
+    data, unfair, names = [], [], []
+    for experiment in experiments:
+        points = sorted((s["threads"], s["ops_per_sec"], s["slowest_over_fastest"]) for s in summary
+                        if s["experiment"] == experiment["name"] and s["payload"] == payload)
+        if not points:
+            continue
+        names.append(experiment["name"])
+        data.append("\n".join(f"{t} {ops / 1e6:.4f}" for t, ops, _ in points))
+        unfair += [f"{t} {ops / 1e6:.4f}" for t, ops, fair in points if fair is not None and fair < 0.8]
+    if not names:
+        return False
+    with open(os.path.join(out, "chart.dat"), "w") as handle:
+        handle.write("\n\n\n".join(data) + "\n")
+    with open(os.path.join(out, "unfair.dat"), "w") as handle:
+        handle.write("\n".join(unfair or ["NaN NaN"]) + "\n")
+    titles = " ".join(f'"{name}"' for name in names)
+    script = f"""set terminal pngcairo size 1100,650 noenhanced
+set output '{out}/chart.png'
+set title 'dx round trips/s against guest threads ({payload}-byte payload; median of repeats)'
+set xlabel 'guest threads'
+set ylabel 'million round trips/s'
+set key outside right
+set grid
+set yrange [0:*]
+set logscale x 2
+set xtics (1, 2, 4, 8, 16, 32)
+names = '{titles.replace("'", "")}'
+plot for [i=0:{len(names) - 1}] '{out}/chart.dat' index i using 1:2 with linespoints lw 2 title word(names, i + 1), \\
+     '{out}/unfair.dat' using 1:2 with points pt 2 ps 3 lw 2 lc rgb 'red' title 'slowest lane < 0.8 x fastest'
+"""
+    result = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
+    if result.returncode != 0:
+        print(f"warning: gnuplot failed: {result.stderr.strip()}", file=sys.stderr)
+        return False
+    return True
+
+
+# MARK: - Main
+
+def main():
+    parser = argparse.ArgumentParser(description="Run a dx experiment file and write a report.")
+    parser.add_argument("file")
+    parser.add_argument("--bin", required=True, help="directory of the built dx-host and dx-guest")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=1.0)
+    parser.add_argument("--threads", help="comma-separated thread counts, for every experiment")
+    parser.add_argument("--out", help="output directory (default: results/<file>-<time>)")
+    parser.add_argument("--only", help="comma-separated experiment names to run")
+    options = parser.parse_args()
+    if not 1 <= options.repeat <= 100 or not 0 < options.duration <= 600:
+        parser.error("--repeat must be 1...100 and --duration in (0, 600]")
+    try:
+        experiments = load_experiments(options.file)
+    except FileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if options.threads:
+        if not re.fullmatch(r"\d+(,\d+)*", options.threads):
+            parser.error("--threads takes a list like 1,4,8")
+        for experiment in experiments:
+            experiment["threads"] = [int(t) for t in options.threads.split(",")]
+    if options.only:
+        wanted = options.only.split(",")
+        missing = [name for name in wanted if name not in {e["name"] for e in experiments}]
+        if missing:
+            parser.error(f"--only: no experiment named {missing[0]}")
+        experiments = [e for e in experiments if e["name"] in wanted]
+    stem = os.path.splitext(os.path.basename(options.file))[0]
+    out = options.out or os.path.join("results", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out, exist_ok=True)
+
+    sweep = Sweep(options, experiments)
+
+    def interrupt(signum, frame):
+        sweep.interrupted = True
+        sweep.cleanup()
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        seconds = sweep.run()
+    finally:
+        sweep.cleanup()
+    summary = summarise(sweep.rows, experiments)
+    write_csv(os.path.join(out, "runs.csv"), sweep.rows)
+    write_csv(os.path.join(out, "summary.csv"), summary)
+    chart_ok = write_chart(out, experiments, summary)
+    write_report(out, options.file, options, experiments, sweep.rows, summary, sweep.failures, seconds, chart_ok)
+    print(f"report: {out}/report.md ({len(sweep.rows)} runs, {len(sweep.failures)} failed steps)")
+    if sweep.interrupted:
+        print("interrupted: the report covers what ran", file=sys.stderr)
+        return 130
+    return 0 if not sweep.failures else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
