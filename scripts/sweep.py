@@ -238,10 +238,9 @@ class Sweep:
             raise RuntimeError(f"dx-guest bench failed: {message}")
         return runs
 
-    def record(self, experiment, payload, threads, runs):
+    def record(self, experiment, payload, threads, runs, repeat):
         """Pairs each dx run with the raw runs just before it (raw at the same thread count, then at 1)."""
         pending = []
-        repeat = 0
         for run in runs:
             if run["mode"] == "raw":
                 pending.append(run)
@@ -254,7 +253,6 @@ class Sweep:
             ratio_one = run["ops_per_sec"] / one["ops_per_sec"] if one and one["ops_per_sec"] else None
             self.rows.append(self.row(experiment, payload, threads, repeat, "dx", run, ratio_same, ratio_one))
             pending = []
-            repeat += 1
 
     @staticmethod
     def row(experiment, payload, threads, repeat, role, run, ratio_same, ratio_one):
@@ -269,21 +267,16 @@ class Sweep:
                 "ratio_raw_1t": round(ratio_one, 4) if ratio_one is not None else ""}
 
     def measure(self, index, experiment, threads, payload):
-        """Each repeat: raw against the reference host (the experiment's host is not running, so a
+        """One repeat: raw against the reference host (the experiment's host is not running, so a
         worker that never sleeps cannot slow the baseline down), then dx against a fresh host."""
-        runs = []
-        for repeat in range(self.options.repeat):
-            if self.interrupted:
-                break
-            runs += self.bench(self.reference, threads, payload, ["--baseline", "raw", "--baseline-only"])
-            name = f"{self.prefix}-{index}-{repeat}"
-            host = self.start_host(name, experiment, threads, payload)
-            try:
-                runs += self.bench(name, threads, payload, wait_flags(experiment["guest"]))
-            finally:
-                self.stop_host(host)
-                self.cleanup_regions()
-        return runs
+        runs = self.bench(self.reference, threads, payload, ["--baseline", "raw", "--baseline-only"])
+        name = f"{self.prefix}-{index}"
+        host = self.start_host(name, experiment, threads, payload)
+        try:
+            return runs + self.bench(name, threads, payload, wait_flags(experiment["guest"]))
+        finally:
+            self.stop_host(host)
+            self.cleanup_regions()
 
     def start_reference(self):
         """A host that only serves the raw baseline channels; its worker sleeps while unused."""
@@ -296,23 +289,34 @@ class Sweep:
         self.reference_host = self.start_host(self.reference, reference, most, payload)
         self.children.remove(self.reference_host)
 
+    def steps(self):
+        """Repeat by repeat, and within a repeat the experiments back to back at each payload and
+        thread count: the machine's drift then touches every experiment alike."""
+        combos = sorted({(p, t) for e in self.experiments for p in e["payloads"] for t in e["threads"]})
+        return [(e, p, t, r) for r in range(self.options.repeat) for p, t in combos for e in self.experiments
+                if p in e["payloads"] and t in e["threads"]]
+
     def run(self):
-        steps = [(e, p, t) for e in self.experiments for p in e["payloads"] for t in e["threads"]]
+        steps = self.steps()
         started = time.monotonic()
         self.start_reference()
-        for index, (experiment, payload, threads) in enumerate(steps, 1):
+        failed = set()
+        for index, (experiment, payload, threads, repeat) in enumerate(steps, 1):
             if self.interrupted:
                 break
+            if (experiment["name"], payload, threads) in failed:
+                continue  # a configuration that failed once is not retried
             elapsed = time.monotonic() - started
             left = elapsed / (index - 1) * (len(steps) - index + 1) if index > 1 else None
-            print(f"[{index}/{len(steps)}] {experiment['name']}: {threads} thread(s), {payload} B"
-                  f" — elapsed {clock(elapsed)}" + (f", about {clock(left)} left" if left is not None else ""),
-                  flush=True)
+            print(f"[{index}/{len(steps)}] repeat {repeat + 1}/{self.options.repeat}: {experiment['name']}, "
+                  f"{threads} thread(s), {payload} B — elapsed {clock(elapsed)}"
+                  + (f", about {clock(left)} left" if left is not None else ""), flush=True)
             try:
-                self.record(experiment, payload, threads, self.measure(index, experiment, threads, payload))
+                self.record(experiment, payload, threads, self.measure(index, experiment, threads, payload), repeat)
             except Exception as error:  # recorded; the sweep goes on
                 if self.interrupted:
                     break
+                failed.add((experiment["name"], payload, threads))
                 self.failures.append((experiment["name"], payload, threads, str(error)))
                 print(f"    failed: {error}", flush=True)
         self.stop_host(self.reference_host)
