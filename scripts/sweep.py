@@ -166,6 +166,7 @@ class Sweep:
         self.interrupted = False
         self.rows = []       # one per run
         self.failures = []   # (experiment, payload, threads, message)
+        self.unsteady = 0    # dx runs whose raw runs before and after disagree
 
     def cleanup(self):
         """Everything, the reference host included (the end, or Ctrl-C)."""
@@ -239,20 +240,25 @@ class Sweep:
         return runs
 
     def record(self, experiment, payload, threads, runs, repeat):
-        """Pairs each dx run with the raw runs just before it (raw at the same thread count, then at 1)."""
-        pending = []
-        for run in runs:
-            if run["mode"] == "raw":
-                pending.append(run)
-                role = "raw-same" if run["threads"] == threads and len(pending) == 1 else "raw-1"
+        """Brackets the dx run between raw runs: raw at the same thread count and at 1 thread before
+        it, raw at 1 thread after it. The VM can switch speed between two runs; when the two raw
+        one-thread runs differ by more than 25 %, the switch happened around the dx run and its
+        ratios are left empty (the run still counts for its own figures)."""
+        raw = [r for r in runs if r["mode"] == "raw"]
+        dx = next(r for r in runs if r["mode"] == "dx")
+        same = raw[0] if raw[0]["threads"] == threads else None
+        before = next(r for r in raw[:2] if r["threads"] == 1)
+        after = raw[-1]
+        for role, run in [("raw-same", same), ("raw-1", None if threads == 1 else before), ("raw-1-after", after)]:
+            if run is not None:
                 self.rows.append(self.row(experiment, payload, threads, repeat, role, run, None, None))
-                continue
-            same = next((r for r in pending if r["threads"] == threads), None)
-            one = next((r for r in reversed(pending) if r["threads"] == 1), None)
-            ratio_same = run["ops_per_sec"] / same["ops_per_sec"] if same and same["ops_per_sec"] else None
-            ratio_one = run["ops_per_sec"] / one["ops_per_sec"] if one and one["ops_per_sec"] else None
-            self.rows.append(self.row(experiment, payload, threads, repeat, "dx", run, ratio_same, ratio_one))
-            pending = []
+        steady = before["ops_per_sec"] > 0 and 0.8 <= after["ops_per_sec"] / before["ops_per_sec"] <= 1.25
+        raw_one = (before["ops_per_sec"] + after["ops_per_sec"]) / 2
+        ratio_same = dx["ops_per_sec"] / same["ops_per_sec"] if steady and same and same["ops_per_sec"] else None
+        ratio_one = dx["ops_per_sec"] / raw_one if steady else None
+        if not steady:
+            self.unsteady += 1
+        self.rows.append(self.row(experiment, payload, threads, repeat, "dx", dx, ratio_same, ratio_one))
 
     @staticmethod
     def row(experiment, payload, threads, repeat, role, run, ratio_same, ratio_one):
@@ -268,15 +274,16 @@ class Sweep:
 
     def measure(self, index, experiment, threads, payload):
         """One repeat: raw against the reference host (the experiment's host is not running, so a
-        worker that never sleeps cannot slow the baseline down), then dx against a fresh host."""
+        worker that never sleeps cannot slow the baseline down), dx against a fresh host, raw again."""
         runs = self.bench(self.reference, threads, payload, ["--baseline", "raw", "--baseline-only"])
         name = f"{self.prefix}-{index}"
         host = self.start_host(name, experiment, threads, payload)
         try:
-            return runs + self.bench(name, threads, payload, wait_flags(experiment["guest"]))
+            runs += self.bench(name, threads, payload, wait_flags(experiment["guest"]))
         finally:
             self.stop_host(host)
             self.cleanup_regions()
+        return runs + self.bench(self.reference, 1, payload, ["--baseline", "raw", "--baseline-only"])
 
     def start_reference(self):
         """A host that only serves the raw baseline channels; its worker sleeps while unused."""
@@ -394,14 +401,17 @@ def auto_comparison(summary, experiments, payload):
     return lines
 
 
-def write_report(out, source, options, experiments, rows, summary, failures, seconds, chart_ok):
+def write_report(out, source, options, experiments, rows, summary, failures, seconds, chart_ok, unsteady):
     lines = [f"# Sweep: {os.path.basename(source)}", "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {os.cpu_count()} CPUs · "
              f"{cpu_model()} · {len(experiments)} experiments · --repeat {options.repeat} --duration {options.duration} "
              f"· {clock(seconds)}", "",
-             "Every figure is the median over the repeats. Ratios pair each dx run with the raw ping-pong runs made "
-             "just before it in the same processes (raw at the same thread count, then at 1 thread), so they hold "
-             "while the machine's speed drifts; compare experiments by ratio, not by absolute round trips/s.", ""]
+             "Every figure is the median over the repeats. Each dx run is bracketed by raw ping-pong runs against a "
+             "reference host (raw at the same thread count and at 1 thread before it, at 1 thread after it); its "
+             "ratios are to those runs, so they hold while the machine's speed drifts. When the two one-thread raw "
+             "runs differ by more than 25 % the machine switched speed around the dx run, and its ratios are left "
+             f"out ({unsteady} of {sum(1 for r in rows if r['role'] == 'dx')} dx runs here). Compare experiments "
+             "by ratio, not by absolute round trips/s.", ""]
     for payload in sorted({p for e in experiments for p in e["payloads"]}):
         lines += [f"## Ranking ({payload}-byte payload)", ""]
         for label, threads, scored in ranking(summary, experiments, payload):
@@ -563,7 +573,8 @@ def main():
     write_csv(os.path.join(out, "runs.csv"), sweep.rows)
     write_csv(os.path.join(out, "summary.csv"), summary)
     chart_ok = write_chart(out, experiments, summary)
-    write_report(out, options.file, options, experiments, sweep.rows, summary, sweep.failures, seconds, chart_ok)
+    write_report(out, options.file, options, experiments, sweep.rows, summary, sweep.failures, seconds, chart_ok,
+                 sweep.unsteady)
     print(f"report: {out}/report.md ({len(sweep.rows)} runs, {len(sweep.failures)} failed steps)")
     if sweep.interrupted:
         print("interrupted: the report covers what ran", file=sys.stderr)
