@@ -4,6 +4,7 @@
 #include "dxguest.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <sched.h>
@@ -33,7 +34,7 @@ enum {
     H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_STRIDE = 16, H_LANES = 20, H_CAPACITY = 24,
     H_WORKERS = 28, H_REGION_SIZE = 32, H_PID = 40, H_HANDLER = 44, H_START = 48, H_STATE = 128,
     H_HEARTBEAT = 136, H_LANES_OFFSET = 256, H_RAW_OFFSET = 264, H_RAW_COUNT = 272,
-    H_DOORBELLS = 1024, DOORBELL_SLEEPING = 0, DOORBELL_SEM = 8,
+    H_DOORBELLS = 1024, DOORBELL_SLEEPING = 0, DOORBELL_SEM = 8, DOORBELL_WORKER_CPU = 64,
     H_TURNSTILES = 4096, TURNSTILE_STRIDE = 256, TURN_NEXT = 0, TURN_SERVING = 8, TURN_LEASE = 16,
     TURN_WAKE = 128, TURN_WAKE_COUNT = 32,
 
@@ -270,6 +271,12 @@ uint32_t dx_region_handler(const dx_region *r) { return r->handler; }
 
 // MARK: - Wait presets
 
+dx_wait dx_wait_auto(void) {
+    dx_wait wait = dx_wait_fair();
+    wait.avoid_worker_cpu = 1;
+    return wait;
+}
+
 dx_wait dx_wait_fair(void) {
     return (dx_wait){.min_spins = 2000, .max_spins = 20000, .start_spins = 5000, .yield_every = 128,
                      .sleep_timeout_ns = 50000000, .turn_calls = 4096, .turn_quantum_ns = 4000000};
@@ -299,6 +306,8 @@ struct dx_lane {
     bool holds_turn;
     uint64_t ticket, lease_start;
     uint32_t calls_until_check, calls_in_turn;
+    bool avoiding;            // affinity narrowed to keep off the worker's CPU; `saved` is the old mask
+    cpu_set_t saved;
 };
 
 static void bump(char *counter) {  // single writer: a relaxed load and store, no locked instruction
@@ -308,7 +317,7 @@ static void bump(char *counter) {  // single writer: a relaxed load and store, n
 int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     if (!r || !out) return DX_E_ARGUMENT;
     *out = NULL;
-    dx_wait chosen = wait ? *wait : dx_wait_fair();
+    dx_wait chosen = wait ? *wait : dx_wait_auto();
     if (!valid_wait(&chosen)) return DX_E_ARGUMENT;
     int problem = host_problem(r);
     if (problem != DX_OK) return problem;
@@ -400,8 +409,25 @@ static void acquire_turn(dx_lane *l) {
     renew_lease(l, now_ns());
 }
 
+/// A hint: moves this thread off its worker's CPU (published by the worker) while it holds the turn.
+static void keep_off_worker_cpu(dx_lane *l) {
+    uint32_t worker = load32(l->doorbell + DOORBELL_WORKER_CPU, RELAXED);
+    if (worker >= 1024 || sched_getcpu() != (int)worker) return;
+    if (!l->avoiding && pthread_getaffinity_np(pthread_self(), sizeof l->saved, &l->saved) != 0) return;
+    cpu_set_t set = l->saved;
+    CPU_CLR((int)worker, &set);
+    if (CPU_COUNT(&set) > 0 && pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0) l->avoiding = true;
+}
+
+static void restore_affinity(dx_lane *l) {
+    if (!l->avoiding) return;
+    pthread_setaffinity_np(pthread_self(), sizeof l->saved, &l->saved);
+    l->avoiding = false;
+}
+
 static void take_turns(dx_lane *l) {
     l->calls_until_check = CALLS_BETWEEN_TURN_CHECKS - 1;
+    if (l->wait.avoid_worker_cpu) keep_off_worker_cpu(l);
     uint64_t now = now_ns();
     if (l->holds_turn) {
         l->calls_in_turn += CALLS_BETWEEN_TURN_CHECKS;
@@ -414,6 +440,7 @@ static void take_turns(dx_lane *l) {
             pass_turn(l, now);
         }
         l->holds_turn = false;
+        restore_affinity(l);
     }
     acquire_turn(l);
 }
@@ -421,6 +448,7 @@ static void take_turns(dx_lane *l) {
 void dx_lane_release(dx_lane *l) {
     if (!l) return;
     if (l->holds_turn) pass_turn(l, now_ns());
+    restore_affinity(l);
     // Our last request and response happen before the next owner's claim.
     cas64(l->base + L_OWNER, l->owner_word, l->owner_word & 0xffffffffu, memory_order_acq_rel);
     free(l);

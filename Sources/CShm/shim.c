@@ -174,6 +174,32 @@ int CShm_allowed_cpus(void) {
     return CPU_COUNT(&set);
 }
 
+int CShm_current_cpu(void) {
+    return sched_getcpu();
+}
+
+static _Thread_local cpu_set_t saved_affinity;
+static _Thread_local bool affinity_saved;
+
+int CShm_avoid_cpu(int cpu) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) return EINVAL;
+    if (!affinity_saved) {
+        int rc = pthread_getaffinity_np(pthread_self(), sizeof saved_affinity, &saved_affinity);
+        if (rc) return rc;
+        affinity_saved = true;
+    }
+    cpu_set_t set = saved_affinity;
+    CPU_CLR(cpu, &set);
+    if (CPU_COUNT(&set) == 0) return 0;
+    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
+void CShm_restore_affinity(void) {
+    if (!affinity_saved) return;
+    pthread_setaffinity_np(pthread_self(), sizeof saved_affinity, &saved_affinity);
+    affinity_saved = false;
+}
+
 int CShm_thread_join(uint64_t thread) {
     return pthread_join((pthread_t)thread, NULL);
 }

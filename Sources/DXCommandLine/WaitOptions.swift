@@ -4,7 +4,7 @@ import DXCore
 /// The wait-strategy flags `dx-host` and `dx-guest` share: a preset, then any parameter on its own.
 public struct WaitOptions: ParsableArguments {
     @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presetNames.joined(separator: ", ")).")
-    public var preset: String = "fair"
+    public var preset: String = "auto"
 
     @Option(name: .customLong("spin-min"), help: "Smallest adaptive spin budget.")
     public var spinMin: UInt32?
@@ -30,6 +30,10 @@ public struct WaitOptions: ParsableArguments {
     @Option(name: .customLong("turn-quantum-us"), help: "Guests: the longest a turn lasts, in µs.")
     public var turnQuantumMicroseconds: UInt64?
 
+    @Flag(name: .customLong("avoid-worker-cpu"), inversion: .prefixedNo,
+          help: "Guests: a turn holder moves off its serving worker's CPU (on in auto with 2+ CPUs).")
+    public var avoidWorkerCPU: Bool?
+
     public init() {}
 
     /// The strategy these flags describe.
@@ -39,9 +43,10 @@ public struct WaitOptions: ParsableArguments {
                 preset: preset, minSpins: spinMin, maxSpins: spinMax, startSpins: spinStart, yieldEvery: yieldEvery,
                 sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
             do {
-                var strategy = try change.applied(to: .fair)
+                var strategy = try change.applied(to: .auto)
                 if noRelax { strategy.relax = false }
                 if let turnCalls { strategy.turnCalls = turnCalls }
+                if let avoidWorkerCPU { strategy.avoidWorkerCPU = avoidWorkerCPU }
                 if let turnQuantumMicroseconds {
                     let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
                     strategy.turnQuantumNanoseconds = overflow ? .max : nanoseconds

@@ -15,7 +15,7 @@ import Testing
         #expect(after > before)  // otherwise the test below could not fail
     }
 
-    @Test(arguments: [WaitStrategy.fair, .balanced, .lowCPU])
+    @Test(arguments: [WaitStrategy.auto, .fair, .balanced, .lowCPU])
     func callsAllocateNothing(strategy: WaitStrategy) throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 256),

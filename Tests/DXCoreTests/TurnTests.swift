@@ -96,4 +96,35 @@ import Glibc
         // The idle holder notices on its next turn check and queues again; its calls still work.
         for _ in 0..<200 { #expect(try idle.call([3]).get() == [3]) }
     }
+
+    /// `auto`'s placement: a turn holder that runs on the CPU its worker published moves off it for
+    /// the turn, and gets its own affinity back when the lane is released.
+    @Test(.enabled(if: CPUAffinity.allowedCPUs > 1)) func turnHolderKeepsOffTheWorkerCPU() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let region = try Region.attach(name: name)
+        let allowed = CShm_allowed_cpus()
+        var narrowed: Int32 = -1
+        var avoided: Int32 = -1
+        try withRawRegion(name) { base, _, _ in
+            let workerCPU = base + Layout.Header.doorbells + Layout.Header.doorbellWorkerCPU
+            var lane = try region.claimLane(strategy: .auto)
+            // Say the worker runs where this thread runs, then make calls past a turn check.
+            for _ in 0..<100 where narrowed < 0 {
+                let here = CShm_current_cpu()
+                CShm_store_relaxed_u32(workerCPU, UInt32(here))
+                for _ in 0..<65 { _ = try lane.call([1, 2, 3]).get() }
+                if CShm_allowed_cpus() < allowed {
+                    narrowed = CShm_allowed_cpus()
+                    avoided = here
+                }
+            }
+            #expect(narrowed == allowed - 1)
+            #expect(CShm_current_cpu() != avoided)
+            _ = consume lane
+        }
+        #expect(CShm_allowed_cpus() == allowed)
+    }
 }

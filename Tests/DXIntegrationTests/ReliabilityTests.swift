@@ -81,7 +81,7 @@ func eventually(timeout: Double, _ condition: () throws -> Bool) rethrows -> Dou
         #expect(try host.stop() == 0)
     }
 
-    @Test(arguments: ["fair", "spin", "low-cpu"])
+    @Test(arguments: ["auto", "fair", "spin", "low-cpu"])
     func deadHostFailsWaitingGuestsThenANewHostTakesOver(wait: String) throws {
         let host = try RunningHost(arguments: ["--lanes", "2"])
         let name = host.name

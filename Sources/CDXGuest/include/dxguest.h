@@ -58,7 +58,7 @@ enum dx_error {
     DX_E_ARGUMENT = -17,     ///< a NULL pointer or an invalid wait configuration
 };
 
-/// How a guest waits for its response. dx_wait_fair() is the default the Swift guest uses.
+/// How a guest waits for its response. dx_wait_auto() is the default (NULL), as in the Swift guest.
 typedef struct dx_wait {
     uint32_t min_spins;        ///< the adaptive spin budget never falls below this
     uint32_t max_spins;        ///< ... nor grows above this
@@ -67,11 +67,17 @@ typedef struct dx_wait {
     uint64_t sleep_timeout_ns; ///< the longest single sleep (1 ms ... 1 s)
     uint32_t turn_calls;       ///< calls per turn while other guests of the worker wait; 0: no turns
     uint64_t turn_quantum_ns;  ///< the longest a turn lasts
+    int avoid_worker_cpu;      ///< a turn holder keeps off the CPU its worker publishes (see LAYOUT.md)
 } dx_wait;
 
 typedef struct dx_region dx_region;
 typedef struct dx_lane dx_lane;
 
+/// The `auto` preset, the default: `fair`'s budget, and a turn holder that runs on its serving
+/// worker's CPU moves off it for the turn (its affinity minus that CPU, given back at the pass).
+/// Unlike the Swift guest it does not calibrate the budget: the values are those `auto` finds
+/// on a machine where one spin costs ~25 ns.
+dx_wait dx_wait_auto(void);
 /// The `fair` preset: spins 2000...20000 (start 5000), yield every 128, 50 ms sleeps, turns of
 /// 4096 calls or 4 ms.
 dx_wait dx_wait_fair(void);
@@ -94,7 +100,7 @@ size_t dx_region_capacity(const dx_region *region);
 /// The handler the host announced: 1 echo, 2 checksum (FNV-1a 64), 0xFFFF other.
 uint32_t dx_region_handler(const dx_region *region);
 
-/// Claims a free lane for the calling thread. `wait` may be NULL (fair).
+/// Claims a free lane for the calling thread. `wait` may be NULL (auto).
 int dx_lane_claim(dx_region *region, const dx_wait *wait, dx_lane **lane);
 /// Releases the lane (and passes this thread's turn on).
 void dx_lane_release(dx_lane *lane);

@@ -208,5 +208,13 @@ int CShm_thread_join(uint64_t thread);
 int CShm_pin_self(int cpu);
 /// The CPUs this process may run on (`sched_getaffinity`), or -1.
 int CShm_allowed_cpus(void);
+/// The CPU the calling thread runs on (`sched_getcpu`), or -1.
+int CShm_current_cpu(void);
+/// Moves the calling thread off `cpu`: its affinity becomes the mask it had before the first
+/// call minus `cpu` (kept per thread, so repeated calls do not narrow it further). Does nothing
+/// when that would leave no CPU. Returns 0 or an errno value.
+int CShm_avoid_cpu(int cpu);
+/// Gives the calling thread back the affinity it had before CShm_avoid_cpu.
+void CShm_restore_affinity(void);
 
 #endif

@@ -40,7 +40,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
 
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``. `logger` receives the host's few lifecycle messages (never one per call).
-    public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .fair,
+    public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .auto,
                 counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         do { try strategy.validate() } catch { throw .invalidConfiguration(error.description) }
         self.region = try Region.create(name: name, configuration: configuration)

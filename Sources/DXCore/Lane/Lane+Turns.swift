@@ -22,6 +22,7 @@ extension Lane {
     @usableFromInline
     mutating func takeTurns() {
         callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
+        if strategy.avoidWorkerCPU { keepOffWorkerCPU() }
         let now = CShm_monotonic_ns()
         if holdsTurn {
             callsInTurn &+= Lane.callsBetweenTurnChecks
@@ -35,6 +36,10 @@ extension Lane {
                 passTurn(now)
             }
             holdsTurn = false  // passed, or taken by a waiter while we were away
+            if avoidingWorkerCPU {
+                CShm_restore_affinity()
+                avoidingWorkerCPU = false
+            }
         }
         acquireTurn()
     }
@@ -79,6 +84,14 @@ extension Lane {
         renewLease(CShm_monotonic_ns())
     }
 
+    /// Moves this thread off its worker's CPU when it runs there (see ``WaitStrategy/avoidWorkerCPU``).
+    mutating func keepOffWorkerCPU() {
+        // Relaxed: a hint the worker refreshes; anything outside 0..<1024 is ignored.
+        let worker = CShm_load_relaxed_u32(doorbell + Layout.Header.doorbellWorkerCPU)
+        guard worker < 1024, CShm_current_cpu() == Int32(worker) else { return }
+        if CShm_avoid_cpu(Int32(worker)) == 0 { avoidingWorkerCPU = true }
+    }
+
     /// Gives the turn to the next ticket and wakes its waiter.
     func passTurn(_ now: UInt64) {
         // Relaxed: the next holder's lease starts now; ordered by the CAS below.
@@ -99,6 +112,7 @@ extension Lane {
     /// Leaves the queue for good (the lane is released).
     func leaveTurns() {
         if holdsTurn { passTurn(CShm_monotonic_ns()) }
+        if avoidingWorkerCPU { CShm_restore_affinity() }
     }
 
     mutating func renewLease(_ now: UInt64) {

@@ -44,6 +44,7 @@ public struct Lane: ~Copyable {
     @usableFromInline var callsUntilTurnCheck: UInt32 = 0
     @usableFromInline var leaseStart: UInt64 = 0
     @usableFromInline var callsInTurn: UInt32 = 0
+    @usableFromInline var avoidingWorkerCPU = false
 
     /// Set it before a call to have that call's exchange timed: from publishing the request to
     /// seeing the response. The call clears it and leaves the time in ``lastExchangeNanoseconds``.
@@ -189,7 +190,7 @@ public struct Lane: ~Copyable {
     mutating func awaitResponse(_ seq: UInt64) -> CallError? {
         let responseSeq = base + Layout.Lane.responseSeq
         let budget = spin.budget
-        let yieldEvery = spin.yieldEvery
+        let yieldEvery = strategy.yieldEvery
         let relax = strategy.relax
         var untilYield = yieldEvery
         var spins: UInt32 = 0
@@ -207,15 +208,8 @@ public struct Lane: ~Copyable {
             if untilYield != 0 {
                 untilYield -= 1
                 if untilYield == 0 {
-                    if strategy.adaptiveYield {
-                        let start = CShm_monotonic_ns()
-                        sched_yield()
-                        spin.yielded(nanoseconds: CShm_monotonic_ns() &- start)
-                        untilYield = spin.yieldEvery
-                    } else {
-                        sched_yield()
-                        untilYield = yieldEvery
-                    }
+                    untilYield = yieldEvery
+                    sched_yield()
                     if counting { bump(counters + Layout.Counters.guestYields) }
                 }
             }
@@ -285,7 +279,7 @@ extension Region {
     /// A lane is free when its owner word has pid 0. The claim is a compare-and-swap to
     /// `pid << 32 | generation + 1`. A lane whose last request is still unanswered (its owner died
     /// mid-call) is skipped until the host has answered it.
-    public func claimLane(strategy: WaitStrategy = .fair, startingAt hint: Int = 0) throws(LaneClaimError) -> Lane {
+    public func claimLane(strategy: WaitStrategy = .auto, startingAt hint: Int = 0) throws(LaneClaimError) -> Lane {
         switch hostProblem() {
         case .shutdown?: throw .shutdown
         case .hostGone?: throw .hostGone

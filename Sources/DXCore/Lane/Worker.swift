@@ -74,6 +74,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         // lanes ends the focus, so concurrently busy lanes are served in turn.
         var focus = -1
         var roundsSinceScan = 0
+        var publishedCPU: Int32 = -1
         while true {
             var served = false
             if focus >= 0, roundsSinceScan < Worker.scanEvery {
@@ -104,6 +105,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             rounds &+= 1
             if rounds & 0x3FF == 0 {
                 if stop.isSet { return }
+                publishCPU(doorbell, &publishedCPU)
                 if strategies.version != version {
                     // A new strategy from the control plane: picked up between two polls.
                     version = strategies.version
@@ -126,6 +128,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if idle >= spin.budget {
                 spin.hadToSleep()
                 if counting { bump(counters + HostCounters.Worker.sleeps) }
+                defer { publishCPU(doorbell, &publishedCPU) }  // a wake-up may have moved us
                 switch sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds) {
                 case .stopped: return
                 // Rung or not needed: spin again, a request is there or about to be.
@@ -141,18 +144,22 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if untilYield != 0 {
                 untilYield -= 1
                 if untilYield == 0 {
-                    if strategy.adaptiveYield {
-                        let start = CShm_monotonic_ns()
-                        sched_yield()
-                        spin.yielded(nanoseconds: CShm_monotonic_ns() &- start)
-                        yieldEvery = spin.yieldEvery
-                    } else {
-                        sched_yield()
-                    }
                     untilYield = yieldEvery
+                    sched_yield()
                     if counting { bump(counters + HostCounters.Worker.yields) }
                 }
             }
+        }
+    }
+
+    /// Publishes the CPU this worker runs on when it changed, for guests that keep off it.
+    @inline(__always)
+    private func publishCPU(_ doorbell: UnsafeMutableRawPointer, _ published: inout Int32) {
+        let cpu = CShm_current_cpu()
+        if cpu != published {
+            published = cpu
+            // Relaxed: a hint; a stale value costs a guest one more check.
+            CShm_store_relaxed_u32(doorbell + Layout.Header.doorbellWorkerCPU, UInt32(bitPattern: cpu))
         }
     }
 

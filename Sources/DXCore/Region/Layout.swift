@@ -96,6 +96,9 @@ public enum Layout {
         public static let doorbellSleeping = 0
         /// The offset of the doorbell semaphore, within a doorbell block.
         public static let doorbellSemaphore = 8
+        /// The CPU the worker last ran on (u32, written by the worker when it changes; 0xFFFFFFFF
+        /// until known), within a doorbell block. Guests with ``WaitStrategy/avoidWorkerCPU`` read it.
+        public static let doorbellWorkerCPU = 64
         /// Worker w's turnstile: 256 bytes at `turnstiles + 256 · w`.
         public static let turnstiles = 4096
         /// The offset of the distance between turnstiles.

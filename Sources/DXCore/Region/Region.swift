@@ -15,7 +15,7 @@ import CShm
 /// // Guest: attach, claim a lane per thread, call.
 /// let region = try Region.attach(name: "demo")
 /// print(region.laneCount, region.slotCapacity)
-/// var lane = try region.claimLane(strategy: .fair)
+/// var lane = try region.claimLane(strategy: .auto)
 /// let reply = try lane.call(Array("ping".utf8)).get()
 /// ```
 ///
@@ -304,6 +304,7 @@ extension Region {
         CShm_store_relaxed_u32(header + Layout.Header.rawCount, UInt32(rawCount))
         for worker in 0..<workerCount {
             try Semaphore(doorbell(worker) + Layout.Header.doorbellSemaphore).initialize()
+            CShm_store_relaxed_u32(doorbell(worker) + Layout.Header.doorbellWorkerCPU, .max)
         }
         for index in 0..<laneCount {
             try Semaphore(lane(index) + Layout.Lane.guestSemaphore).initialize()

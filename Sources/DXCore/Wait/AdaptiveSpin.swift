@@ -1,19 +1,13 @@
 import CShm
 
-/// The adaptive spin budget and yield frequency of one waiter.
+/// The adaptive spin budget of one waiter.
 ///
 /// A wait that ends while spinning means spinning paid off: the budget grows by a sixteenth of
 /// the way to `max` (at least 1). A wait that had to sleep means the spin was wasted: the
 /// budget halves, down to `min`. The budget therefore climbs slowly under steady traffic and
 /// falls fast when the peer goes quiet.
-///
-/// With ``WaitStrategy/adaptiveYield`` the waiter also times its `sched_yield` calls. One that
-/// returns within 2 µs gave nothing away (no other thread wanted the CPU), so yields become
-/// half as frequent (down to one per 4096 spins); one that took longer let another thread run,
-/// perhaps the peer itself, so they become twice as frequent (up to one per 16 spins).
 public struct AdaptiveSpin: Sendable, Equatable {
     @usableFromInline var _budget: UInt32
-    @usableFromInline var _yieldEvery: UInt32
     /// The floor.
     public let minSpins: UInt32
     /// The ceiling.
@@ -21,15 +15,12 @@ public struct AdaptiveSpin: Sendable, Equatable {
 
     /// The spins the next wait may make before it sleeps.
     @inlinable public var budget: UInt32 { _budget }
-    /// Spins between two `sched_yield` calls; 0 never yields.
-    @inlinable public var yieldEvery: UInt32 { _yieldEvery }
 
     /// A budget at the strategy's start value, clamped between its min and max.
     public init(_ strategy: WaitStrategy) {
         minSpins = strategy.minSpins
         maxSpins = strategy.maxSpins
         _budget = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)
-        _yieldEvery = strategy.yieldEvery
     }
 
     /// The wait ended while spinning.
@@ -42,16 +33,6 @@ public struct AdaptiveSpin: Sendable, Equatable {
     @inlinable
     public mutating func hadToSleep() {
         _budget = max(_budget / 2, minSpins)
-    }
-
-    /// A yield that took `nanoseconds` (adaptive yielding only).
-    @inlinable
-    public mutating func yielded(nanoseconds: UInt64) {
-        if nanoseconds < 2_000 {
-            _yieldEvery = min(_yieldEvery &* 2, 4096)
-        } else {
-            _yieldEvery = max(_yieldEvery / 2, 16)
-        }
     }
 }
 

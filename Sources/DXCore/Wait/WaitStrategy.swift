@@ -30,10 +30,12 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     public var turnCalls: UInt32
     /// Guest side: the longest a turn lasts, in nanoseconds, however few calls it made.
     public var turnQuantumNanoseconds: UInt64
-    /// Whether each waiter tunes its yield frequency at run time (the `auto` preset): a
-    /// `sched_yield` that returns at once (nothing else wanted the CPU) makes the next ones
-    /// rarer; one that gave the CPU away makes them more frequent. See ``AdaptiveSpin``.
-    public var adaptiveYield = false
+    /// Guest side: whether a guest thread that holds its turn moves off the CPU its serving worker
+    /// runs on (the worker publishes it). Two spinners that share a CPU while the other CPU idles
+    /// make every exchange wait for a context switch until the scheduler separates them. The
+    /// thread's affinity is narrowed for the turn (its own mask minus that CPU) and given back when
+    /// the turn passes or the lane is released.
+    public var avoidWorkerCPU = false
 
     /// A strategy; ``validate()`` it before use.
     public init(minSpins: UInt32, maxSpins: UInt32, startSpins: UInt32, yieldEvery: UInt32,
@@ -58,26 +60,27 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
     /// Yields on every spin (the study's fair-but-slow reference).
     public static let yield = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 1)
 
-    /// The default. Turn-taking: guest threads that share a worker take turns of 4096 calls (at
-    /// most 4 ms), and those waiting for a turn sleep, so only one of them competes for a CPU.
+    /// Turn-taking: guest threads that share a worker take turns of 4096 calls (at most 4 ms),
+    /// and those waiting for a turn sleep, so only one of them competes for a CPU.
     /// A larger spin budget than `balanced` (min 2000, max 20000, start 5000): a worker that sleeps
     /// through a guest's 10-50 µs hiccup (a timer tick, a turn passing) costs the next call a
     /// kernel wake-up of about the same length, so spinning through it is cheaper.
     public static let fair = WaitStrategy(minSpins: 2000, maxSpins: 20000, startSpins: 5000, yieldEvery: 128,
                                           turnCalls: 4096, turnQuantumNanoseconds: 4_000_000)
 
-    /// Tunes itself to the machine and the load. At first use it measures what one spin costs
+    /// The default. Tunes itself to the machine and the load. At first use it measures what one spin costs
     /// here and sets the spin budget in time rather than spins: 50 µs to 500 µs, starting at
     /// 125 µs (a kernel wake-up costs about 50 µs on a VM, so spinning shorter than that before
-    /// sleeping loses). While running, each waiter adapts its budget (as every preset does) and its
-    /// yield frequency (``adaptiveYield``) to whether spinning and yielding pay off, and guest
-    /// threads take turns as in ``fair`` — a turn passes only when another guest waits.
+    /// sleeping loses). While running, each waiter adapts its budget to whether spinning pays off
+    /// (as every preset does); guest threads take turns as in ``fair``, a turn passing only when
+    /// another guest waits for one; and a turn holder keeps off the CPU its serving worker runs on
+    /// (``avoidWorkerCPU``), which the worker publishes as it moves.
     public static let auto: WaitStrategy = {
         let perSpin = max(SpinCalibration.nanosecondsPerSpin, 1)
         func spins(_ nanoseconds: Double) -> UInt32 { UInt32(min(max(nanoseconds / perSpin, 100), 1_000_000)) }
         var strategy = WaitStrategy(minSpins: spins(50_000), maxSpins: spins(500_000), startSpins: spins(125_000),
                                     yieldEvery: 128, turnCalls: 4096, turnQuantumNanoseconds: 4_000_000)
-        strategy.adaptiveYield = true
+        strategy.avoidWorkerCPU = CPUAffinity.allowedCPUs > 1
         return strategy
     }()
 
@@ -122,7 +125,7 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
         "min \(minSpins) max \(maxSpins) start \(startSpins) yield-every \(yieldEvery) "
             + "sleep-timeout \(sleepTimeoutNanoseconds / 1_000_000) ms\(relax ? "" : " no-relax")"
             + (turnCalls == 0 ? "" : " turn \(turnCalls) calls/\(turnQuantumNanoseconds / 1000) µs")
-            + (adaptiveYield ? " adaptive-yield" : "")
+            + (avoidWorkerCPU ? " avoid-worker-cpu" : "")
     }
 }
 
