@@ -411,8 +411,8 @@ def auto_comparison(summary, experiments, payload):
 def write_report(out, source, options, experiments, rows, summary, failures, seconds, chart_ok, unsteady):
     lines = [f"# Sweep: {os.path.basename(source)}", "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {os.cpu_count()} CPUs · "
-             f"{cpu_model()} · {len(experiments)} experiments · --repeat {options.repeat} --duration {options.duration} "
-             f"· {clock(seconds)}", "",
+             f"{cpu_model()} · {len(experiments)} experiments · --repeat {options.repeat} --duration {options.duration}"
+             + (f" · {clock(seconds)}" if seconds is not None else " · rewritten from runs.csv"), "",
              "Every figure is the median over the repeats. Each dx run is bracketed by raw ping-pong runs against a "
              "reference host (raw at the same thread count and at 1 thread before it, at 1 thread after it); its "
              "ratios are to those runs, so they hold while the machine's speed drifts. When the two one-thread raw "
@@ -494,43 +494,79 @@ def write_csv(path, rows):
 
 
 def write_chart(out, experiments, summary):
-    """chart.png with gnuplot: round trips/s against threads per experiment, unfair runs crossed."""
+    """chart.png with gnuplot: round trips/s against threads per experiment, as a multiple of the raw
+    one-thread baseline (left; comparable across the VM's speed changes) and absolute (right).
+    Points whose slowest lane got under 0.8 x the fastest lane's round trips are crossed."""
     payload = min(p for e in experiments for p in e["payloads"])
     data, unfair, names = [], [], []
+
+    def number(value):
+        return "NaN" if value is None else f"{value:.4f}"
     for experiment in experiments:
-        points = sorted((s["threads"], s["ops_per_sec"], s["slowest_over_fastest"]) for s in summary
-                        if s["experiment"] == experiment["name"] and s["payload"] == payload)
+        points = sorted((s["threads"], s["ops_per_sec"], s["ratio_raw_1t"], s["slowest_over_fastest"])
+                        for s in summary if s["experiment"] == experiment["name"] and s["payload"] == payload)
         if not points:
             continue
         names.append(experiment["name"])
-        data.append("\n".join(f"{t} {ops / 1e6:.4f}" for t, ops, _ in points))
-        unfair += [f"{t} {ops / 1e6:.4f}" for t, ops, fair in points if fair is not None and fair < 0.8]
+        data.append("\n".join(f"{t} {ops / 1e6:.4f} {number(ratio)}" for t, ops, ratio, _ in points))
+        unfair += [f"{t} {ops / 1e6:.4f} {number(ratio)}" for t, ops, ratio, fair in points
+                   if fair is not None and fair < 0.8]
     if not names:
         return False
     with open(os.path.join(out, "chart.dat"), "w") as handle:
         handle.write("\n\n\n".join(data) + "\n")
     with open(os.path.join(out, "unfair.dat"), "w") as handle:
-        handle.write("\n".join(unfair or ["NaN NaN"]) + "\n")
+        handle.write("\n".join(unfair or ["NaN NaN NaN"]) + "\n")
     titles = " ".join(f'"{name}"' for name in names)
-    script = f"""set terminal pngcairo size 1100,650 noenhanced
+    most = max(s["threads"] for s in summary)
+    last = len(names) - 1
+    script = f"""set terminal pngcairo size 1400,650 noenhanced
 set output '{out}/chart.png'
-set title 'dx round trips/s against guest threads ({payload}-byte payload; median of repeats)'
+set multiplot layout 1,2 title 'dx round trips/s against guest threads ({payload}-byte payload; medians of the repeats)'
 set xlabel 'guest threads'
-set ylabel 'million round trips/s'
-set key outside right
 set grid
-set yrange [0:*]
 set logscale x 2
-set xtics (1, 2, 4, 8, 16, 32)
+set xrange [0.8:{most * 1.25}]
+set xtics (1, 2, 4, 8, 16)
+set yrange [0:*]
 names = '{titles.replace("'", "")}'
-plot for [i=0:{len(names) - 1}] '{out}/chart.dat' index i using 1:2 with linespoints lw 2 title word(names, i + 1), \\
+set key off
+set ylabel 'round trips/s as a multiple of raw 1-thread'
+plot for [i=0:{min(last, 7)}] '{out}/chart.dat' index i using 1:3 with linespoints lw 2 lt i + 1 pt i + 1 \
+        title word(names, i + 1), \
+     for [i=8:{last}] '{out}/chart.dat' index i using 1:3 with linespoints lw 2 lt i - 7 pt i + 1 dt 2 \
+        title word(names, i + 1), \
+     '{out}/unfair.dat' using 1:3 with points pt 2 ps 3 lw 2 lc rgb 'red' title 'slowest lane < 0.8 x fastest'
+set key outside right
+set ylabel 'million round trips/s (absolute; the VM changes speed)'
+plot for [i=0:{min(last, 7)}] '{out}/chart.dat' index i using 1:2 with linespoints lw 2 lt i + 1 pt i + 1 \
+        title word(names, i + 1), \
+     for [i=8:{last}] '{out}/chart.dat' index i using 1:2 with linespoints lw 2 lt i - 7 pt i + 1 dt 2 \
+        title word(names, i + 1), \
      '{out}/unfair.dat' using 1:2 with points pt 2 ps 3 lw 2 lc rgb 'red' title 'slowest lane < 0.8 x fastest'
+unset multiplot
 """
     result = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
     if result.returncode != 0:
         print(f"warning: gnuplot failed: {result.stderr.strip()}", file=sys.stderr)
         return False
     return True
+
+
+def read_runs(path):
+    """runs.csv back into rows, with numbers as numbers (for --rerender)."""
+    integers = {"payload", "threads", "repeat", "run_threads", "p50_ns", "p99_ns", "p999_ns", "max_ns",
+                "exchange_p999_ns", "lane_min_ops", "lane_max_ops", "errors"}
+    rows = []
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key in integers:
+                    row[key] = int(value)
+                elif key not in ("experiment", "role") and value != "":
+                    row[key] = float(value)
+            rows.append(row)
+    return rows
 
 
 # MARK: - Main
@@ -544,6 +580,8 @@ def main():
     parser.add_argument("--threads", help="comma-separated thread counts, for every experiment")
     parser.add_argument("--out", help="output directory (default: results/<file>-<time>)")
     parser.add_argument("--only", help="comma-separated experiment names to run")
+    parser.add_argument("--rerender", metavar="DIR",
+                        help="run nothing: write the report and chart again from DIR/runs.csv")
     options = parser.parse_args()
     if not 1 <= options.repeat <= 100 or not 0 < options.duration <= 600:
         parser.error("--repeat must be 1...100 and --duration in (0, 600]")
@@ -563,6 +601,18 @@ def main():
         if missing:
             parser.error(f"--only: no experiment named {missing[0]}")
         experiments = [e for e in experiments if e["name"] in wanted]
+    if options.rerender:
+        rows = read_runs(os.path.join(options.rerender, "runs.csv"))
+        names = {r["experiment"] for r in rows}
+        experiments = [e for e in experiments if e["name"] in names]
+        summary = summarise(rows, experiments)
+        unsteady = sum(1 for r in rows if r["role"] == "dx" and r["ratio_raw_1t"] == "")
+        write_csv(os.path.join(options.rerender, "summary.csv"), summary)
+        chart_ok = write_chart(options.rerender, experiments, summary)
+        write_report(options.rerender, options.file, options, experiments, rows, summary, [], None, chart_ok,
+                     unsteady)
+        print(f"report: {options.rerender}/report.md (rewritten from runs.csv)")
+        return 0
     stem = os.path.splitext(os.path.basename(options.file))[0]
     out = options.out or os.path.join("results", f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=True)
