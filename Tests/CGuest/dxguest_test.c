@@ -1,7 +1,9 @@
 // Exercises the C guest library against a running dx-host (scripts/test-c-guest runs it).
 //
 //   dxguest_test check   NAME THREADS CALLS    round trips of every size 0...capacity, each response checked
-//   dxguest_test bench   NAME THREADS SECONDS  64-byte round trips, each checked; one JSON line
+//   dxguest_test bench   NAME THREADS SECONDS  64-byte round trips, each checked and timed (two clock
+//                                              reads per call, as dx-guest bench does); one JSON line
+//   dxguest_test bench-untimed NAME THREADS SECONDS   the same without the per-call clock reads
 //   dxguest_test version NAME                  a region of another layout version (and other bad headers)
 //                                              made under NAME is refused; NAME must not be in use
 //
@@ -24,6 +26,7 @@ static const char *region_name;
 static int thread_count;
 static long calls_per_thread;
 static double seconds;
+static bool timed;
 static atomic_long failures;
 
 static double now_s(void) {
@@ -60,7 +63,14 @@ typedef struct {
     dx_region *region;
     int index;
     long round_trips;
+    uint64_t latency_buckets[64];  // call latency, log2 buckets of nanoseconds (timed benches)
 } worker;
+
+static uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
 
 static void *check_thread(void *argument) {
     worker *w = argument;
@@ -119,7 +129,12 @@ static void *bench_thread(void *argument) {
         for (int b = 0; b < 64; b += 8) request[b] = (unsigned char)(i + b);
         memcpy(buffer, request, sizeof request);
         size_t got = 0;
+        uint64_t start = timed ? now_ns() : 0;
         rc = dx_lane_call(lane, sizeof request, &got);
+        if (timed) {
+            uint64_t took = now_ns() - start;
+            w->latency_buckets[took ? 63 - __builtin_clzll(took) : 0]++;
+        }
         if (rc != DX_OK) {
             fail("call", i, rc);
             break;
@@ -160,10 +175,21 @@ static int run_threads(void *(*body)(void *), const char *mode) {
     dx_detach(region);
     long failed = atomic_load(&failures);
     if (strcmp(mode, "bench") == 0) {
-        printf("{\"guest\":\"c\",\"threads\":%d,\"round_trips\":%ld,\"seconds\":%.3f,\"round_trips_per_s\":%.0f,"
-               "\"slowest_over_fastest\":%.3f,\"errors\":%ld}\n",
-               thread_count, total, elapsed, (double)total / elapsed, fastest ? (double)slowest / fastest : 0.0,
-               failed);
+        // p99.9 as the upper edge of its log2 bucket (timed benches only).
+        uint64_t buckets[64] = {0}, counted = 0, p999 = 0;
+        for (int t = 0; t < thread_count; t++)
+            for (int b = 0; b < 64; b++) buckets[b] += workers[t].latency_buckets[b], counted += workers[t].latency_buckets[b];
+        for (uint64_t b = 0, seen = 0; b < 64 && counted; b++) {
+            seen += buckets[b];
+            if (seen * 1000 >= counted * 999) {
+                p999 = 2ull << b;
+                break;
+            }
+        }
+        printf("{\"guest\":\"c\",\"timed\":%s,\"threads\":%d,\"round_trips\":%ld,\"seconds\":%.3f,"
+               "\"round_trips_per_s\":%.0f,\"slowest_over_fastest\":%.3f,\"p999_ns_at_most\":%llu,\"errors\":%ld}\n",
+               timed ? "true" : "false", thread_count, total, elapsed, (double)total / elapsed,
+               fastest ? (double)slowest / fastest : 0.0, (unsigned long long)p999, failed);
     } else {
         printf("c guest check: %d threads, %ld round trips checked, %ld failures\n", thread_count, total, failed);
         if (total != (long)thread_count * calls_per_thread) return 1;
@@ -233,7 +259,8 @@ static int refusals(const char *name) {
 
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "version") == 0) return refusals(argv[2]);
-    if (argc == 5 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "bench") == 0)) {
+    bool untimed = argc == 5 && strcmp(argv[1], "bench-untimed") == 0;
+    if (argc == 5 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "bench") == 0 || untimed)) {
         region_name = argv[2];
         thread_count = atoi(argv[3]);
         if (thread_count < 1 || thread_count > 64) {
@@ -245,8 +272,9 @@ int main(int argc, char **argv) {
             return run_threads(check_thread, "check");
         }
         seconds = atof(argv[4]);
+        timed = !untimed;
         return run_threads(bench_thread, "bench");
     }
-    fprintf(stderr, "usage: dxguest_test check|bench NAME THREADS CALLS|SECONDS, or dxguest_test version NAME\n");
+    fprintf(stderr, "usage: dxguest_test check|bench|bench-untimed NAME THREADS CALLS|SECONDS, or dxguest_test version NAME\n");
     return 2;
 }
