@@ -520,6 +520,15 @@ def write_chart(out, experiments, summary):
     titles = " ".join(f'"{name}"' for name in names)
     most = max(s["threads"] for s in summary)
     last = len(names) - 1
+
+    def plot(column):
+        """One panel: the first eight experiments in solid lines, the rest dashed, unfair points crossed."""
+        return (f"plot for [i=0:{min(last, 7)}] '{out}/chart.dat' index i using 1:{column} with linespoints lw 2 "
+                f"lt i + 1 pt i + 1 title word(names, i + 1), "
+                f"for [i=8:{last}] '{out}/chart.dat' index i using 1:{column} with linespoints lw 2 "
+                f"lt i - 7 pt i + 1 dt 2 title word(names, i + 1), "
+                f"'{out}/unfair.dat' using 1:{column} with points pt 2 ps 3 lw 2 lc rgb 'red' "
+                f"title 'slowest lane < 0.8 x fastest'")
     script = f"""set terminal pngcairo size 1400,650 noenhanced
 set output '{out}/chart.png'
 set multiplot layout 1,2 title 'dx round trips/s against guest threads ({payload}-byte payload; medians of the repeats)'
@@ -532,18 +541,10 @@ set yrange [0:*]
 names = '{titles.replace("'", "")}'
 set key off
 set ylabel 'round trips/s as a multiple of raw 1-thread'
-plot for [i=0:{min(last, 7)}] '{out}/chart.dat' index i using 1:3 with linespoints lw 2 lt i + 1 pt i + 1 \
-        title word(names, i + 1), \
-     for [i=8:{last}] '{out}/chart.dat' index i using 1:3 with linespoints lw 2 lt i - 7 pt i + 1 dt 2 \
-        title word(names, i + 1), \
-     '{out}/unfair.dat' using 1:3 with points pt 2 ps 3 lw 2 lc rgb 'red' title 'slowest lane < 0.8 x fastest'
+{plot(3)}
 set key outside right
 set ylabel 'million round trips/s (absolute; the VM changes speed)'
-plot for [i=0:{min(last, 7)}] '{out}/chart.dat' index i using 1:2 with linespoints lw 2 lt i + 1 pt i + 1 \
-        title word(names, i + 1), \
-     for [i=8:{last}] '{out}/chart.dat' index i using 1:2 with linespoints lw 2 lt i - 7 pt i + 1 dt 2 \
-        title word(names, i + 1), \
-     '{out}/unfair.dat' using 1:2 with points pt 2 ps 3 lw 2 lc rgb 'red' title 'slowest lane < 0.8 x fastest'
+{plot(2)}
 unset multiplot
 """
     result = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)

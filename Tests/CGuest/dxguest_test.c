@@ -72,14 +72,20 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-static void *check_thread(void *argument) {
-    worker *w = argument;
+/// The thread's lane (the default wait), or NULL after reporting why not.
+static dx_lane *claim(worker *w) {
     dx_lane *lane;
     int rc = dx_lane_claim(w->region, NULL, &lane);
-    if (rc != DX_OK) {
-        fail("claim", w->index, rc);
-        return NULL;
-    }
+    if (rc == DX_OK) return lane;
+    fail("claim", w->index, rc);
+    return NULL;
+}
+
+static void *check_thread(void *argument) {
+    worker *w = argument;
+    dx_lane *lane = claim(w);
+    if (!lane) return NULL;
+    int rc;
     size_t capacity = dx_region_capacity(w->region);
     uint32_t handler = dx_region_handler(w->region);
     unsigned char *request = malloc(capacity + 1), *response = malloc(capacity);
@@ -114,12 +120,9 @@ static void *check_thread(void *argument) {
 
 static void *bench_thread(void *argument) {
     worker *w = argument;
-    dx_lane *lane;
-    int rc = dx_lane_claim(w->region, NULL, &lane);
-    if (rc != DX_OK) {
-        fail("claim", w->index, rc);
-        return NULL;
-    }
+    dx_lane *lane = claim(w);
+    if (!lane) return NULL;
+    int rc;
     uint32_t handler = dx_region_handler(w->region);
     unsigned char request[64], response[64];
     unsigned char *buffer = dx_lane_buffer(lane);
