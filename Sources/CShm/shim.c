@@ -168,12 +168,6 @@ int CShm_pin_self(int cpu) {
     return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
 }
 
-int CShm_allowed_cpus(void) {
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof set, &set) != 0) return -1;
-    return CPU_COUNT(&set);
-}
-
 int CShm_current_cpu(void) {
     return sched_getcpu();
 }

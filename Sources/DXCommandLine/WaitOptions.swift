@@ -3,7 +3,7 @@ import DXCore
 
 /// The wait-strategy flags `dx-host` and `dx-guest` share: a preset, then any parameter on its own.
 public struct WaitOptions: ParsableArguments {
-    @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presetNames.joined(separator: ", ")).")
+    @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presets.map(\.name).joined(separator: ", ")).")
     public var preset: String = "auto"
 
     @Option(name: .customLong("spin-min"), help: "Smallest adaptive spin budget.")

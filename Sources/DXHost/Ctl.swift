@@ -146,7 +146,7 @@ extension Ctl {
             abstract: "Show the host's wait strategy, or change it while the host runs.")
         @OptionGroup var options: CtlOptions
 
-        @Option(name: .customLong("wait"), help: "A wait preset: \(WaitStrategy.presetNames.joined(separator: ", ")).")
+        @Option(name: .customLong("wait"), help: "A wait preset: \(WaitStrategy.presets.map(\.name).joined(separator: ", ")).")
         var preset: String?
         @Option(name: .customLong("spin-min")) var spinMin: UInt32?
         @Option(name: .customLong("spin-max")) var spinMax: UInt32?

@@ -69,7 +69,7 @@ struct Run: ParsableCommand {
 
     @OptionGroup var wait: WaitOptions
 
-    var workerCount: Int { workers ?? max(1, Int(CShm_available_cpus()) - 1) }
+    var workerCount: Int { workers ?? max(1, CPUAffinity.allowedCPUs - 1) }
 
     func validate() throws {
         guard Region.isValidName(name) else {

@@ -105,7 +105,7 @@ import Glibc
         try host.start(handler: EchoHandler())
         defer { host.stop() }
         let region = try Region.attach(name: name)
-        let allowed = CShm_allowed_cpus()
+        let allowed = CShm_available_cpus()
         var narrowed: Int32 = -1
         var avoided: Int32 = -1
         try withRawRegion(name) { base, _, _ in
@@ -116,8 +116,8 @@ import Glibc
                 let here = CShm_current_cpu()
                 CShm_store_relaxed_u32(workerCPU, UInt32(here))
                 for _ in 0..<65 { _ = try lane.call([1, 2, 3]).get() }
-                if CShm_allowed_cpus() < allowed {
-                    narrowed = CShm_allowed_cpus()
+                if CShm_available_cpus() < allowed {
+                    narrowed = CShm_available_cpus()
                     avoided = here
                 }
             }
@@ -125,6 +125,6 @@ import Glibc
             #expect(CShm_current_cpu() != avoided)
             _ = consume lane
         }
-        #expect(CShm_allowed_cpus() == allowed)
+        #expect(CShm_available_cpus() == allowed)
     }
 }

@@ -47,7 +47,6 @@ import Testing
         #expect(WaitStrategy.balanced.startSpins == 2000)
         #expect(WaitStrategy.balanced.yieldEvery == 128)
         #expect(WaitStrategy.preset(named: "nope") == nil)
-        #expect(WaitStrategy.presetNames == WaitStrategy.presets.map(\.name))
     }
 
     /// `auto` sets its budget in time: 50 µs to 500 µs of spinning, whatever a spin costs here.

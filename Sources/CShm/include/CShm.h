@@ -206,8 +206,6 @@ int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_
 int CShm_thread_join(uint64_t thread);
 /// Pins the calling thread to one CPU (`pthread_setaffinity_np`). Returns 0 or an errno value.
 int CShm_pin_self(int cpu);
-/// The CPUs this process may run on (`sched_getaffinity`), or -1.
-int CShm_allowed_cpus(void);
 /// The CPU the calling thread runs on (`sched_getcpu`), or -1.
 int CShm_current_cpu(void);
 /// Moves the calling thread off `cpu`: its affinity becomes the mask it had before the first

@@ -56,8 +56,8 @@ public enum CPUAffinity {
         if rc != 0 { throw SystemError("pthread_setaffinity_np", errno: rc) }
     }
 
-    /// How many CPUs this process may run on.
-    public static var allowedCPUs: Int { max(Int(CShm_allowed_cpus()), 1) }
+    /// How many CPUs the calling thread may run on (its affinity mask).
+    public static var allowedCPUs: Int { max(Int(CShm_available_cpus()), 1) }
 
     /// Parses a CPU list such as `0`, `0,1` or `2-3`; nil when it is malformed or names a CPU
     /// beyond 1023.
