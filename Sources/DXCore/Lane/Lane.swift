@@ -106,8 +106,11 @@ public struct Lane: ~Copyable {
 
     /// Sends `request` and copies the response into `response`. Returns the response length.
     /// A response longer than `response` is cut to fit.
+    ///
+    /// Package-only: it takes raw buffers as parameters, and the public API keeps raw pointers
+    /// inside closures (``call(request:response:)``). dx-guest's bench and soak use it.
     @inlinable
-    public mutating func call(_ request: UnsafeRawBufferPointer,
+    package mutating func call(_ request: UnsafeRawBufferPointer,
                               into response: UnsafeMutableRawBufferPointer) -> Result<Int, CallError> {
         guard request.count <= capacity else {
             return .failure(.payloadTooLarge(length: request.count, capacity: capacity))

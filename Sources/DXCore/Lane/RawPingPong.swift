@@ -73,9 +73,9 @@ final class RawServer: @unchecked Sendable {
 /// The guest end of a raw baseline channel.
 ///
 /// - Important: One thread at a time, like ``Lane``. Dropping it ends the session.
-public struct RawChannel: ~Copyable {
+package struct RawChannel: ~Copyable {
     /// The largest payload, in bytes.
-    public let capacity: Int
+    package let capacity: Int
     let region: Region
     let channel: UnsafeMutableRawPointer
     let ownerWord: UInt64
@@ -96,7 +96,7 @@ public struct RawChannel: ~Copyable {
 
     /// One bare round trip: copy the request in, ping, spin for the pong, copy the response out.
     /// Returns false when no pong came within a second.
-    public mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
+    package mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
         let payload = channel + Layout.Raw.payload
         let count = min(request.count, capacity)
         if count > 0 { payload.copyMemory(from: request.baseAddress!, byteCount: count) }
@@ -120,7 +120,7 @@ public struct RawChannel: ~Copyable {
 extension Region {
     /// Claims raw baseline channel `index` and wakes its server. Returns nil when the host has
     /// no raw channel with that index or another guest uses it.
-    public func claimRawChannel(_ index: Int) -> RawChannel? {
+    package func claimRawChannel(_ index: Int) -> RawChannel? {
         guard index >= 0, index < rawCount else { return nil }
         let channel = rawChannel(index)
         let owner = channel + Layout.Raw.owner
