@@ -10,6 +10,18 @@ import Testing
         #expect(DX_LAYOUT_VERSION == Layout.version)
     }
 
+    /// The C `auto` has the Swift one's shape: a budget in time (max = 10 × min, start = 2.5 × min,
+    /// up to the 100-spin floor and rounding), turns, and the placement hint on.
+    @Test func cAutoIsShapedLikeSwiftAuto() {
+        let c = dx_wait_auto()
+        let swift = WaitStrategy.auto
+        #expect(c.avoid_worker_cpu == 1 && swift.avoidWorkerCPU == (CPUAffinity.allowedCPUs > 1))
+        #expect(c.turn_calls == swift.turnCalls && c.turn_quantum_ns == swift.turnQuantumNanoseconds)
+        #expect(c.yield_every == swift.yieldEvery && c.sleep_timeout_ns == swift.sleepTimeoutNanoseconds)
+        #expect(c.max_spins >= 9 * c.min_spins && c.max_spins <= 11 * c.min_spins)
+        #expect(c.start_spins > 2 * c.min_spins && c.start_spins < 3 * c.min_spins)
+    }
+
     @Test func cGuestRoundTripsAreChecked() throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 512, handler: .echo))

@@ -73,10 +73,10 @@ typedef struct dx_wait {
 typedef struct dx_region dx_region;
 typedef struct dx_lane dx_lane;
 
-/// The `auto` preset, the default: `fair`'s budget, and a turn holder that runs on its serving
-/// worker's CPU moves off it for the turn (its affinity minus that CPU, given back at the pass).
-/// Unlike the Swift guest it does not calibrate the budget: the values are those `auto` finds
-/// on a machine where one spin costs ~25 ns.
+/// The `auto` preset, the default, as in the Swift guest: the first call measures what one spin
+/// costs here (~2.5 ms, once per process) and sets the budget to 50...500 µs of spinning (start
+/// 125 µs); turns as in `fair`; and a turn holder that runs on its serving worker's CPU moves off it
+/// for the turn (its affinity minus that CPU, given back at the pass).
 dx_wait dx_wait_auto(void);
 /// The `fair` preset: spins 2000...20000 (start 5000), yield every 128, 50 ms sleeps, turns of
 /// 4096 calls or 4 ms.
