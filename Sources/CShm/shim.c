@@ -148,6 +148,13 @@ int CShm_available_cpus(void) {
     return CPU_COUNT(&set);
 }
 
+bool CShm_cpu_allowed(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(0, sizeof set, &set) != 0) return false;
+    return CPU_ISSET(cpu, &set);
+}
+
 int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_t stack_size) {
     pthread_attr_t attr;
     int rc = pthread_attr_init(&attr);

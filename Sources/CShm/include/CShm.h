@@ -198,6 +198,8 @@ int64_t CShm_self_cpu_ns(void);
 bool CShm_process_alive(pid_t pid);
 /// The number of CPUs the calling thread may run on.
 int CShm_available_cpus(void);
+/// True when the calling thread's affinity mask includes `cpu`.
+bool CShm_cpu_allowed(int cpu);
 
 /// Starts a detached-capable POSIX thread running `body(context)` with the given stack size.
 /// Returns 0 or errno; the thread handle is written to `out`.
