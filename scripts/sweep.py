@@ -191,7 +191,7 @@ class Sweep:
         lanes = max(experiment["lanes"], threads)
         command = [os.path.join(self.bin, "dx-host"), "--name", name, "--lanes", str(lanes),
                    "--slot-size", str(max(4096, payload)), "--workers", str(experiment["workers"]),
-                   "--log-level", "error"] + wait_flags(experiment["host"])
+                   "--raw", "--log-level", "error"] + wait_flags(experiment["host"])
         host = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.children.append(host)
         deadline = time.monotonic() + 10

@@ -1,15 +1,15 @@
-// The guest side of a dx region, written from docs/LAYOUT.md (layout version 1).
-// Section names below ("Validating", "Claim and release", "One call", "Turns") are that document's.
+// The guest side of a dx region, written from docs/LAYOUT.md (layout version 2).
+// Section names below ("Validating", "Liveness", "The parker", "Claim and release", "One call",
+// "Turns") are that document's.
 #define _GNU_SOURCE
 #include "dxguest.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/futex.h>
 #include <sched.h>
-#include <semaphore.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -30,25 +30,28 @@ enum {
     MAX_SLOT = 16 * 1024 * 1024,
     MAX_WORKERS = 16,
     MAX_RAW = 16,
+    MAX_NAME = 64,
 
     H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_STRIDE = 16, H_LANES = 20, H_CAPACITY = 24,
-    H_WORKERS = 28, H_REGION_SIZE = 32, H_PID = 40, H_HANDLER = 44, H_START = 48, H_STATE = 128,
-    H_HEARTBEAT = 136, H_LANES_OFFSET = 256, H_RAW_OFFSET = 264, H_RAW_COUNT = 272,
-    H_DOORBELLS = 1024, DOORBELL_SLEEPING = 0, DOORBELL_SEM = 8, DOORBELL_WORKER_CPU = 64,
+    H_WORKERS = 28, H_REGION_SIZE = 32, H_HANDLER = 44, H_STATE = 128, H_LANES_OFFSET = 256,
+    H_RAW_OFFSET = 264, H_RAW_COUNT = 272,
+    H_DOORBELLS = 1024, DOORBELL_SLEEPING = 0, DOORBELL_WORD = 8, DOORBELL_WORKER_CPU = 64,
     H_TURNSTILES = 4096, TURNSTILE_STRIDE = 256, TURN_NEXT = 0, TURN_SERVING = 8, TURN_LEASE = 16,
     TURN_WAKE = 128, TURN_WAKE_COUNT = 32,
 
-    L_REQ_SEQ = 0, L_REQ_LEN = 8, L_OWNER = 16, L_OWNER_START = 24, L_RESP_SEQ = 128, L_RESP_LEN = 136,
-    L_STATUS = 140, L_SLEEPING = 256, L_SEM = 264, L_COUNTERS = 512, L_PAYLOAD = 768,
+    L_REQ_SEQ = 0, L_REQ_LEN = 8, L_OWNER = 16, L_RESP_SEQ = 128, L_RESP_LEN = 136, L_STATUS = 140,
+    L_SLEEPING = 256, L_WORD = 264, L_COUNTERS = 512, L_PAYLOAD = 768,
 
     C_CALLS = 0, C_SPIN_WINS = 8, C_YIELDS = 16, C_SLEEPS = 24, C_DOORBELLS = 32, C_ERRORS = 40,
     C_TURN_WAITS = 48,
 
-    STATE_READY = 1,
+    // "Liveness: kernel locks": the host's write lock on the magic, an owner's on its owner word.
+    HOST_LOCK_START = 0, HOST_LOCK_LENGTH = 8, OWNER_LOCK_LENGTH = 8,
+
+    STATE_STOPPING = 2,
     CALLS_BETWEEN_TURN_CHECKS = 64,
 };
 static const uint64_t MAGIC = 0x4E4F494745525844ull;  // "DXREGION" read as little-endian
-static const uint64_t HOST_STALE_NS = 300000000ull;
 
 // MARK: - Atomics on the mapping
 
@@ -83,62 +86,131 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/// Field `index` (1-based, as in proc(5)) of /proc/<pid>/stat; the state letter for field 3.
-static bool proc_stat_field(pid_t pid, int index, unsigned long long *value, char *state) {
-    char path[64], text[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return false;
-    ssize_t n;
-    do { n = read(fd, text, sizeof text - 1); } while (n < 0 && errno == EINTR);
-    close(fd);
-    if (n <= 0) return false;
-    text[n] = 0;
-    char *cursor = strrchr(text, ')');  // the command name may hold spaces and parentheses
-    if (!cursor) return false;
-    cursor += 1;
-    for (int field = 3; field <= index; field++) {
-        while (*cursor == ' ') cursor++;
-        if (!*cursor) return false;
-        if (field == index) {
-            if (state) *state = *cursor;
-            if (value) *value = strtoull(cursor, NULL, 10);
-            return true;
-        }
-        while (*cursor && *cursor != ' ') cursor++;
-    }
-    return false;
+static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+static struct timespec timespec_of(uint64_t ns) {
+    return (struct timespec){(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
 }
 
-static uint64_t start_time(pid_t pid) {
-    unsigned long long ticks = 0;
-    return proc_stat_field(pid, 22, &ticks, NULL) ? ticks : 0;
-}
-
-/// Alive and not a zombie.
-static bool process_alive(pid_t pid) {
-    if (pid <= 0) return false;
-    if (kill(pid, 0) != 0 && errno != EPERM) return false;
-    char state = 0;
-    return proc_stat_field(pid, 3, NULL, &state) && state != 'Z' && state != 'X';
-}
-
+/// One FUTEX_WAIT while the word holds `expected`, for at most `timeout_ns` (relative, so measured on
+/// CLOCK_MONOTONIC). The shared kind, without FUTEX_PRIVATE_FLAG: the word is in a mapping other
+/// processes share, and a private wait would never see their wakes. Returns 0 or the errno.
 static int futex_wait(void *word, uint32_t expected, uint64_t timeout_ns) {
-    struct timespec timeout = {(time_t)(timeout_ns / 1000000000ull), (long)(timeout_ns % 1000000000ull)};
-    return (int)syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, NULL, 0);
+    struct timespec timeout = timespec_of(timeout_ns);
+    return syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, NULL, 0) == 0 ? 0 : errno;
 }
 
-static void futex_wake(void *word) {
-    syscall(SYS_futex, word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+static void futex_wake(void *word, int count) {
+    syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
 }
 
-static void sem_wait_bounded(sem_t *sem, uint64_t timeout_ns) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    uint64_t ns = (uint64_t)deadline.tv_nsec + timeout_ns;
-    deadline.tv_sec += (time_t)(ns / 1000000000ull);
-    deadline.tv_nsec = (long)(ns % 1000000000ull);
-    while (sem_clockwait(sem, CLOCK_MONOTONIC, &deadline) != 0 && errno == EINTR) {}
+/// Sleeps `ns` without a futex (resumed after a signal).
+static void sleep_ns(uint64_t ns) {
+    struct timespec request = timespec_of(ns), remaining;
+    while (nanosleep(&request, &remaining) != 0 && errno == EINTR) request = remaining;
+}
+
+/// Closes `fd` on an error path without losing the errno that DX_E_SYSTEM promises to keep.
+static void close_keeping_errno(int fd) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+}
+
+// MARK: - Locks ("Liveness: kernel locks")
+
+/// F_OFD_SETLK or F_OFD_GETLK of `type` on bytes [start, start + length). Returns 0 or the errno;
+/// `answer`, when given, gets the kernel's answer (F_OFD_GETLK).
+static int ofd_lock(int fd, int command, short type, off_t start, off_t length, struct flock *answer) {
+    struct flock lock;
+    memset(&lock, 0, sizeof lock);  // l_pid must be 0 for OFD locks
+    lock.l_type = type;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = start;
+    lock.l_len = length;
+    int rc;
+    do { rc = fcntl(fd, command, &lock); } while (rc != 0 && errno == EINTR);
+    if (answer) *answer = lock;
+    return rc == 0 ? 0 : errno;
+}
+
+/// Whether another open file description holds a lock on the range (a write lock would conflict).
+/// A failed query counts as held: nobody is declared dead on a guess, and every wait is bounded.
+static bool lock_held(int fd, off_t start, off_t length) {
+    struct flock answer;
+    if (ofd_lock(fd, F_OFD_GETLK, F_WRLCK, start, length, &answer) != 0) return true;
+    return answer.l_type != F_UNLCK;
+}
+
+/// A new open file description of the region behind `fd`. Not `dup`, which would share `fd`'s:
+/// OFD locks of one description never conflict with each other, so two claims of this process
+/// must not share one.
+static int reopen(int fd) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int claim;
+    do { claim = open(path, O_RDWR | O_CLOEXEC); } while (claim < 0 && errno == EINTR);
+    return claim;
+}
+
+// MARK: - The parker ("The parker: dx's semaphore")
+
+/// A binary semaphore of two u32 words in the region: the sleeping flag and the futex word. Garbage
+/// written into them costs at most one spurious return per sleep.
+typedef struct {
+    char *flag, *word;
+} parker;
+
+enum park_outcome { PARK_READY, PARK_POSTED, PARK_TIMED_OUT };
+
+/// The futex half of a sleep: until a post or `timeout_ns`, re-armed with what remains after a
+/// return that was no post. Never spins on a failing futex call.
+static enum park_outcome wait_for_post(char *word, uint64_t timeout_ns) {
+    uint64_t deadline = now_ns() + timeout_ns, remaining = timeout_ns;
+    for (;;) {
+        int rc = futex_wait(word, 0, remaining);
+        // Acquire: pairs with the poster's release store of 1.
+        if (load32(word, ACQUIRE) != 0) return PARK_POSTED;
+        if (rc == ETIMEDOUT) return PARK_TIMED_OUT;
+        if (rc != 0 && rc != EINTR && rc != EAGAIN) {
+            // EFAULT or anything else the kernel says about a word we cannot wait on: wait out the
+            // time without it, so that the caller's loop does not turn into a spin.
+            sleep_ns(remaining);
+            return PARK_TIMED_OUT;
+        }
+        uint64_t now = now_ns();  // woken without a post, a signal, or the word flipped back: sleep on
+        if (now >= deadline) return PARK_TIMED_OUT;
+        remaining = deadline - now;
+    }
+}
+
+/// Sleeper side: sleeps until the u64 at `watched` equals `value` (as the publisher stores it,
+/// seq-cst), a post, or `timeout_ns`. The caller checks its condition again afterwards (acquire),
+/// whatever the outcome.
+static enum park_outcome park(parker p, const char *watched, uint64_t value, uint64_t timeout_ns) {
+    // Relaxed: ordered before any publisher can see the flag by the seq-cst store below.
+    store32(p.word, 0, RELAXED);
+    // Seq-cst, as is the re-check: with the publisher's seq-cst store of what it publishes and its
+    // seq-cst load of this flag, either our re-check sees the publication or it sees the flag.
+    store32(p.flag, 1, SEQ_CST);
+    enum park_outcome outcome =
+        load64(watched, SEQ_CST) == value ? PARK_READY : wait_for_post(p.word, timeout_ns);
+    store32(p.flag, 0, RELAXED);  // a post that comes anyway costs the next sleep one spurious return
+    return outcome;
+}
+
+/// Publisher side, after the seq-cst store of what it publishes: posts when the sleeper announced a
+/// sleep. Returns whether it posted; of racing publishers only the one whose CAS clears the flag does.
+static bool unpark(parker p) {
+    // Seq-cst: pairs with the sleeper's seq-cst store of the flag (see park).
+    if (load32(p.flag, SEQ_CST) == 0) return false;
+    uint32_t one = 1;
+    // Acquire-release (failure acquire): one post per sleep.
+    if (!atomic_compare_exchange_strong_explicit(AT32(p.flag), &one, 0, memory_order_acq_rel, ACQUIRE)) return false;
+    // Release: pairs with the sleeper's acquire load of the word.
+    store32(p.word, 1, RELEASE);
+    futex_wake(p.word, 1);
+    return true;
 }
 
 // MARK: - Region
@@ -146,11 +218,11 @@ static void sem_wait_bounded(sem_t *sem, uint64_t timeout_ns) {
 struct dx_region {
     char *base;
     size_t mapped;
+    /// Kept open for the region's life: the host's lock is queried through it (a lock query through a
+    /// descriptor of our own, which holds no lock, sees the host's), and each claim reopens it.
+    int fd;
     uint32_t lane_count, capacity, stride, workers, handler;
-    pid_t host_pid;
-    uint64_t host_start;
-    pid_t own_pid;
-    uint64_t own_start;
+    uint64_t own_pid;
 };
 
 static _Thread_local uint32_t found_version;
@@ -159,7 +231,7 @@ uint32_t dx_last_found_version(void) { return found_version; }
 
 static bool valid_name(const char *name) {
     size_t length = strlen(name);
-    if (length < 1 || length > 200 || name[0] == '.') return false;
+    if (length < 1 || length > MAX_NAME || name[0] == '.') return false;
     for (size_t i = 0; i < length; i++) {
         char c = name[i];
         bool ok = (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '.' ||
@@ -171,6 +243,15 @@ static bool valid_name(const char *name) {
 
 static uint64_t stride_for(uint64_t capacity) { return (L_PAYLOAD + capacity + BLOCK - 1) / BLOCK * BLOCK; }
 
+/// "Ownership (guest)", on the descriptor we opened, not the path, so that what we check is what we
+/// map: a name another user created first is refused, never followed.
+static int check_owner(int fd, uid_t host_uid, struct stat *info) {
+    if (fstat(fd, info) != 0) return DX_E_SYSTEM;
+    if (info->st_uid != host_uid) return DX_E_WRONG_OWNER;
+    if (!S_ISREG(info->st_mode) || (info->st_mode & 022) != 0) return DX_E_UNSAFE_MODE;
+    return DX_OK;
+}
+
 /// The header's checks ("Validating (guest)"), on private copies.
 static int validate(dx_region *r, size_t object_size) {
     char *h = r->base;
@@ -178,7 +259,7 @@ static int validate(dx_region *r, size_t object_size) {
     if (magic == 0) return DX_E_NOT_READY;
     if (magic != MAGIC) return DX_E_NOT_DX;
     uint32_t version = load32(h + H_VERSION, RELAXED);
-    if (version != DX_LAYOUT_VERSION) {
+    if (version != DX_LAYOUT_VERSION) {  // another layout: read nothing else
         found_version = version;
         return DX_E_VERSION;
     }
@@ -199,69 +280,71 @@ static int validate(dx_region *r, size_t object_size) {
     r->stride = (uint32_t)stride;
     r->workers = (uint32_t)workers;
     r->handler = load32(h + H_HANDLER, RELAXED);
-    r->host_pid = (pid_t)load32(h + H_PID, RELAXED);
-    r->host_start = load64(h + H_START, RELAXED);
     return DX_OK;
 }
 
-/// Why the host cannot answer, or DX_OK while it can.
+/// Why the host cannot answer, or DX_OK while it can ("Host alive (guest)"). The host lives while it
+/// holds its lock on the magic: the kernel vouches for that, not the header, so a guest that writes
+/// "stopping" into the state fools nobody; the state only names why a free lock is free.
+/// A system call: for attach, claim and slow paths only.
 static int host_problem(const dx_region *r) {
-    if (load32(r->base + H_STATE, ACQUIRE) != STATE_READY) return DX_E_SHUTDOWN;
-    uint64_t now = now_ns(), beat = load64(r->base + H_HEARTBEAT, RELAXED);
-    if (now > beat && now - beat > HOST_STALE_NS &&
-        (!process_alive(r->host_pid) || start_time(r->host_pid) != r->host_start))
-        return DX_E_HOST_GONE;
-    return DX_OK;
+    if (lock_held(r->fd, HOST_LOCK_START, HOST_LOCK_LENGTH)) return DX_OK;
+    // Acquire: pairs with the host's release store of its state.
+    return load32(r->base + H_STATE, ACQUIRE) == STATE_STOPPING ? DX_E_SHUTDOWN : DX_E_HOST_GONE;
 }
 
-int dx_attach(const char *name, dx_region **out) {
+/// Everything after shm_open; `r->fd` is the opened descriptor, which `r` owns from here.
+static int attach_descriptor(dx_region *r, uid_t host_uid) {
+    struct stat info;
+    int rc = check_owner(r->fd, host_uid, &info);
+    if (rc != DX_OK) return rc;
+    if (info.st_size < HEADER_SIZE) return DX_E_NOT_READY;  // the host is between shm_open and ftruncate
+    size_t size = (size_t)info.st_size;
+    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
+    if (base == MAP_FAILED) return DX_E_SYSTEM;
+    r->base = base;
+    r->mapped = size;
+    rc = validate(r, size);
+    if (rc != DX_OK) return rc;
+    return host_problem(r);
+}
+
+int dx_attach(const char *name, dx_region **out) { return dx_attach_as(name, getuid(), out); }
+
+int dx_attach_as(const char *name, uid_t host_uid, dx_region **out) {
     if (!name || !out) return DX_E_ARGUMENT;
     *out = NULL;
     found_version = 0;
     if (!valid_name(name)) return DX_E_INVALID_NAME;
-    char object[256];
+    char object[MAX_NAME + 8];
     snprintf(object, sizeof object, "/dx.%s", name);
-    int fd = shm_open(object, O_RDWR | O_CLOEXEC, 0);
-    if (fd < 0) {
-        if (errno == ENOENT) return DX_E_NO_REGION;
-        if (errno == EACCES || errno == EPERM) return DX_E_PERMISSION;
-        return DX_E_SYSTEM;
-    }
-    struct stat info;
-    if (fstat(fd, &info) != 0) {
-        close(fd);
-        return DX_E_SYSTEM;
-    }
-    if (info.st_size < HEADER_SIZE) {
-        close(fd);
-        return DX_E_NOT_READY;
-    }
-    size_t size = (size_t)info.st_size;
-    void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (base == MAP_FAILED) return DX_E_SYSTEM;
     dx_region *r = calloc(1, sizeof *r);
-    if (!r) {
-        munmap(base, size);
+    if (!r) return DX_E_SYSTEM;
+    r->fd = shm_open(object, O_RDWR | O_CLOEXEC, 0);
+    if (r->fd < 0) {
+        int error = errno;
+        free(r);
+        errno = error;
+        if (error == ENOENT) return DX_E_NO_REGION;
+        if (error == EACCES || error == EPERM) return DX_E_PERMISSION;
         return DX_E_SYSTEM;
     }
-    r->base = base;
-    r->mapped = size;
-    int rc = validate(r, size);
-    if (rc == DX_OK) rc = host_problem(r);
+    int rc = attach_descriptor(r, host_uid);
     if (rc != DX_OK) {
+        int error = errno;
         dx_detach(r);
+        errno = error;
         return rc;
     }
-    r->own_pid = getpid();
-    r->own_start = start_time(r->own_pid);
+    r->own_pid = (uint32_t)getpid();
     *out = r;
     return DX_OK;
 }
 
 void dx_detach(dx_region *r) {
     if (!r) return;
-    munmap(r->base, r->mapped);
+    if (r->base) munmap(r->base, r->mapped);
+    close(r->fd);
     free(r);
 }
 
@@ -333,7 +416,12 @@ struct dx_lane {
     dx_region *region;
     char *base, *doorbell, *turnstile;
     dx_wait wait;
+    /// The claim's own open file description of the region, open while we hold the lane: its lock on
+    /// the owner word tells the host and other guests that the lane's owner lives.
+    int fd;
     uint64_t owner_word, sequence, timeout_ns;
+    /// The running call's deadline; 0 until its first bounded wait fixes it (see call_deadline).
+    uint64_t deadline;
     uint32_t budget, status;
     int failure;
     // Turns.
@@ -348,6 +436,63 @@ static void bump(char *counter) {  // single writer: a relaxed load and store, n
     store64(counter, load64(counter, RELAXED) + 1, RELAXED);
 }
 
+// MARK: - Claim and release ("Claim and release")
+
+/// Takes the lane whose owner word is at `owner_offset` through the claim's description `*fd`
+/// (opened on first use, reused while attempts fail): the lock first, then the owner word by CAS.
+/// DX_OK with the word written in *mine; DX_E_NO_LANE when a live guest holds the lock or the word
+/// changed under us; DX_E_SYSTEM.
+static int claim_owner(dx_region *r, size_t owner_offset, int *fd, uint64_t *mine) {
+    if (*fd < 0 && (*fd = reopen(r->fd)) < 0) return DX_E_SYSTEM;
+    int rc = ofd_lock(*fd, F_OFD_SETLK, F_WRLCK, (off_t)owner_offset, OWNER_LOCK_LENGTH, NULL);
+    if (rc == EAGAIN || rc == EACCES) return DX_E_NO_LANE;  // its owner lives
+    if (rc != 0) {
+        errno = rc;
+        return DX_E_SYSTEM;
+    }
+    char *owner = r->base + owner_offset;
+    // Holding the lock, no live process owns the lane: whatever the word holds is free or a dead
+    // owner's. Acquire: pairs with the previous owner's release CAS.
+    uint64_t word = load64(owner, ACQUIRE);
+    uint64_t claimed = r->own_pid << 32 | (uint32_t)(word + 1);
+    // Acquire-release: the claim happens before our first request. A claimer racing us for a word
+    // in the same state makes one of the two CASes fail.
+    if (!cas64(owner, word, claimed, memory_order_acq_rel)) {
+        ofd_lock(*fd, F_OFD_SETLK, F_UNLCK, (off_t)owner_offset, OWNER_LOCK_LENGTH, NULL);
+        return DX_E_NO_LANE;
+    }
+    *mine = claimed;
+    return DX_OK;
+}
+
+/// Frees the owner word (pid half 0, generation kept, so the next claim's word differs), then
+/// closes the claim's description, which drops its lock. In this order: nobody takes the lane
+/// while the lock is held, so nobody sees the word ours and the lock free but a dead owner's.
+static void release_owner(char *owner, uint64_t mine, int fd) {
+    // Acquire-release: our last request and response happen before the next owner's claim. A failed
+    // CAS means someone overwrote the word; the lock goes with the descriptor all the same.
+    cas64(owner, mine, mine & 0xffffffffu, memory_order_acq_rel);
+    close(fd);
+}
+
+static dx_lane *new_lane(dx_region *r, uint32_t index, const dx_wait *wait, int fd, uint64_t mine,
+                         uint64_t sequence) {
+    dx_lane *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    uint32_t worker = index % r->workers;
+    l->region = r;
+    l->base = r->base + HEADER_SIZE + (size_t)index * r->stride;
+    l->doorbell = r->base + H_DOORBELLS + worker * BLOCK;
+    l->turnstile = r->base + H_TURNSTILES + worker * TURNSTILE_STRIDE;
+    l->wait = *wait;
+    l->fd = fd;
+    l->owner_word = mine;
+    l->sequence = sequence;
+    l->timeout_ns = 10000000000ull;
+    l->budget = wait->start_spins;
+    return l;
+}
+
 int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     if (!r || !out) return DX_E_ARGUMENT;
     *out = NULL;
@@ -355,43 +500,54 @@ int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     if (!valid_wait(&chosen)) return DX_E_ARGUMENT;
     int problem = host_problem(r);
     if (problem != DX_OK) return problem;
-    uint64_t pid = (uint32_t)r->own_pid;
-    for (uint32_t index = 0; index < r->lane_count; index++) {
-        char *lane = r->base + HEADER_SIZE + (size_t)index * r->stride;
-        uint64_t word = load64(lane + L_OWNER, ACQUIRE);  // pairs with the last owner's release
-        if (word >> 32 != 0) continue;
-        uint64_t mine = pid << 32 | (uint32_t)(word + 1);
-        if (!cas64(lane + L_OWNER, word, mine, memory_order_acq_rel)) continue;
-        store64(lane + L_OWNER_START, r->own_start, RELAXED);
-        uint64_t request = load64(lane + L_REQ_SEQ, ACQUIRE), response = load64(lane + L_RESP_SEQ, ACQUIRE);
-        if (request != response) {  // an earlier owner died mid-call
-            cas64(lane + L_OWNER, mine, mine & 0xffffffffu, memory_order_acq_rel);
-            continue;
+    int fd = -1;
+    // Lanes whose word says free first; then the others: a lock we can take there means a dead owner.
+    for (int dead_owners = 0; dead_owners <= 1; dead_owners++) {
+        for (uint32_t index = 0; index < r->lane_count; index++) {
+            size_t offset = HEADER_SIZE + (size_t)index * r->stride;
+            char *lane = r->base + offset;
+            // Relaxed: only the order of the search; the lock and the CAS decide.
+            if ((load64(lane + L_OWNER, RELAXED) >> 32 != 0) != dead_owners) continue;
+            uint64_t mine = 0;
+            int rc = claim_owner(r, offset + L_OWNER, &fd, &mine);
+            if (rc == DX_E_NO_LANE) continue;
+            if (rc != DX_OK) {
+                if (fd >= 0) close_keeping_errno(fd);
+                return rc;
+            }
+            // Acquire: pairs with the worker's and the last owner's seq-cst stores.
+            uint64_t request = load64(lane + L_REQ_SEQ, ACQUIRE), response = load64(lane + L_RESP_SEQ, ACQUIRE);
+            if (request != response) {  // an earlier owner died mid-call and the host has not answered yet
+                release_owner(lane + L_OWNER, mine, fd);
+                fd = -1;
+                continue;
+            }
+            dx_lane *l = new_lane(r, index, &chosen, fd, mine, response);
+            if (!l) {
+                int error = errno;
+                release_owner(lane + L_OWNER, mine, fd);
+                errno = error;
+                return DX_E_SYSTEM;
+            }
+            *out = l;
+            return DX_OK;
         }
-        dx_lane *l = calloc(1, sizeof *l);
-        if (!l) {
-            cas64(lane + L_OWNER, mine, mine & 0xffffffffu, memory_order_acq_rel);
-            return DX_E_SYSTEM;
-        }
-        uint32_t worker = index % r->workers;
-        l->region = r;
-        l->base = lane;
-        l->doorbell = r->base + H_DOORBELLS + worker * BLOCK;
-        l->turnstile = r->base + H_TURNSTILES + worker * TURNSTILE_STRIDE;
-        l->wait = chosen;
-        l->owner_word = mine;
-        l->sequence = response;
-        l->timeout_ns = 10000000000ull;
-        l->budget = chosen.start_spins;
-        *out = l;
-        return DX_OK;
     }
+    if (fd >= 0) close(fd);
     return DX_E_NO_LANE;
 }
 
 void *dx_lane_buffer(dx_lane *l) { return l->base + L_PAYLOAD; }
 uint32_t dx_lane_status(const dx_lane *l) { return l->status; }
 void dx_lane_set_timeout(dx_lane *l, uint64_t timeout_ns) { l->timeout_ns = timeout_ns; }
+
+/// The running call's deadline ("the call's deadline": its turn wait and its response wait share
+/// it). Fixed by the call's first bounded wait rather than at its start, so that a call that needs
+/// no wait reads no clock; the spinning before that wait is bounded by the spin budget.
+static uint64_t call_deadline(dx_lane *l, uint64_t now) {
+    if (l->deadline == 0) l->deadline = l->timeout_ns > UINT64_MAX - now ? UINT64_MAX : now + l->timeout_ns;
+    return l->deadline;
+}
 
 // MARK: - Turns ("Turns (guest-side scheduling)")
 
@@ -400,7 +556,7 @@ static char *wake_slot(dx_lane *l, uint64_t ticket) { return l->turnstile + TURN
 static void wake(dx_lane *l, uint64_t ticket) {
     char *slot = wake_slot(l, ticket);
     atomic_fetch_add_explicit(AT32(slot), 1, SEQ_CST);  // first, so a waiter about to sleep does not
-    futex_wake(slot);
+    futex_wake(slot, INT_MAX);  // every waiter of the slot re-checks; those whose ticket it is not sleep again
 }
 
 static void renew_lease(dx_lane *l, uint64_t now) {
@@ -410,21 +566,30 @@ static void renew_lease(dx_lane *l, uint64_t now) {
 }
 
 static void pass_turn(dx_lane *l, uint64_t now) {
-    store64(l->turnstile + TURN_LEASE, now, RELAXED);
+    store64(l->turnstile + TURN_LEASE, now, RELAXED);  // the next holder's lease starts now
     if (cas64(l->turnstile + TURN_SERVING, l->ticket, l->ticket + 1, SEQ_CST)) wake(l, l->ticket + 1);
 }
 
-static void acquire_turn(dx_lane *l) {
+/// Takes a ticket and waits until it is served. Returns DX_OK with the turn, or why the call cannot
+/// go on: the call's deadline passed (the ticket is abandoned; waiters skip it like a dead one's)
+/// or the host is gone. Nothing is published yet either way, so the lane stays usable.
+static int acquire_turn(dx_lane *l) {
     char *serving = l->turnstile + TURN_SERVING;
     uint64_t stale_after = 2 * l->wait.turn_quantum_ns + 1000000;
     l->ticket = atomic_fetch_add_explicit(AT64(l->turnstile + TURN_NEXT), 1, SEQ_CST);
     char *slot = wake_slot(l, l->ticket);
     bool waited = false;
+    int rc = DX_OK;
     for (;;) {
         uint32_t seen = load32(slot, SEQ_CST);  // before re-checking serving: a pass in between wakes us
         if (load64(serving, SEQ_CST) - l->ticket < (1ull << 62)) break;  // served, or already past us
         waited = true;
-        futex_wait(slot, seen, stale_after);
+        uint64_t start = now_ns(), deadline = call_deadline(l, start);
+        if (start >= deadline) {
+            rc = DX_E_TIMEOUT;
+            break;
+        }
+        futex_wait(slot, seen, min64(stale_after, deadline - start));
         uint64_t holder = load64(serving, ACQUIRE);
         if (holder == l->ticket) break;
         uint64_t now = now_ns();
@@ -436,11 +601,14 @@ static void acquire_turn(dx_lane *l) {
                 wake(l, holder + 1);
             }
         }
-        if (host_problem(l->region) != DX_OK) break;  // the call reports it
+        rc = host_problem(l->region);
+        if (rc != DX_OK) break;
     }
     if (waited) bump(l->base + L_COUNTERS + C_TURN_WAITS);
+    if (rc != DX_OK) return rc;
     l->holds_turn = true;
     renew_lease(l, now_ns());
+    return DX_OK;
 }
 
 /// A hint: moves this thread off its worker's CPU (published by the worker) while it holds the turn.
@@ -459,61 +627,74 @@ static void restore_affinity(dx_lane *l) {
     l->avoiding = false;
 }
 
-static void take_turns(dx_lane *l) {
+/// Keeps, passes or waits for the turn. Returns DX_OK, or why the call cannot go on (acquire_turn).
+static int take_turns(dx_lane *l) {
     l->calls_until_check = CALLS_BETWEEN_TURN_CHECKS - 1;
     if (l->wait.avoid_worker_cpu) keep_off_worker_cpu(l);
     uint64_t now = now_ns();
     if (l->holds_turn) {
         l->calls_in_turn += CALLS_BETWEEN_TURN_CHECKS;
-        if (l->calls_in_turn < l->wait.turn_calls && now - l->lease_start < l->wait.turn_quantum_ns) return;
+        if (l->calls_in_turn < l->wait.turn_calls && now - l->lease_start < l->wait.turn_quantum_ns) return DX_OK;
+        // Acquire: pairs with the seq-cst updates of other guests.
         if (load64(l->turnstile + TURN_SERVING, ACQUIRE) == l->ticket) {
             if (load64(l->turnstile + TURN_NEXT, ACQUIRE) == l->ticket + 1) {
                 renew_lease(l, now);  // nobody waits: keep going
-                return;
+                return DX_OK;
             }
             pass_turn(l, now);
         }
-        l->holds_turn = false;
+        l->holds_turn = false;  // passed, or taken by a waiter while we were away
         restore_affinity(l);
     }
-    acquire_turn(l);
+    return acquire_turn(l);
 }
 
 void dx_lane_release(dx_lane *l) {
     if (!l) return;
-    if (l->holds_turn) pass_turn(l, now_ns());
+    if (l->holds_turn) pass_turn(l, now_ns());  // hand-on: a holder that leaves passes its turn
     restore_affinity(l);
-    // Our last request and response happen before the next owner's claim.
-    cas64(l->base + L_OWNER, l->owner_word, l->owner_word & 0xffffffffu, memory_order_acq_rel);
+    release_owner(l->base + L_OWNER, l->owner_word, l->fd);
     free(l);
 }
 
 // MARK: - One call ("One call (guest)")
 
+/// The lane's parker: we sleep on it, the worker posts it after storing our response.
+static parker lane_parker(dx_lane *l) { return (parker){l->base + L_SLEEPING, l->base + L_WORD}; }
+
+/// The worker's doorbell: it sleeps on it, guests post it after storing a request.
+static parker doorbell_parker(dx_lane *l) {
+    return (parker){l->doorbell + DOORBELL_SLEEPING, l->doorbell + DOORBELL_WORD};
+}
+
+/// After the spin budget: bounded sleeps on the lane's parker, checking the host's lock and the
+/// call's deadline between them. A response that arrived meanwhile wins over either.
 static int sleep_for_response(dx_lane *l, uint64_t seq) {
-    char *response_seq = l->base + L_RESP_SEQ, *sleeping = l->base + L_SLEEPING;
-    uint64_t deadline = now_ns() + l->timeout_ns;
+    char *response_seq = l->base + L_RESP_SEQ;
     l->budget = l->budget / 2 > l->wait.min_spins ? l->budget / 2 : l->wait.min_spins;
     bump(l->base + L_COUNTERS + C_SLEEPS);
     for (;;) {
-        // The flag before the re-check; the host stores the response seq-cst and then loads the flag.
-        store32(sleeping, 1, SEQ_CST);
-        if (load64(response_seq, SEQ_CST) == seq) break;
+        uint64_t now = now_ns(), deadline = call_deadline(l, now);
+        // Acquire: pairs with the worker's seq-cst store of the response sequence.
+        if (now >= deadline) return load64(response_seq, ACQUIRE) == seq ? DX_OK : DX_E_TIMEOUT;
+        // The parker's re-check is seq-cst: pairs with the worker's seq-cst store of the response
+        // sequence, which it makes before its seq-cst load of our flag.
+        if (park(lane_parker(l), response_seq, seq, min64(l->wait.sleep_timeout_ns, deadline - now)) == PARK_READY)
+            return DX_OK;
+        if (load64(response_seq, ACQUIRE) == seq) return DX_OK;  // makes the response visible
         int problem = host_problem(l->region);
-        if (problem != DX_OK) {
-            store32(sleeping, 0, RELAXED);
-            return load64(response_seq, ACQUIRE) == seq ? DX_OK : problem;
-        }
-        if (now_ns() > deadline) {
-            store32(sleeping, 0, RELAXED);
-            return DX_E_TIMEOUT;
-        }
-        sem_wait_bounded((sem_t *)(void *)(l->base + L_SEM), l->wait.sleep_timeout_ns);
-        store32(sleeping, 0, RELAXED);
-        if (load64(response_seq, ACQUIRE) == seq) break;
+        if (problem != DX_OK) return load64(response_seq, ACQUIRE) == seq ? DX_OK : problem;
     }
-    store32(sleeping, 0, RELAXED);
-    return DX_OK;
+}
+
+/// The check of a long spin (every 2^20 spins: with a large spin budget, a wait may never sleep).
+static int spin_check(dx_lane *l, uint64_t seq) {
+    int problem = host_problem(l->region);
+    uint64_t now = now_ns();
+    if (problem == DX_OK && now >= call_deadline(l, now)) problem = DX_E_TIMEOUT;
+    // Acquire: take the response if it came meanwhile.
+    if (problem != DX_OK && load64(l->base + L_RESP_SEQ, ACQUIRE) == seq) return DX_OK;
+    return problem;
 }
 
 static int await_response(dx_lane *l, uint64_t seq) {
@@ -534,7 +715,7 @@ static int await_response(dx_lane *l, uint64_t seq) {
             bump(l->base + L_COUNTERS + C_YIELDS);
         }
         if ((spins & 0xfffff) == 0) {
-            int problem = host_problem(l->region);
+            int problem = spin_check(l, seq);
             if (problem != DX_OK) return problem;
         }
     }
@@ -544,26 +725,26 @@ int dx_lane_call(dx_lane *l, size_t request_length, size_t *response_length) {
     if (!l) return DX_E_ARGUMENT;
     if (l->failure != DX_OK) return DX_E_BROKEN;
     if (request_length > l->region->capacity) return DX_E_TOO_LARGE;
+    l->deadline = 0;  // a new call: its first bounded wait fixes its deadline
     if (l->wait.turn_calls != 0) {
-        if (l->calls_until_check == 0) take_turns(l);
-        else l->calls_until_check -= 1;
+        if (l->calls_until_check == 0) {
+            // Nothing is published yet: a turn that never came fails this call and leaves the lane usable.
+            int rc = take_turns(l);
+            if (rc != DX_OK) return rc;
+        } else {
+            l->calls_until_check -= 1;
+        }
     }
     uint64_t seq = ++l->sequence;
     store32(l->base + L_REQ_LEN, (uint32_t)request_length, RELAXED);
-    // Publishes the request and orders it before the load of the worker's sleeping flag.
+    // Seq-cst: publishes the request (the worker loads it with acquire) and orders it before the
+    // seq-cst load of the worker's sleeping flag in unpark, as the parker requires.
     store64(l->base + L_REQ_SEQ, seq, SEQ_CST);
-    char *flag = l->doorbell + DOORBELL_SLEEPING;
-    if (load32(flag, SEQ_CST) != 0) {
-        uint32_t one = 1;
-        if (atomic_compare_exchange_strong_explicit(AT32(flag), &one, 0, memory_order_acq_rel, ACQUIRE)) {
-            sem_post((sem_t *)(void *)(l->doorbell + DOORBELL_SEM));
-            bump(l->base + L_COUNTERS + C_DOORBELLS);
-        }
-    }
+    if (unpark(doorbell_parker(l))) bump(l->base + L_COUNTERS + C_DOORBELLS);
     bump(l->base + L_COUNTERS + C_CALLS);
     int rc = await_response(l, seq);
     if (rc != DX_OK) {
-        l->failure = rc;
+        l->failure = rc;  // the lane's sequence is now unknown: release it and claim another
         bump(l->base + L_COUNTERS + C_ERRORS);
         return rc;
     }
@@ -606,11 +787,13 @@ const char *dx_strerror(int error) {
     case DX_E_TOO_LARGE: return "request larger than the lane";
     case DX_E_REJECTED: return "the host rejected the request";
     case DX_E_BAD_RESPONSE: return "invalid response length";
-    case DX_E_TIMEOUT: return "timed out waiting for the response";
-    case DX_E_SHUTDOWN: return "the host is shutting down";
+    case DX_E_TIMEOUT: return "timed out waiting for the turn or the response";
+    case DX_E_SHUTDOWN: return "the host shut down";
     case DX_E_HOST_GONE: return "the host is gone";
     case DX_E_BROKEN: return "an earlier call on this lane failed";
     case DX_E_ARGUMENT: return "invalid argument";
+    case DX_E_WRONG_OWNER: return "the region belongs to another user than the host's";
+    case DX_E_UNSAFE_MODE: return "the region is not a regular file, or others may write it";
     default: return "unknown error";
     }
 }

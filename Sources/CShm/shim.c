@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <liburing.h>
 #include <linux/futex.h>
@@ -26,34 +27,6 @@ uint64_t CShm_monotonic_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-int CShm_sem_init_shared(sem_t *sem) {
-    return sem_init(sem, 1, 0) == 0 ? 0 : errno;
-}
-
-int CShm_sem_post(sem_t *sem) {
-    return sem_post(sem) == 0 ? 0 : errno;
-}
-
-int CShm_sem_wait_ns(sem_t *sem, uint64_t timeout_ns) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    uint64_t ns = (uint64_t)deadline.tv_nsec + timeout_ns % 1000000000ull;
-    deadline.tv_sec += (time_t)(timeout_ns / 1000000000ull + ns / 1000000000ull);
-    deadline.tv_nsec = (long)(ns % 1000000000ull);
-    for (;;) {
-        if (sem_clockwait(sem, CLOCK_MONOTONIC, &deadline) == 0) return 0;
-        if (errno != EINTR) return errno;
-    }
-}
-
-int CShm_sem_trywait(sem_t *sem) {
-    return sem_trywait(sem) == 0 ? 0 : errno;
-}
-
-int CShm_sem_size(void) {
-    return (int)sizeof(sem_t);
-}
-
 int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns) {
     struct timespec timeout = {
         .tv_sec = (time_t)(timeout_ns / 1000000000ull),
@@ -66,6 +39,55 @@ int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns) {
 int CShm_futex_wake(uint32_t *address, int count) {
     long rc = syscall(SYS_futex, address, FUTEX_WAKE, count, NULL, NULL, 0);
     return rc >= 0 ? (int)rc : -errno;
+}
+
+void CShm_sleep_ns(uint64_t ns) {
+    struct timespec request = {.tv_sec = (time_t)(ns / 1000000000ull), .tv_nsec = (long)(ns % 1000000000ull)};
+    struct timespec remaining;
+    while (nanosleep(&request, &remaining) != 0 && errno == EINTR) request = remaining;
+}
+
+static int ofd_lock(int fd, int command, short type, uint64_t start, uint64_t length, struct flock *out) {
+    struct flock lock;
+    memset(&lock, 0, sizeof lock);
+    lock.l_type = type;
+    lock.l_whence = SEEK_SET;
+    lock.l_start = (off_t)start;
+    lock.l_len = (off_t)length;
+    int rc;
+    do { rc = fcntl(fd, command, &lock); } while (rc != 0 && errno == EINTR);
+    if (out) *out = lock;
+    return rc == 0 ? 0 : errno;
+}
+
+int CShm_ofd_trylock(int fd, uint64_t start, uint64_t length) {
+    int rc = ofd_lock(fd, F_OFD_SETLK, F_WRLCK, start, length, NULL);
+    return rc == EACCES ? EAGAIN : rc;
+}
+
+int CShm_ofd_unlock(int fd, uint64_t start, uint64_t length) {
+    return ofd_lock(fd, F_OFD_SETLK, F_UNLCK, start, length, NULL);
+}
+
+int CShm_ofd_held(int fd, uint64_t start, uint64_t length) {
+    struct flock lock;
+    int rc = ofd_lock(fd, F_OFD_GETLK, F_WRLCK, start, length, &lock);
+    if (rc) return -rc;
+    return lock.l_type == F_UNLCK ? 0 : 1;
+}
+
+int CShm_flock_exclusive(int fd) {
+    int rc;
+    do { rc = flock(fd, LOCK_EX | LOCK_NB); } while (rc != 0 && errno == EINTR);
+    return rc == 0 ? 0 : errno;
+}
+
+int CShm_reopen(int fd) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int rc;
+    do { rc = open(path, O_RDWR | O_CLOEXEC); } while (rc < 0 && errno == EINTR);
+    return rc >= 0 ? rc : -errno;
 }
 
 int CShm_shm_open(const char *name, int flags, mode_t mode) {

@@ -18,6 +18,8 @@ struct Bench: ParsableCommand {
     @Option(help: "Region name of the host.")
     var name: String
 
+    @OptionGroup var owner: HostOwnerOptions
+
     @Option(help: "Comma-separated thread counts.", transform: Bench.parseThreads)
     var threads: [Int] = [1, 4, 8]
 
@@ -91,7 +93,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         Interrupt.install()
         let strategy = try wait.strategy
-        let region = try attach(name: name)
+        let region = try attach(name: name, owner: owner)
         guard payload <= region.slotCapacity else {
             throw CommandFailure("--payload \(payload) is larger than the host's slot size \(region.slotCapacity)",
                                  exit: .usage)

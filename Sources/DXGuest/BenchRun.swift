@@ -180,7 +180,7 @@ struct BenchRun {
                         }
                     }
                 case .raw:
-                    guard var channel = region.claimRawChannel(index) else {
+                    guard var channel = try? region.claimRawChannel(index) else {
                         record.failure = "raw channel \(index) is not available (the host serves \(region.rawCount))"
                         gate.arrive()
                         return

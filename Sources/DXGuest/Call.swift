@@ -9,6 +9,8 @@ struct Call: ParsableCommand {
     @Option(help: "Region name of the host.")
     var name: String
 
+    @OptionGroup var owner: HostOwnerOptions
+
     @Flag(help: "Print the response as hexadecimal bytes.")
     var hex = false
 
@@ -20,11 +22,12 @@ struct Call: ParsableCommand {
     func validate() throws { try validateName(name) }
 
     func run() throws {
-        let region = try attach(name: name)
+        let region = try attach(name: name, owner: owner)
         var lane: Lane
         do { lane = try region.claimLane(strategy: try wait.strategy) } catch {
             throw CommandFailure("\(error)", exit: .callFailed)
         }
+        lane.callTimeoutNanoseconds = owner.callTimeoutNanoseconds
         switch lane.call(Array(message.utf8)) {
         case .success(let response):
             if !hex, let text = String(validating: response, as: UTF8.self),

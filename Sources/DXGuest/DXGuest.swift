@@ -12,10 +12,29 @@ struct DXGuestCommand: ParsableCommand {
     static func main() { runAndExit() }
 }
 
+/// Whose region to trust (`--host-uid`, for a host that runs as another user) and how long a call
+/// may wait (`--call-timeout`).
+struct HostOwnerOptions: ParsableArguments {
+    @Option(name: .customLong("host-uid"),
+            help: "The uid the host runs as (default: this user's). A region of any other owner is refused.")
+    var hostUID: UInt32?
+
+    @Option(name: .customLong("call-timeout"), help: "Seconds a call may wait for its turn and its response.")
+    var callTimeout: Double = 10
+
+    func validate() throws {
+        guard callTimeout > 0, callTimeout <= 3600 else {
+            throw ValidationError("--call-timeout must be between 0 and 3600 seconds, not \(callTimeout)")
+        }
+    }
+
+    var callTimeoutNanoseconds: UInt64 { UInt64(callTimeout * 1e9) }
+}
+
 /// Attaches to a region, turning its errors into one-line failures with exit code 3.
-func attach(name: String) throws -> Region {
+func attach(name: String, owner: HostOwnerOptions) throws -> Region {
     do {
-        return try Region.attach(name: name)
+        return try Region.attach(name: name, hostUID: owner.hostUID)
     } catch {
         throw CommandFailure("\(error)", exit: .noHost)
     }
@@ -24,6 +43,6 @@ func attach(name: String) throws -> Region {
 /// Validates a `--name` value the way the host does.
 func validateName(_ name: String) throws {
     guard Region.isValidName(name) else {
-        throw ValidationError("--name '\(name)' is not a valid region name: use 1 to 200 letters, digits, '.', '_' or '-' (no '/')")
+        throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
     }
 }

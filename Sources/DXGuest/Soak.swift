@@ -16,6 +16,8 @@ struct Soak: ParsableCommand {
     @Option(help: "Region name of the host (it must serve the echo handler).")
     var name: String
 
+    @OptionGroup var owner: HostOwnerOptions
+
     @Option(help: "Guest threads, each on its own lane.")
     var threads: Int = 2
 
@@ -23,6 +25,10 @@ struct Soak: ParsableCommand {
     var duration: Double = 20
 
     @OptionGroup var wait: WaitOptions
+
+    @Flag(name: .customLong("keep-going"),
+          help: "After a failed call, release the lane, claim another and go on (for traffic beside a vandal); count what went wrong and exit 0.")
+    var keepGoing = false
 
     func validate() throws {
         try validateName(name)
@@ -46,13 +52,18 @@ struct Soak: ParsableCommand {
     }
 
     func run() throws {
-        let region = try attach(name: name)
+        let region = try attach(name: name, owner: owner)
         guard region.handler == .echo else { throw CommandFailure("soak needs a host serving the echo handler", exit: .usage) }
         let strategy = try wait.strategy
         let totals = Totals()
         let end = CShm_monotonic_ns() + UInt64(duration * 1e9)
+        let timeout = owner.callTimeoutNanoseconds, keepGoing = keepGoing
         let workers = try (0..<threads).map { index in
-            try DXCore.Thread { Soak.traffic(region: region, index: index, strategy: strategy, end: end, totals: totals) }
+            try DXCore.Thread {
+                repeat {
+                    Soak.traffic(region: region, index: index, strategy: strategy, callTimeout: timeout, end: end, totals: totals)
+                } while keepGoing && CShm_monotonic_ns() < end
+            }
         }
         while CShm_monotonic_ns() < end {
             usleep(1_000_000)
@@ -61,6 +72,9 @@ struct Soak: ParsableCommand {
         }
         for worker in workers { worker.join() }
         print(totals.line)
+        // With --keep-going a vandal shares the region: failed and spoiled calls are expected, and
+        // only counted. The point is that every call ends (the process exits on time).
+        if keepGoing { return }
         let bad = totals.errors.load(ordering: .relaxed) + totals.lost.load(ordering: .relaxed)
             + totals.duplicated.load(ordering: .relaxed) + totals.corrupted.load(ordering: .relaxed)
         if bad > 0 { throw CommandFailure("\(bad) calls went wrong", exit: .verificationFailed) }
@@ -68,11 +82,14 @@ struct Soak: ParsableCommand {
 
     /// One thread: requests of random size, each `[seq u64][checksum u64][body]` with the FNV-1a of
     /// the body; the echo must come back with the same sequence number and checksum.
-    static func traffic(region: Region, index: Int, strategy: WaitStrategy, end: UInt64, totals: Totals) {
+    static func traffic(region: Region, index: Int, strategy: WaitStrategy, callTimeout: UInt64, end: UInt64,
+                        totals: Totals) {
         guard var lane = try? region.claimLane(strategy: strategy, startingAt: index) else {
             totals.errors.add(1, ordering: .relaxed)
+            usleep(10_000)  // a retry with --keep-going comes at a bounded rate
             return
         }
+        lane.callTimeoutNanoseconds = callTimeout
         let capacity = region.slotCapacity
         var request = [UInt8](repeating: 0, count: capacity)
         var response = [UInt8](repeating: 0, count: capacity)

@@ -23,9 +23,13 @@ struct CtlOptions: ParsableArguments {
     @Flag(help: "Print the host's JSON replies instead of tables.")
     var json = false
 
+    @Option(name: .customLong("host-uid"),
+            help: "The uid the host runs as (default: this user's). A socket served by any other user is refused.")
+    var hostUID: UInt32?
+
     func validate() throws {
         guard Region.isValidName(name) else {
-            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to 200 letters, digits, '.', '_' or '-' (no '/')")
+            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
         }
     }
 
@@ -34,7 +38,7 @@ struct CtlOptions: ParsableArguments {
     /// Connects, or explains that no host runs under this name (exit 3).
     func connect() throws -> ControlClient {
         do {
-            return try ControlClient(path: path)
+            return try ControlClient(path: path, hostUID: hostUID)
         } catch let error {
             switch error {
             case .noHost:

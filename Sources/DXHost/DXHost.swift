@@ -48,8 +48,8 @@ struct Run: ParsableCommand {
     @Option(help: "Request handler: \(HandlerChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
     var handler: HandlerChoice = .echo
 
-    @Flag(name: .customLong("no-raw"), help: "Do not serve the raw ping-pong baseline channels.")
-    var noRaw = false
+    @Flag(help: "Also serve the raw ping-pong baseline channels (for dx-guest bench --baseline raw).")
+    var raw = false
 
     @Flag(name: .customLong("no-counters"), help: "Do not update the per-lane counters (to measure what they cost).")
     var noCounters = false
@@ -64,6 +64,9 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("control-backend"), help: "Control socket event loop: auto (io_uring, else poll), uring or poll.")
     var controlBackend: ControlBackendChoice = .auto
 
+    @Option(name: .customLong("control-idle-timeout"), help: "Close control connections idle for this many seconds (not while watching).")
+    var controlIdleTimeout: Double = 60
+
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
@@ -73,7 +76,7 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         guard Region.isValidName(name) else {
-            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to 200 letters, digits, '.', '_' or '-' (no '/')")
+            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
         }
         guard (1...Layout.maxLanes).contains(lanes) else {
             throw ValidationError("--lanes must be between 1 and \(Layout.maxLanes), not \(lanes)")
@@ -84,8 +87,12 @@ struct Run: ParsableCommand {
         guard (1...Layout.maxWorkers).contains(workerCount) else {
             throw ValidationError("--workers must be between 1 and \(Layout.maxWorkers), not \(workerCount)")
         }
-        if let control, control.isEmpty || control.utf8.count > 100 {
-            throw ValidationError("--control must be a path of 1 to 100 bytes")
+        let socket = control ?? ControlPath.socket(for: name)
+        guard !socket.isEmpty, socket.utf8.count <= ControlPath.maxSocketPathLength else {
+            throw ValidationError("the control socket path \(socket) must have 1 to \(ControlPath.maxSocketPathLength) bytes (a Unix socket's limit); use a shorter --name or --control")
+        }
+        guard controlIdleTimeout > 0, controlIdleTimeout <= 86_400 else {
+            throw ValidationError("--control-idle-timeout must be between 0 and 86400 seconds, not \(controlIdleTimeout)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
@@ -102,15 +109,18 @@ struct Run: ParsableCommand {
         let logger = Logger(label: "dx-host")
 
         // Block the stop signals before any thread starts, so that every thread inherits the
-        // mask and only the main thread's sigtimedwait sees them.
+        // mask and only the main thread's sigtimedwait sees them. SIGHUP (a closed terminal)
+        // stops cleanly like SIGTERM; SIGPIPE (a control client gone mid-reply) is ignored.
+        signal(SIGPIPE, SIG_IGN)
         var signals = sigset_t()
         sigemptyset(&signals)
         sigaddset(&signals, SIGINT)
         sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGHUP)
         pthread_sigmask(SIG_BLOCK, &signals, nil)
 
         let configuration = RegionConfiguration(
-            laneCount: lanes, slotCapacity: slotSize, workerCount: workerCount, rawChannels: !noRaw,
+            laneCount: lanes, slotCapacity: slotSize, workerCount: workerCount, rawChannels: raw,
             handler: handler == .echo ? .echo : .checksum)
         let host: Host
         do {
@@ -131,7 +141,8 @@ struct Run: ParsableCommand {
         do {
             controlServer = try ControlServer(
                 target: host, path: control ?? ControlPath.socket(for: name),
-                backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto, logger: logger)
+                backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
+                idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9), logger: logger)
         } catch {
             host.stop()
             throw CommandFailure("cannot serve the control socket: \(error)", exit: .failure)
@@ -141,7 +152,8 @@ struct Run: ParsableCommand {
             var timeout = timespec(tv_sec: 1, tv_nsec: 0)
             received = sigtimedwait(&signals, nil, &timeout)
         }
-        logger.info("signal received, stopping", metadata: ["signal": "\(received == SIGINT ? "SIGINT" : "SIGTERM")"])
+        let signalName = received == SIGINT ? "SIGINT" : received == SIGHUP ? "SIGHUP" : "SIGTERM"
+        logger.info("signal received, stopping", metadata: ["signal": "\(signalName)"])
         // Stop on another thread, so that a second signal can still cut the shutdown short.
         let done = Atomic<Bool>(false)
         let stopper = try DXCore.Thread {

@@ -4,14 +4,18 @@
 //   dxguest_test bench   NAME THREADS SECONDS  64-byte round trips, each checked and timed (two clock
 //                                              reads per call, as dx-guest bench does); one JSON line
 //   dxguest_test bench-untimed NAME THREADS SECONDS   the same without the per-call clock reads
-//   dxguest_test version NAME                  a region of another layout version (and other bad headers)
-//                                              made under NAME is refused; NAME must not be in use
+//   dxguest_test version NAME                  a region of another layout version (and other bad headers,
+//                                              a missing host lock, an unsafe mode, another owner) made
+//                                              under NAME is refused; then, on a region forged under NAME
+//                                              whose host lock the test holds, the claim rules and the
+//                                              turn timeout; NAME must not be in use
 //
 // Exit status 0 when every check passed, 1 otherwise.
 #define _GNU_SOURCE
 #include "dxguest.h"
 
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -19,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -200,63 +206,292 @@ static int run_threads(void *(*body)(void *), const char *mode) {
     return failed == 0 ? 0 : 1;
 }
 
-// MARK: - Refusals
+// MARK: - Forged regions
 
-/// Writes an 8192-byte object under `name` with the given header words and attaches to it.
-static int attach_forged(const char *name, uint64_t magic, uint32_t version, uint32_t lane_count) {
-    char object[256];
-    snprintf(object, sizeof object, "/dx.%s", name);
-    int fd = shm_open(object, O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd < 0) {
-        perror("shm_open");
-        exit(1);
+static const uint64_t MAGIC = 0x4E4F494745525844ull;  // "DXREGION" read as little-endian
+enum { FORGED_LANES = 8, FORGED_CAPACITY = 64, FORGED_STRIDE = 896 };  // stride: round_up(768 + 64, 128)
+
+/// A region object the test makes as a host would, with header words of its choosing.
+typedef struct {
+    const char *what;
+    uint64_t magic;
+    uint32_t version, lanes, state;
+    bool sized;        // every size field a valid region's (else only the header size and lane count)
+    bool empty;        // a 0-byte object: the host is between shm_open and ftruncate
+    bool host_lock;    // the test holds the host's lock on [0, 8) while the guest attaches
+    bool other_owner;  // the guest is told that the host runs as another uid
+    mode_t mode;       // fchmod'ed after creation (0: stays 0600)
+    int expected;
+} forgery;
+
+typedef struct {
+    char object[96];
+    int fd;  // the test's own open file description: the host's lock, when taken, is held through it
+    unsigned char *base;
+    size_t size;
+} forged_region;
+
+static void die(const char *what) {
+    perror(what);
+    exit(1);
+}
+
+static void put32(unsigned char *base, size_t offset, uint32_t value) { memcpy(base + offset, &value, 4); }
+static void put64(unsigned char *base, size_t offset, uint64_t value) { memcpy(base + offset, &value, 8); }
+
+static _Atomic uint64_t *word64(unsigned char *p) { return (_Atomic uint64_t *)(void *)p; }
+static _Atomic uint32_t *word32(unsigned char *p) { return (_Atomic uint32_t *)(void *)p; }
+
+/// Creates `/dx.<name>` with mode 0600 (then `f->mode`), writes the header with magic last, and takes
+/// the host's lock when asked.
+static forged_region forge(const char *name, const forgery *f) {
+    forged_region r = {.fd = -1};
+    snprintf(r.object, sizeof r.object, "/dx.%s", name);
+    r.fd = shm_open(r.object, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (r.fd < 0) die("shm_open");
+    if (f->mode && fchmod(r.fd, f->mode) != 0) die("fchmod");
+    if (f->empty) return r;
+    size_t region_size = 8192 + (size_t)f->lanes * FORGED_STRIDE;
+    r.size = f->sized ? region_size : 8192;
+    if (ftruncate(r.fd, (off_t)r.size) != 0) die("ftruncate");
+    r.base = mmap(NULL, r.size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd, 0);
+    if (r.base == MAP_FAILED) die("mmap");
+    put32(r.base, 8, f->version);
+    put32(r.base, 12, 8192);
+    put32(r.base, 20, f->lanes);
+    if (f->sized) {
+        put32(r.base, 16, FORGED_STRIDE);
+        put32(r.base, 24, FORGED_CAPACITY);
+        put32(r.base, 28, 1);  // workers
+        put64(r.base, 32, region_size);
+        put32(r.base, 44, 1);  // echo
+        put32(r.base, 128, f->state);
+        put64(r.base, 256, 8192);
+        put64(r.base, 264, region_size);  // raw offset, raw count 0
+        put32(r.base, 1024 + 64, 0xFFFFFFFFu);  // worker 0's CPU: not known
     }
-    if (ftruncate(fd, 8192) != 0) exit(1);
-    unsigned char *header = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
-    if (header == MAP_FAILED) exit(1);
-    memcpy(header + 8, &version, 4);
-    uint32_t header_size = 8192;
-    memcpy(header + 12, &header_size, 4);
-    memcpy(header + 20, &lane_count, 4);
-    memcpy(header + 0, &magic, 8);
-    munmap(header, 8192);
+    if (f->host_lock) {
+        struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 8};
+        if (fcntl(r.fd, F_OFD_SETLK, &lock) != 0) die("F_OFD_SETLK");
+    }
+    atomic_store_explicit(word64(r.base), f->magic, memory_order_release);  // last, as a host publishes
+    return r;
+}
+
+/// Removes the name, unmaps, and closes the descriptor (which drops the host's lock).
+static void unforge(forged_region *r) {
+    shm_unlink(r->object);
+    if (r->base) munmap(r->base, r->size);
+    close(r->fd);
+}
+
+static int attach_forged(const char *name, const forgery *f) {
+    forged_region forged = forge(name, f);
     dx_region *region = NULL;
-    int rc = dx_attach(name, &region);
-    shm_unlink(object);
+    int rc = f->other_owner ? dx_attach_as(name, getuid() + 1, &region) : dx_attach(name, &region);
+    unforge(&forged);
     if (region) dx_detach(region);
     return rc;
 }
 
-static int refusals(const char *name) {
-    const uint64_t magic = 0x4E4F494745525844ull;
-    struct {
-        const char *what;
-        uint64_t magic;
-        uint32_t version, lanes;
-        int expected;
-    } cases[] = {
-        {"layout version 2", magic, 2, 8, DX_E_VERSION},
-        {"layout version 0", magic, 0, 8, DX_E_VERSION},
-        {"magic not yet stored", 0, 1, 8, DX_E_NOT_READY},
-        {"another magic", 0x1122334455667788ull, 1, 8, DX_E_NOT_DX},
-        {"version 1 with sizes that do not fit", magic, 1, 8, DX_E_SIZE},
-        {"version 1 with 0 lanes", magic, 1, 0, DX_E_SIZE},
+static int bad;
+
+static void expect(bool ok, const char *what, int rc) {
+    printf("%s: %s -> %s\n", ok ? "ok" : "FAIL", what, dx_strerror(rc));
+    bad += !ok;
+}
+
+static void refuse_forgeries(const char *name) {
+    const forgery cases[] = {
+        {.what = "layout version 0", .magic = MAGIC, .version = 0, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
+        {.what = "layout version 1", .magic = MAGIC, .version = 1, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
+        {.what = "layout version 3", .magic = MAGIC, .version = 3, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
+        {.what = "layout version 0xFFFFFFFF", .magic = MAGIC, .version = 0xFFFFFFFFu, .lanes = 8, .sized = true,
+         .expected = DX_E_VERSION},
+        {.what = "an object of 0 bytes", .empty = true, .expected = DX_E_NOT_READY},
+        {.what = "magic not yet stored", .magic = 0, .version = 2, .lanes = 8, .sized = true, .host_lock = true,
+         .expected = DX_E_NOT_READY},
+        {.what = "another magic", .magic = 0x1122334455667788ull, .version = 2, .lanes = 8, .sized = true,
+         .host_lock = true, .expected = DX_E_NOT_DX},
+        {.what = "version 2 with sizes that do not fit", .magic = MAGIC, .version = 2, .lanes = 8, .host_lock = true,
+         .expected = DX_E_SIZE},
+        {.what = "version 2 with 0 lanes", .magic = MAGIC, .version = 2, .lanes = 0, .sized = true, .host_lock = true,
+         .expected = DX_E_SIZE},
+        {.what = "valid sizes, no host lock", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1,
+         .expected = DX_E_HOST_GONE},
+        {.what = "valid sizes, no host lock, state stopping", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true,
+         .state = 2, .expected = DX_E_SHUTDOWN},
+        {.what = "valid sizes, host lock held", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1,
+         .host_lock = true, .expected = DX_OK},
+        {.what = "host lock held, state stopping (the lock wins)", .magic = MAGIC, .version = 2, .lanes = 8,
+         .sized = true, .state = 2, .host_lock = true, .expected = DX_OK},
+        {.what = "mode 0666", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1, .host_lock = true,
+         .mode = 0666, .expected = DX_E_UNSAFE_MODE},
+        {.what = "mode 0620", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1, .host_lock = true,
+         .mode = 0620, .expected = DX_E_UNSAFE_MODE},
+        {.what = "another owner than the host's uid", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true,
+         .state = 1, .host_lock = true, .other_owner = true, .expected = DX_E_WRONG_OWNER},
     };
-    int bad = 0;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        int rc = attach_forged(name, cases[i].magic, cases[i].version, cases[i].lanes);
+        int rc = attach_forged(name, &cases[i]);
         bool ok = rc == cases[i].expected;
         if (ok && rc == DX_E_VERSION && dx_last_found_version() != cases[i].version) ok = false;
-        printf("%s: %s -> %s\n", ok ? "ok" : "FAIL", cases[i].what, dx_strerror(rc));
-        bad += !ok;
+        expect(ok, cases[i].what, rc);
     }
+}
+
+// MARK: - Claims and turns on a forged live region
+
+static unsigned char *lane_at(forged_region *r, int index) { return r->base + 8192 + (size_t)index * FORGED_STRIDE; }
+static uint64_t owner_of(forged_region *r, int index) {
+    return atomic_load_explicit(word64(lane_at(r, index) + 16), memory_order_acquire);
+}
+
+/// Which lane of the forged region `lane` is: the guest maps the region elsewhere, so a marker written
+/// through its buffer is looked for in the test's mapping.
+static int index_of(forged_region *r, dx_lane *lane) {
+    static uint64_t marker = 0x5A5A000000000000ull;
+    marker++;
+    memcpy(dx_lane_buffer(lane), &marker, 8);
+    for (int i = 0; i < FORGED_LANES; i++)
+        if (memcmp(lane_at(r, i) + 768, &marker, 8) == 0) return i;
+    return -1;
+}
+
+/// Plays the host's worker on every lane of a forged region: echo, the response in place.
+typedef struct {
+    forged_region *region;
+    atomic_bool stop;
+} responder;
+
+static void *respond(void *argument) {
+    responder *r = argument;
+    while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
+        for (int i = 0; i < FORGED_LANES; i++) {
+            unsigned char *lane = lane_at(r->region, i);
+            uint64_t request = atomic_load_explicit(word64(lane), memory_order_acquire);
+            if (request == atomic_load_explicit(word64(lane + 128), memory_order_relaxed)) continue;
+            uint32_t length = atomic_load_explicit(word32(lane + 8), memory_order_relaxed);
+            atomic_store_explicit(word32(lane + 136), length, memory_order_relaxed);
+            atomic_store_explicit(word32(lane + 140), 0, memory_order_relaxed);
+            atomic_store_explicit(word64(lane + 128), request, memory_order_seq_cst);
+            // Publishes to the guest's parker, as the host does.
+            uint32_t one = 1;
+            if (atomic_load_explicit(word32(lane + 256), memory_order_seq_cst) == 1 &&
+                atomic_compare_exchange_strong_explicit(word32(lane + 256), &one, 0, memory_order_acq_rel,
+                                                        memory_order_acquire)) {
+                atomic_store_explicit(word32(lane + 264), 1, memory_order_release);
+                syscall(SYS_futex, lane + 264, FUTEX_WAKE, 1, NULL, NULL, 0);
+            }
+        }
+        usleep(100);
+    }
+    return NULL;
+}
+
+/// The claim rules ("Claim and release"): the lock decides, not the owner word.
+static void check_claims(dx_region *region, forged_region *forged) {
+    dx_lane *lanes[FORGED_LANES + 1] = {0};
+    int claimed = 0, rc = DX_OK;
+    while (claimed <= FORGED_LANES && (rc = dx_lane_claim(region, NULL, &lanes[claimed])) == DX_OK) claimed++;
+    expect(claimed == FORGED_LANES && rc == DX_E_NO_LANE, "every lane claimed, then no lane", rc);
+    uint64_t mine = (uint64_t)(uint32_t)getpid() << 32 | 1;
+    expect(owner_of(forged, 0) == mine, "owner word is pid << 32 | generation + 1", DX_OK);
+
+    // A vandal frees lane 2's word: its owner's lock still keeps it.
+    atomic_store_explicit(word64(lane_at(forged, 2) + 16), 0, memory_order_relaxed);
+    dx_lane *extra = NULL;
+    rc = dx_lane_claim(region, NULL, &extra);
+    expect(rc == DX_E_NO_LANE, "a lane whose word was freed under its live owner is not taken", rc);
+    if (extra) dx_lane_release(extra);
+    dx_lane_release(lanes[2]);  // its CAS fails harmlessly; the lock goes
+    rc = dx_lane_claim(region, NULL, &lanes[2]);
+    expect(rc == DX_OK && index_of(forged, lanes[2]) == 2, "released after the vandal, claimed again", rc);
+    for (int i = 0; i < claimed; i++) dx_lane_release(lanes[i]);
+    expect(owner_of(forged, 0) >> 32 == 0 && (uint32_t)owner_of(forged, 0) == 1, "release keeps the generation",
+           DX_OK);
+
+    // Lane 0: a dead owner's word (nobody holds its lock); lane 1: a call its dead owner left unanswered.
+    atomic_store_explicit(word64(lane_at(forged, 0) + 16), (uint64_t)12345 << 32 | 7, memory_order_relaxed);
+    atomic_store_explicit(word64(lane_at(forged, 1)), 5, memory_order_relaxed);
+    atomic_store_explicit(word64(lane_at(forged, 1) + 128), 4, memory_order_relaxed);
+    for (claimed = 0; claimed < FORGED_LANES && dx_lane_claim(region, NULL, &lanes[claimed]) == DX_OK;) claimed++;
+    bool last_is_0 = claimed > 0 && index_of(forged, lanes[claimed - 1]) == 0;
+    expect(claimed == FORGED_LANES - 1 && last_is_0, "free lanes first, then a dead owner's; not an unanswered one",
+           DX_OK);
+    expect(owner_of(forged, 0) == (mine & ~0xffffffffull) + 8, "a dead owner's word is taken over", DX_OK);
+    expect(owner_of(forged, 1) >> 32 == 0, "the unanswered lane was given back", DX_OK);
+    for (int i = 0; i < claimed; i++) dx_lane_release(lanes[i]);
+    atomic_store_explicit(word64(lane_at(forged, 1) + 128), 5, memory_order_relaxed);  // "answered"
+}
+
+/// A turn that never comes fails the call with DX_E_TIMEOUT before anything is published, and the
+/// lane stays usable; a response that never comes breaks the lane.
+static void check_turn_timeout(dx_region *region, forged_region *forged) {
+    dx_wait wait = dx_wait_fair();
+    wait.turn_quantum_ns = 1000000000;  // a fresh lease is stale only after 2 s: longer than the timeout
+    dx_lane *lane = NULL;
+    int rc = dx_lane_claim(region, &wait, &lane);
+    expect(rc == DX_OK && index_of(forged, lane) == 0, "claim lane 0 with turns", rc);
+    if (rc != DX_OK) return;
+    unsigned char *turnstile = forged->base + 4096;
+    atomic_store_explicit(word64(turnstile + 8), 0, memory_order_seq_cst);  // serving
+    atomic_store_explicit(word64(turnstile + 0), 1000, memory_order_seq_cst);  // next: our ticket is 1000
+    atomic_store_explicit(word64(turnstile + 16), now_ns(), memory_order_relaxed);  // a live holder's lease
+    dx_lane_set_timeout(lane, 100000000);
+    double start = now_s();
+    rc = dx_call(lane, "turn", 4, NULL, 0, NULL);
+    double took = now_s() - start;
+    uint64_t published = atomic_load_explicit(word64(lane_at(forged, 0)), memory_order_acquire);
+    expect(rc == DX_E_TIMEOUT && took >= 0.09 && took < 1.5 && published == 0,
+           "a turn that never comes times out before publishing", rc);
+
+    responder host = {.region = forged};
+    pthread_t thread;
+    pthread_create(&thread, NULL, respond, &host);
+    char answer[8] = {0};
+    size_t got = 0;
+    rc = dx_call(lane, "again", 5, answer, sizeof answer, &got);
+    expect(rc == DX_OK && got == 5 && memcmp(answer, "again", 5) == 0, "the lane is usable after it", rc);
+    atomic_store(&host.stop, true);
+    pthread_join(thread, NULL);
+
+    rc = dx_call(lane, "nobody", 6, answer, sizeof answer, &got);
+    expect(rc == DX_E_TIMEOUT, "a response that never comes times out", rc);
+    rc = dx_call(lane, "after", 5, answer, sizeof answer, &got);
+    expect(rc == DX_E_BROKEN, "and breaks the lane", rc);
+    dx_lane_release(lane);
+}
+
+static void check_live_forgery(const char *name) {
+    forgery live = {.magic = MAGIC, .version = 2, .lanes = FORGED_LANES, .sized = true, .state = 1, .host_lock = true};
+    forged_region forged = forge(name, &live);
+    dx_region *region = NULL;
+    int rc = dx_attach(name, &region);
+    expect(rc == DX_OK, "attach to a forged region whose host lock is held", rc);
+    if (rc == DX_OK) {
+        check_claims(region, &forged);
+        check_turn_timeout(region, &forged);
+        dx_detach(region);
+    }
+    unforge(&forged);
+}
+
+static int refusals(const char *name) {
+    refuse_forgeries(name);
     int rc = dx_attach("no.such.region.here", &(dx_region *){NULL});
-    printf("%s: missing region -> %s\n", rc == DX_E_NO_REGION ? "ok" : "FAIL", dx_strerror(rc));
-    bad += rc != DX_E_NO_REGION;
+    expect(rc == DX_E_NO_REGION, "missing region", rc);
     rc = dx_attach("../etc", &(dx_region *){NULL});
-    printf("%s: invalid name -> %s\n", rc == DX_E_INVALID_NAME ? "ok" : "FAIL", dx_strerror(rc));
-    bad += rc != DX_E_INVALID_NAME;
+    expect(rc == DX_E_INVALID_NAME, "invalid name", rc);
+    char longest[66];
+    memset(longest, 'x', 65);
+    longest[65] = 0;
+    rc = dx_attach(longest, &(dx_region *){NULL});
+    expect(rc == DX_E_INVALID_NAME, "a name of 65 characters", rc);
+    longest[64] = 0;
+    rc = dx_attach(longest, &(dx_region *){NULL});
+    expect(rc == DX_E_NO_REGION, "a name of 64 characters is valid", rc);
+    check_live_forgery(name);
     return bad == 0 ? 0 : 1;
 }
 

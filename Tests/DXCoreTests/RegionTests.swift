@@ -8,7 +8,7 @@ import Glibc
 @Suite(.serialized, .timeLimit(.minutes(1))) struct RegionTests {
     @Test func createThenAttachAgreesOnEverySize() throws {
         let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 5, slotCapacity: 1000, workerCount: 2))
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 5, slotCapacity: 1000, workerCount: 2, rawChannels: true))
         defer { host.stop() }
         let region = try Region.attach(name: name)
         #expect(region.laneCount == 5)
@@ -47,7 +47,7 @@ import Glibc
         #expect("\(error!)".contains("no dx host named '\(name)' is running"))
     }
 
-    @Test(arguments: ["", "a/b", "../x", ".hidden", String(repeating: "x", count: 201), "sp ace"])
+    @Test(arguments: ["", "a/b", "../x", ".hidden", String(repeating: "x", count: Region.maxNameLength + 1), "sp ace"])
     func badNamesAreRefused(name: String) {
         #expect(!Region.isValidName(name))
         #expect(throws: RegionCreateError.invalidName(name)) {
@@ -76,17 +76,68 @@ import Glibc
         #expect(try Region.attach(name: name).epoch == host.region.epoch)
     }
 
-    @Test func staleRegionOfADeadHostIsReplaced() throws {
+    /// Liveness is the host's lock, not the header: a guest that writes a dead pid, another start
+    /// time and "stopping" into the header neither lets a second host take the name over nor
+    /// makes other guests believe the host is gone.
+    @Test func aForgedHeaderDoesNotKillTheHost() throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration())
-        let oldEpoch = host.region.epoch
-        // Pretend the creator was a process that no longer exists.
-        try withRawRegion(name) { base, _, _ in CShm_store_release_u32(base + Layout.Header.hostPID, 0x7FFF_FFF0) }
+        defer { host.stop() }
+        try host.start(handler: EchoHandler())
+        try withRawRegion(name) { base, _, _ in
+            CShm_store_release_u32(base + Layout.Header.hostPID, 0x7FFF_FFF0)
+            CShm_store_relaxed_u64(base + Layout.Header.hostStartTime, 1)
+            CShm_store_relaxed_u64(base + Layout.Header.heartbeat, 0)
+        }
+        #expect(throws: RegionCreateError.self) { try Host(name: name, configuration: RegionConfiguration()) }
+        let region = try Region.attach(name: name)
+        try withRawRegion(name) { base, _, _ in CShm_store_release_u32(base + Layout.Header.state, HostState.stopping.rawValue) }
+        var lane = try region.claimLane(strategy: .lowCPU)
+        #expect(try lane.call(Array("still here".utf8)).get() == Array("still here".utf8))
+    }
+
+    /// An object of this user that no host holds (a host died before publishing) is replaced.
+    @Test func staleRegionOfADeadHostIsReplaced() throws {
+        let name = uniqueName()
+        let fd = shm_open("/dx.\(name)", O_CREAT | O_EXCL | O_RDWR, 0o600)
+        #expect(fd >= 0)
+        #expect(ftruncate(fd, off_t(Layout.headerSize)) == 0)
+        close(fd)
+        #expect(throws: RegionAttachError.notADXRegion(name: name) ) {
+            try withRawRegion(name) { base, _, _ in CShm_store_release_u64(base + Layout.Header.magic, 1) }
+            _ = try Region.attach(name: name)
+        }
         let replacement = try Host(name: name, configuration: RegionConfiguration(laneCount: 3))
         defer { replacement.stop() }
         #expect(try Region.attach(name: name).laneCount == 3)
-        #expect(replacement.region.epoch != oldEpoch)
-        _ = host  // the old host's mapping stays valid until it goes away
+    }
+
+    /// A region whose magic, version and sizes are right but whose host lock nobody holds is a dead
+    /// host's: guests refuse it with "host gone", or "shutting down" when its state says stopping.
+    @Test func aRegionWithoutItsHostLockIsRefused() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        defer { host.stop() }
+        host.region.releaseHostLock()
+        #expect(throws: RegionAttachError.hostGone(name: name)) { try Region.attach(name: name) }
+        try withRawRegion(name) { base, _, _ in CShm_store_release_u32(base + Layout.Header.state, HostState.stopping.rawValue) }
+        #expect(throws: RegionAttachError.hostStopping(name: name)) { try Region.attach(name: name) }
+    }
+
+    /// Attach checks the descriptor it opened: a region of the wrong mode is refused, and one of
+    /// another owner is refused unless the caller names that owner.
+    @Test func attachChecksOwnerAndMode() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        defer { host.stop() }
+        #expect(throws: RegionAttachError.wrongOwner(name: name, owner: getuid(), expected: getuid() &+ 1)) {
+            try Region.attach(name: name, hostUID: getuid() &+ 1)
+        }
+        #expect(try Region.attach(name: name, hostUID: getuid()).laneCount == 2)
+        try withRawRegion(name) { _, _, descriptor in #expect(fchmod(descriptor, 0o666) == 0) }
+        #expect(throws: RegionAttachError.unsafeMode(name: name, mode: 0o666)) { try Region.attach(name: name) }
+        try withRawRegion(name) { _, _, descriptor in #expect(fchmod(descriptor, 0o620) == 0) }
+        #expect(throws: RegionAttachError.unsafeMode(name: name, mode: 0o620)) { try Region.attach(name: name) }
     }
 
     // MARK: - Header validation: each corruption gives its own error, never a crash

@@ -234,6 +234,111 @@ func reply(_ line: String?) throws -> [String: Any] {
         #expect(try setup.host.stop() == 0)
     }
 
+    /// A client that pipelines `lanes` requests and never reads: the host's memory stays flat, the
+    /// connection is closed once its unsent replies pass the cap, and the drop is counted.
+    @Test(arguments: ["uring", "poll"])
+    func aClientThatNeverReadsIsCutOff(backend: String) throws {
+        let setup = try start(backend)
+        let pid = setup.host.process.processIdentifier
+        let before = residentKiB(pid)
+        let flooder = try RawControlSocket(setup.socket)
+        let request = Array((#"{"v":1,"cmd":"lanes"}"# + "\n").utf8)
+        var burst: [UInt8] = []
+        for _ in 0..<200 { burst += request }
+        // Write, never reading, until the host closes the connection (EPIPE), 50 MB went out, or
+        // 20 s passed.
+        var sent = 0
+        var closed = false
+        let deadline = Date().addingTimeInterval(20)
+        while sent < 50_000_000, Date() < deadline {
+            let count = burst.withUnsafeBytes { send(flooder.fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if count > 0 { sent += count; continue }
+            if errno == EAGAIN || errno == EINTR { usleep(1_000); continue }
+            closed = true  // EPIPE or ECONNRESET
+            break
+        }
+        #expect(closed, "the host never closed a client that never reads")
+        let after = residentKiB(pid)
+        print("\(backend): flood of \(sent) request bytes; host RSS \(before) KiB -> \(after) KiB")
+        #expect(sent < 50_000_000, "the host kept reading a client that never reads")
+        #expect(after - before < 20_000, "host memory grew by \(after - before) KiB")
+        let stats = try reply(try RawControlSocket(setup.socket).request(#"{"v":1,"cmd":"stats"}"#))
+        #expect(stats["control_dropped"] as? Int == 1)
+        try stillServes(setup)
+        #expect(try setup.host.stop() == 0)
+    }
+
+    /// A client that connects and says nothing is closed after the idle timeout; a watcher is not.
+    @Test(arguments: ["uring", "poll"])
+    func idleConnectionsAreClosed(backend: String) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
+        let socket = directory.appendingPathComponent("c.sock").path
+        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend, "--control-idle-timeout", "0.3"])
+        let idle = try RawControlSocket(socket)
+        let watcher = try RawControlSocket(socket)
+        watcher.write(#"{"v":1,"cmd":"watch","interval_ms":100}"# + "\n")
+        let start = Date()
+        #expect(idle.closedByHost())  // bounded: the socket's 5 s receive timeout
+        let closedAfter = Date().timeIntervalSince(start)
+        #expect(closedAfter < 3, "closed after \(closedAfter) s with a 0.3 s idle timeout")
+        for _ in 0..<10 { #expect(try reply(watcher.readLine())["cmd"] as? String == "watch") }
+        #expect(try host.stop() == 0)
+    }
+
+    /// `--control` never changes an existing directory's mode, never removes what is not a stale dx
+    /// socket of its own, and refuses unsafe places with a sentence.
+    @Test func unsafeControlPathsAreRefusedAndNothingIsTouched() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("dx-paths-\(getpid())-\(UUID().uuidString.prefix(6))").path
+        #expect(mkdir(base, 0o755) == 0)
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        func mode(_ path: String) -> mode_t {
+            var info = stat()
+            return lstat(path, &info) == 0 ? info.st_mode & 0o7777 : 0
+        }
+        func refused(_ control: String, _ message: String) throws {
+            let outcome = try run(Binaries.host, ["--name", uniqueName(), "--control", control, "--log-level", "error"], timeout: 20)
+            #expect(outcome.status != 0, "\(control) was accepted")
+            #expect(outcome.stderr.contains(message), "\(control): \(outcome.stderr)")
+        }
+        // A directory of ours, open for reading: used as it is, its mode untouched.
+        let host = try RunningHost(arguments: ["--control", base + "/ok.sock"])
+        #expect(mode(base) == 0o755)
+        #expect(try host.stop() == 0)
+        #expect(access(base + "/ok.sock", F_OK) != 0)
+        // A directory others may write to without the sticky bit: refused, mode untouched.
+        let open = base + "/open"
+        #expect(mkdir(open, 0o777) == 0 && chmod(open, 0o777) == 0)
+        try refused(open + "/h.sock", "writable by others and not sticky")
+        #expect(mode(open) == 0o777)
+        // A sticky, world-writable directory such as /tmp keeps its mode (and its sticky bit).
+        let sticky = base + "/sticky"
+        #expect(mkdir(sticky, 0o777) == 0 && chmod(sticky, 0o1777) == 0)
+        let inSticky = try RunningHost(arguments: ["--control", sticky + "/h.sock"])
+        #expect(mode(sticky) == 0o1777)
+        #expect(try inSticky.stop() == 0)
+        // A regular file, a symlink and a directory at the path: refused, left where they are.
+        let file = base + "/file.sock"
+        #expect(FileManager.default.createFile(atPath: file, contents: Data("keep".utf8)))
+        try refused(file, "exists and is not a socket of this user")
+        #expect((try? String(contentsOfFile: file, encoding: .utf8)) == "keep")
+        let link = base + "/link.sock"
+        #expect(symlink(file, link) == 0)
+        try refused(link, "exists and is not a socket of this user")
+        #expect(access(link, F_OK) == 0)
+        // The parent is a symlink to a directory: refused.
+        #expect(symlink(sticky, base + "/dirlink") == 0)
+        try refused(base + "/dirlink/h.sock", "is not a directory")
+        // Too long for a Unix socket: refused before anything is created.
+        try refused(base + "/" + String(repeating: "x", count: 120) + ".sock", "must have 1 to 107 bytes")
+        // A stale socket of ours (nobody listens) is replaced.
+        let stale = base + "/stale.sock"
+        let listener = CShm_unix_listen(stale, 1)
+        #expect(listener >= 0)
+        close(listener)
+        let replacing = try RunningHost(arguments: ["--control", stale])
+        #expect(try replacing.stop() == 0)
+    }
+
     @Test func ctlWithoutAHostSaysSo() throws {
         let name = uniqueName()
         let outcome = try run(Binaries.host, ["ctl", "stats", "--name", name])
@@ -242,12 +347,10 @@ func reply(_ line: String?) throws -> [String: Any] {
     }
 
     /// As root, a process of another user (nobody) is refused: by the 0700 directory, and, when
-    /// the directory is opened up, by the SO_PEERCRED check.
-    @Test func anotherUserIsRefused() throws {
-        guard getuid() == 0, access("/usr/bin/setpriv", X_OK) == 0 else {
-            print("skipped: needs root and setpriv to act as another user")
-            return
-        }
+    /// the directory is opened up, by the host's SO_PEERCRED check. The client checks the host's
+    /// credentials too: without --host-uid it refuses a host of another user itself.
+    @Test(.enabled(if: HostileTests.canActAsAnotherUser, "needs root and setpriv to act as another user"))
+    func anotherUserIsRefused() throws {
         let setup = try start("auto")
         let asNobody = ["--reuid=nobody", "--regid=nogroup", "--clear-groups", Binaries.host.path,
                         "ctl", "stats", "--name", setup.host.name, "--control", setup.socket]
@@ -265,7 +368,10 @@ func reply(_ line: String?) throws -> [String: Any] {
         let directory = (setup.socket as NSString).deletingLastPathComponent
         chmod(directory, 0o755)
         chmod(setup.socket, 0o666)
-        let refused = try run(URL(fileURLWithPath: "/usr/bin/setpriv"), arguments)
+        let notTrusted = try run(URL(fileURLWithPath: "/usr/bin/setpriv"), arguments)
+        #expect(notTrusted.status != 0)
+        #expect(notTrusted.stderr.contains("is served by uid 0, not by the host's uid"), "\(notTrusted.stderr)")
+        let refused = try run(URL(fileURLWithPath: "/usr/bin/setpriv"), arguments + ["--host-uid", "0"])
         #expect(refused.status != 0)
         #expect(refused.stderr.contains("permission denied: this host serves uid 0 only"), "\(refused.stderr)")
         try stillServes(setup)

@@ -49,7 +49,7 @@ import Testing
     }
 
     @Test func benchReportsDxAndRawWithEveryField() throws {
-        let host = try RunningHost(arguments: ["--lanes", "4"])
+        let host = try RunningHost(arguments: ["--lanes", "4", "--raw"])
         let outcome = try run(Binaries.guest, [
             "bench", "--name", host.name, "--threads", "1,2", "--duration", "0.3", "--baseline", "raw", "--json",
         ])

@@ -1,10 +1,11 @@
 // dxguest: the guest side of a dx region, in C.
 //
-// Written from docs/LAYOUT.md (layout version 1) for programs that are not in Swift. It attaches to
+// Written from docs/LAYOUT.md (layout version 2) for programs that are not in Swift. It attaches to
 // a region a dx host published, claims a lane per thread, and makes calls with the same wait as
 // the Swift guest: spin with a CPU-relax hint, sched_yield now and then, an adaptive spin budget,
-// then bounded sleeps on the lane's process-shared semaphore; guest threads of one serving worker
-// take turns. It needs only libc and pthreads:
+// then bounded sleeps on the lane's parker (a futex word in the region, no libc object); guest
+// threads of one serving worker take turns. The host's and every lane owner's liveness is a kernel
+// lock (an open-file-description lock on the region), never a pid. It needs only libc and pthreads:
 //
 //     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c your.c
 //
@@ -21,13 +22,15 @@
 //     dx_detach(region);
 //
 // Errors are negative return codes (enum dx_error); dx_strerror names them. Calls allocate nothing,
-// take no lock and make no system call unless a side has to sleep. A lane belongs to one thread
-// at a time; a region may be shared by every thread of the process.
+// take no lock and make no system call unless a side has to sleep. A region keeps a descriptor of
+// the region object open, and each claimed lane one more (its lock says the lane's owner lives).
+// A lane belongs to one thread at a time; a region may be shared by every thread of the process.
 #ifndef DXGUEST_H
 #define DXGUEST_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -35,13 +38,13 @@ extern "C" {
 
 /// The region layout this library implements. A region with another version is refused
 /// (DX_E_VERSION) before anything else in it is read.
-#define DX_LAYOUT_VERSION 1u
+#define DX_LAYOUT_VERSION 2u
 
 enum dx_error {
     DX_OK = 0,
-    DX_E_INVALID_NAME = -1,  ///< not 1-200 characters of [A-Za-z0-9._-], or starts with '.'
+    DX_E_INVALID_NAME = -1,  ///< not 1-64 characters of [A-Za-z0-9._-], or starts with '.'
     DX_E_NO_REGION = -2,     ///< no region of that name: is the host running?
-    DX_E_PERMISSION = -3,    ///< the region belongs to another user
+    DX_E_PERMISSION = -3,    ///< the region object cannot be opened by this user
     DX_E_NOT_READY = -4,     ///< the host has not published the region yet: try again
     DX_E_NOT_DX = -5,        ///< the object is not a dx region
     DX_E_VERSION = -6,       ///< the region has another layout version
@@ -51,11 +54,13 @@ enum dx_error {
     DX_E_TOO_LARGE = -10,    ///< the request is larger than the lane's capacity
     DX_E_REJECTED = -11,     ///< the host answered with an error status (dx_lane_status says which)
     DX_E_BAD_RESPONSE = -12, ///< the response's length is outside the lane
-    DX_E_TIMEOUT = -13,      ///< no response within the call timeout
-    DX_E_SHUTDOWN = -14,     ///< the host is shutting down
-    DX_E_HOST_GONE = -15,    ///< the host process is gone
+    DX_E_TIMEOUT = -13,      ///< no turn or no response within the call timeout
+    DX_E_SHUTDOWN = -14,     ///< the host shut down (its lock is gone and it said it was stopping)
+    DX_E_HOST_GONE = -15,    ///< the host is gone (its lock is gone: it died)
     DX_E_BROKEN = -16,       ///< an earlier call on this lane failed; claim another lane
     DX_E_ARGUMENT = -17,     ///< a NULL pointer or an invalid wait configuration
+    DX_E_WRONG_OWNER = -18,  ///< the region object belongs to another uid than the host's
+    DX_E_UNSAFE_MODE = -19,  ///< the region object is not a regular file, or group or others may write it
 };
 
 /// How a guest waits for its response. dx_wait_auto() is the default (NULL), as in the Swift guest.
@@ -85,9 +90,13 @@ dx_wait dx_wait_fair(void);
 /// no turns.
 dx_wait dx_wait_balanced(void);
 
-/// Attaches to the region the host published as `name` and validates its header. On success
-/// *region must be released with dx_detach after its last lane.
+/// Attaches to the region the host published as `name`: checks that the object belongs to this
+/// process's uid and that nobody else may write it, validates its header, and checks that the
+/// host holds its lock. On success *region must be released with dx_detach after its last lane.
 int dx_attach(const char *name, dx_region **region);
+/// dx_attach for a host that runs as another user: the object must belong to `host_uid`.
+int dx_attach_as(const char *name, uid_t host_uid, dx_region **region);
+/// Unmaps the region and closes its descriptor. Release every lane first.
 void dx_detach(dx_region *region);
 
 /// The region's layout version as found by the last dx_attach in this thread that failed with
@@ -100,9 +109,9 @@ size_t dx_region_capacity(const dx_region *region);
 /// The handler the host announced: 1 echo, 2 checksum (FNV-1a 64), 0xFFFF other.
 uint32_t dx_region_handler(const dx_region *region);
 
-/// Claims a free lane for the calling thread. `wait` may be NULL (auto).
+/// Claims a free lane for the calling thread, or one whose owner died. `wait` may be NULL (auto).
 int dx_lane_claim(dx_region *region, const dx_wait *wait, dx_lane **lane);
-/// Releases the lane (and passes this thread's turn on).
+/// Releases the lane (and passes this thread's turn on), and closes the claim's descriptor.
 void dx_lane_release(dx_lane *lane);
 
 /// The lane's buffer: write a request into it and call dx_lane_call; the response is then in
@@ -117,7 +126,9 @@ int dx_call(dx_lane *lane, const void *request, size_t request_length, void *res
             size_t response_capacity, size_t *response_length);
 /// The status word of the last response (1 bad length, 2 bad sequence, 3 handler failed).
 uint32_t dx_lane_status(const dx_lane *lane);
-/// The longest a call waits for its response (default 10 s).
+/// The longest a call waits, for its turn and its response together (default 10 s). A turn that
+/// does not come in time fails the call with DX_E_TIMEOUT before anything is sent, and the lane
+/// stays usable; a response that does not come in time breaks the lane (DX_E_BROKEN after).
 void dx_lane_set_timeout(dx_lane *lane, uint64_t timeout_ns);
 
 const char *dx_strerror(int error);

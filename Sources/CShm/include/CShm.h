@@ -2,7 +2,7 @@
 //
 // - C11 atomics on raw shared memory (every access names its ordering),
 // - the CPU-relax hint (`pause` on x86, `yield` on Arm),
-// - process-shared semaphores with a bounded wait on the monotonic clock,
+// - futex waits and wakes, and locks the kernel releases when their holder dies,
 // - shm_open / shm_unlink and a few Linux calls without a Swift overlay.
 //
 // Every symbol is prefixed CShm_. The atomics are static inline so that the Swift
@@ -14,7 +14,6 @@
 #include <stdint.h>
 #include <stdbool.h>
 #include <stdatomic.h>
-#include <semaphore.h>
 #include <sys/types.h>
 
 // MARK: - CPU relax
@@ -105,27 +104,34 @@ static inline void CShm_fence_seqcst(void) {
 /// CLOCK_MONOTONIC in nanoseconds (a vDSO call, no system call on x86_64 and aarch64).
 uint64_t CShm_monotonic_ns(void);
 
-// MARK: - Process-shared semaphores
-
-/// `sem_init(sem, 1, 0)`: a semaphore shared between processes. Returns 0 or errno.
-int CShm_sem_init_shared(sem_t *sem);
-/// `sem_post`. Returns 0 or errno.
-int CShm_sem_post(sem_t *sem);
-/// Waits at most `timeout_ns` on the monotonic clock (`sem_clockwait`), retrying on EINTR
-/// until the deadline. Returns 0 when the semaphore was taken, ETIMEDOUT, or another errno.
-int CShm_sem_wait_ns(sem_t *sem, uint64_t timeout_ns);
-/// `sem_trywait`. Returns 0 when taken, EAGAIN when the count was zero.
-int CShm_sem_trywait(sem_t *sem);
-/// `sizeof(sem_t)`, pinned by a unit test against the layout.
-int CShm_sem_size(void);
-
 // MARK: - Futex (process-shared: no FUTEX_PRIVATE_FLAG)
 
-/// Sleeps while the 32-bit word at `address` holds `expected`, for at most `timeout_ns`.
-/// Returns 0 when woken, or ETIMEDOUT, EAGAIN (the word changed), EINTR.
+/// Sleeps while the 32-bit word at `address` holds `expected`, for at most `timeout_ns`, measured
+/// on CLOCK_MONOTONIC (FUTEX_WAIT's timeout is relative). One attempt, no retry. Returns 0 when
+/// woken, or the errno: EAGAIN (the word differed), EINTR, ETIMEDOUT, EFAULT, or another.
 int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns);
 /// Wakes up to `count` threads sleeping on `address`. Returns how many woke, or -errno.
 int CShm_futex_wake(uint32_t *address, int count);
+/// Sleeps `ns` nanoseconds (nanosleep, resumed after EINTR).
+void CShm_sleep_ns(uint64_t ns);
+
+// MARK: - Locks the kernel releases when their holder dies
+
+/// Takes an open-file-description write lock (F_OFD_SETLK) on bytes [start, start + length) of
+/// `fd`, without waiting. Returns 0, EAGAIN when another open file description holds a lock
+/// there, or another errno. The lock lives as long as the open file description: until it is
+/// unlocked, or the last descriptor and mapping of that description are gone (the process died).
+int CShm_ofd_trylock(int fd, uint64_t start, uint64_t length);
+/// Releases an F_OFD_SETLK lock on [start, start + length). Returns 0 or an errno.
+int CShm_ofd_unlock(int fd, uint64_t start, uint64_t length);
+/// Whether another open file description holds a lock on [start, start + length) of `fd`
+/// (F_OFD_GETLK): 1 held, 0 free, or -errno.
+int CShm_ofd_held(int fd, uint64_t start, uint64_t length);
+/// `flock(fd, LOCK_EX | LOCK_NB)`. Returns 0, EWOULDBLOCK when another holds it, or an errno.
+int CShm_flock_exclusive(int fd);
+/// Opens the object behind `fd` again (`/proc/self/fd/N`, O_RDWR | O_CLOEXEC): a new open file
+/// description of the same file, so that its locks are its own. Returns a descriptor or -errno.
+int CShm_reopen(int fd);
 
 // MARK: - io_uring (liburing), for the control socket
 

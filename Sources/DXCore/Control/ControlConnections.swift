@@ -18,6 +18,8 @@ final class ControlConnection {
     var dead = false
     var watchInterval: UInt64 = 0
     var nextWatch: UInt64 = 0
+    /// When the client last sent a request line (CLOCK_MONOTONIC ns), for the idle timeout.
+    var lastRequest = CShm_monotonic_ns()
     // io_uring only: the buffers the kernel reads into and sends from, and what is in flight.
     var receiveBuffer: UnsafeMutableRawBufferPointer?
     var sendBuffer: UnsafeMutableRawBufferPointer?
@@ -43,9 +45,12 @@ final class ControlConnection {
 /// and dropping clients that do not keep up.
 final class ControlConnections: @unchecked Sendable {  // handed to the control thread, used only there
     static let maxConnections = 64
-    /// A client that lets this much output pile up in the host (a `watch` it never reads, on top
-    /// of what the kernel buffers) is dropped.
-    static let maxPendingOutput = 64 * 1024
+    /// A client that lets more than this much output pile up in the host (pipelined requests or a
+    /// `watch` it never reads, on top of what the kernel buffers) is closed and counted. One reply
+    /// may exceed it (a `lanes` reply of a large host); the next request is not answered then.
+    static let maxPendingOutput = 256 * 1024
+    /// A client that sends no request for this long, and is not watching, is closed and counted.
+    let idleTimeoutNanoseconds: UInt64
 
     let service: ControlService
     private(set) var connections: [ControlConnection?] = Array(repeating: nil, count: maxConnections)
@@ -56,8 +61,9 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     private(set) var refusedConnections = 0
     private(set) var droppedConnections = 0
 
-    init(service: ControlService) {
+    init(service: ControlService, idleTimeoutNanoseconds: UInt64) {
         self.service = service
+        self.idleTimeoutNanoseconds = idleTimeoutNanoseconds
     }
 
     var live: [ControlConnection] { connections.compactMap { $0 } }
@@ -99,8 +105,10 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
         connection.input.append(contentsOf: bytes)
         var start = 0
         while let newline = connection.input[start...].firstIndex(of: UInt8(ascii: "\n")) {
+            if connection.pendingOutput > ControlConnections.maxPendingOutput { return drop(connection) }
             let line = connection.input[start..<newline]
             start = newline + 1
+            connection.lastRequest = CShm_monotonic_ns()
             if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }) {
                 continue
             }
@@ -141,17 +149,28 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
         }
     }
 
-    /// Periodic work: snapshots, due `watch` lines, and dropping clients that do not read.
+    /// Periodic work: snapshots, due `watch` lines, and dropping clients that do not read or
+    /// that idle.
     func tick(now: UInt64) {
         service.tick(now: now)
-        for connection in live where connection.watchInterval != 0 && !connection.dead && now >= connection.nextWatch {
+        for connection in live where !connection.dead {
+            if connection.watchInterval == 0 {
+                if now &- connection.lastRequest > idleTimeoutNanoseconds, connection.pendingOutput == 0 { drop(connection) }
+                continue
+            }
+            guard now >= connection.nextWatch else { continue }
             connection.output.append(contentsOf: service.watchLine())
             connection.nextWatch = now &+ connection.watchInterval
-            if connection.pendingOutput > ControlConnections.maxPendingOutput {
-                droppedConnections += 1
-                connection.dead = true
-            }
+            if connection.pendingOutput > ControlConnections.maxPendingOutput { drop(connection) }
         }
+    }
+
+    /// Closes a client that piles up output or idles, and counts it.
+    private func drop(_ connection: ControlConnection) {
+        droppedConnections += 1
+        service.droppedConnections += 1
+        connection.dead = true
+        connection.input.removeAll()
     }
 
     /// Whether the connection can be closed now (the loop also checks that nothing is in flight).

@@ -132,6 +132,8 @@ public struct StatsReply: Codable, Sendable {
     public var errors: UInt64
     /// Lanes taken back from guests that died.
     public var reclaimed_lanes: UInt64
+    /// Control connections closed because they let too much output pile up, or sat idle.
+    public var control_dropped: Int
     /// The serving workers' wait strategy.
     public var wait: StrategyFields
     /// Every lane.

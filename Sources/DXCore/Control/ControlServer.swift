@@ -29,24 +29,25 @@ public final class ControlServer: @unchecked Sendable {
     private let stopFlag = StopFlag()
     private var thread: Thread?
     private let logger: Logger
+    /// The socket file's device and inode, so that stopping removes only this server's socket.
+    private let identity: (dev_t, ino_t)
 
-    /// Binds and listens. A socket file left by a dead host is replaced; a live one is refused.
+    /// Binds and listens. A socket file left by a dead host is replaced; a live one is refused, and
+    /// so is anything else at `path` (see ``ControlPath``). A client that sends nothing for
+    /// `idleTimeoutNanoseconds` (and is not watching) is closed.
     public init(target: any ControlTarget, path: String, backend: ControlBackend = .auto,
+                idleTimeoutNanoseconds: UInt64 = 60_000_000_000,
                 logger: Logger = Logger(label: "dx.control")) throws(ControlError) {
         self.path = path
         self.logger = logger
-        try ControlPath.prepareDirectory(of: path)
-        if access(path, F_OK) == 0 {
-            let probe = CShm_unix_connect(path)
-            if probe >= 0 {
-                close(probe)
-                throw .inUse(path)
-            }
-            unlink(path)
-        }
+        if path == ControlPath.socket(for: target.region.name) { try ControlPath.prepareDirectory(ControlPath.directory()) }
+        try ControlPath.prepareSocketPath(path)
         let fd = CShm_unix_listen(path, 128)
         guard fd >= 0 else { throw .system(SystemError("bind \(path)", errno: -fd)) }
-        chmod(path, 0o600)
+        var info = stat()
+        lstat(path, &info)
+        let identity = (info.st_dev, info.st_ino)
+        self.identity = identity
         listener = fd
         switch backend {
         case .poll:
@@ -59,7 +60,7 @@ public final class ControlServer: @unchecked Sendable {
             } catch {
                 if backend == .uring {
                     close(fd)
-                    unlink(path)
+                    Self.removeSocketFile(path, identity)
                     throw .system(error)
                 }
                 logger.warning("io_uring is unavailable (\(error)); serving the control socket with poll")
@@ -67,7 +68,8 @@ public final class ControlServer: @unchecked Sendable {
                 self.backend = .poll
             }
         }
-        connections = ControlConnections(service: ControlService(target: target))
+        connections = ControlConnections(service: ControlService(target: target),
+                                         idleTimeoutNanoseconds: idleTimeoutNanoseconds)
         let targetForShutdown = target
         let connections = connections, loop = loop, stop = stopFlag, listener = listener
         do {
@@ -78,7 +80,7 @@ public final class ControlServer: @unchecked Sendable {
             }
         } catch {
             close(fd)
-            unlink(path)
+            Self.removeSocketFile(path, identity)
             throw .system(error)
         }
         logger.info("control socket", metadata: ["path": "\(path)", "backend": "\(self.backend.rawValue)"])
@@ -90,7 +92,13 @@ public final class ControlServer: @unchecked Sendable {
         thread?.join()
         thread = nil
         close(listener)
-        unlink(path)
+        Self.removeSocketFile(path, identity)
+    }
+
+    /// Removes the socket file if it is still the one this server bound.
+    private static func removeSocketFile(_ path: String, _ identity: (dev_t, ino_t)) {
+        var info = stat()
+        if lstat(path, &info) == 0, info.st_dev == identity.0, info.st_ino == identity.1 { unlink(path) }
     }
 }
 
@@ -101,8 +109,10 @@ public struct ControlClient: ~Copyable {
     /// The socket path.
     public let path: String
 
-    /// Connects (bounded: every read and write times out after `timeout`).
-    public init(path: String, timeoutNanoseconds: UInt64 = 5_000_000_000) throws(ControlError) {
+    /// Connects (bounded: every read and write times out after `timeout`), and checks that the
+    /// process serving the socket runs as `hostUID` (this process's own uid unless given):
+    /// `SO_PEERCRED`, so a socket another user put in the path is refused before a byte is sent.
+    public init(path: String, hostUID: uid_t? = nil, timeoutNanoseconds: UInt64 = 5_000_000_000) throws(ControlError) {
         self.path = path
         let fd = CShm_unix_connect(path)
         guard fd >= 0 else {
@@ -111,6 +121,12 @@ public struct ControlClient: ~Copyable {
             case EACCES, EPERM: throw .permissionDenied(path: path)
             default: throw .system(SystemError("connect \(path)", errno: -fd))
             }
+        }
+        let expected = hostUID ?? getuid()
+        let peer = CShm_peer_uid(fd)
+        guard peer == Int64(expected) else {
+            close(fd)
+            throw .wrongOwner(path: path, owner: peer, expected: expected)
         }
         _ = CShm_socket_timeouts(fd, timeoutNanoseconds)
         self.fd = fd

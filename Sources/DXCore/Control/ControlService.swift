@@ -25,6 +25,8 @@ final class ControlService {
     }
 
     let target: any ControlTarget
+    /// Control connections closed for piling up output or idling (``ControlConnections``).
+    var droppedConnections = 0
     private let startTime = CShm_monotonic_ns()
     /// Snapshots taken every `snapshotInterval`, oldest first, covering a little over a second.
     private var history: [RegionSnapshot] = []
@@ -162,7 +164,7 @@ final class ControlService {
             sleeps: window.now.workers.reduce(0) { $0 &+ $1.sleeps },
             wakes_sent: window.now.lanes.reduce(0) { $0 &+ $1.wakesSent },
             errors: window.now.lanes.reduce(0) { $0 &+ $1.hostErrors },
-            reclaimed_lanes: window.now.reclaimedLanes,
+            reclaimed_lanes: window.now.reclaimedLanes, control_dropped: droppedConnections,
             wait: StrategyFields(target.strategy), lanes: laneFields(stats: window),
             workers: window.now.workers.map {
                 WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps)

@@ -38,10 +38,13 @@ public enum LaneClaimError: Error, Equatable, Sendable, CustomStringConvertible 
     case shutdown
     /// The host process no longer exists.
     case hostGone
+    /// A system call failed (for example, no descriptor was left for the lane's owner lock).
+    case system(SystemError)
 
     /// A sentence for a person, with what to do about it.
     public var description: String {
         switch self {
+        case .system(let error): return "cannot claim a lane: \(error)"
         case .noFreeLane(let count):
             return "all \(count) lanes are in use; start the host with more --lanes or stop other guests"
         case .shutdown: return "the dx host is shutting down"

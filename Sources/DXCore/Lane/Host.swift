@@ -129,30 +129,37 @@ public final class Host: ControlTarget, @unchecked Sendable {
         counters.snapshot(of: region)
     }
 
-    /// The quick way out, for a second stop signal: publishes `stopping`, wakes sleeping guests
-    /// and removes the region's name, without waiting for any thread. The process should exit next.
+    /// The quick way out, for a second stop signal: publishes `stopping`, lets go of the host
+    /// lock, wakes sleeping guests and removes the region's name, without waiting for any thread.
+    /// The process should exit next.
     public func abandon() {
         region.setState(.stopping)
         stopFlag.set()
+        region.releaseHostLock()
         for index in 0..<region.laneCount { wakeSleepingGuest(lane: region.lane(index)) }
         region.unlink()
     }
 
-    /// Stops serving: publishes `stopping`, wakes sleeping guests, joins every thread and
-    /// removes the region's name. Safe to call more than once.
+    /// Stops serving: publishes `stopping`, joins every thread, lets go of the host lock (guests
+    /// check it), wakes sleeping guests and removes the region's name. Safe to call more than once.
     public func stop() {
         if stopped { return }
         stopped = true
         region.setState(.stopping)
         stopFlag.set()
+        // Post whatever the flags say (a guest may have cleared them): each sleep is bounded anyway.
         for index in 0..<region.workerCount {
-            Semaphore(region.doorbell(index) + Layout.Header.doorbellSemaphore).post()
+            let doorbell = region.doorbell(index)
+            Parker(flag: doorbell + Layout.Header.doorbellSleeping, word: doorbell + Layout.Header.doorbellWord).post()
         }
         for index in 0..<region.rawCount {
-            Semaphore(region.rawChannel(index) + Layout.Raw.serverSemaphore).post()
+            let channel = region.rawChannel(index)
+            Parker(flag: channel + Layout.Raw.serverSleeping, word: channel + Layout.Raw.serverWord).post()
         }
         for thread in threads { thread.join() }
         threads.removeAll()
+        // Guests learn that the host is gone from its lock, so let go of it before waking them.
+        region.releaseHostLock()
         for index in 0..<region.laneCount { wakeSleepingGuest(lane: region.lane(index)) }
         region.unlink()
         logger.info("stopped", metadata: ["region": "\(Region.path(for: region.name))"])

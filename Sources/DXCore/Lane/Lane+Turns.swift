@@ -13,25 +13,29 @@ import CShm
 /// quantum plus 1 ms); dead waiters in the queue are skipped the same way, one stale period each.
 ///
 /// Every turn operation happens inside ``Lane/call(request:response:)`` (it is part of the call's
-/// latency) and only every 64 calls, or while waiting. The turnstile is guest-written: a guest that
-/// vandalises it can only spoil other guests' fairness, never their data or the host.
+/// latency) and only every 64 calls, or while waiting. A wait for a turn honours the call timeout:
+/// a turn that never comes (a holder that renews its lease forever) fails the call with
+/// ``CallError/timedOut`` before anything is published, and the lane stays usable. The turnstile
+/// is guest-written: a guest that vandalises it can only spoil other guests' fairness and make
+/// their calls time out, never touch their data or the host.
 extension Lane {
     @usableFromInline
     static let callsBetweenTurnChecks: UInt32 = 64
 
+    /// Keeps, passes or waits for the turn. Returns why the call cannot go on, or nil.
     @usableFromInline
-    mutating func takeTurns() {
+    mutating func takeTurns() -> CallError? {
         callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
         if strategy.avoidWorkerCPU { keepOffWorkerCPU() }
         let now = CShm_monotonic_ns()
         if holdsTurn {
             callsInTurn &+= Lane.callsBetweenTurnChecks
-            if callsInTurn < strategy.turnCalls, now &- leaseStart < strategy.turnQuantumNanoseconds { return }
+            if callsInTurn < strategy.turnCalls, now &- leaseStart < strategy.turnQuantumNanoseconds { return nil }
             // Acquire: pairs with the seq-cst updates of other guests.
             if CShm_load_acquire_u64(turnstile + Layout.Header.turnServing) == turnTicket {
                 if CShm_load_acquire_u64(turnstile + Layout.Header.turnNext) == turnTicket &+ 1 {
                     renewLease(now)  // nobody waits: keep going
-                    return
+                    return nil
                 }
                 passTurn(now)
             }
@@ -41,14 +45,16 @@ extension Lane {
                 avoidingWorkerCPU = false
             }
         }
-        acquireTurn()
+        return acquireTurn()
     }
 
-    /// Takes a ticket and waits (sleeping) until it is served.
-    mutating func acquireTurn() {
+    /// Takes a ticket and waits (sleeping) until it is served, the host goes, or the call timeout
+    /// passes (then the ticket is abandoned: waiters skip it like a dead one's).
+    mutating func acquireTurn() -> CallError? {
         let serving = turnstile + Layout.Header.turnServing
         let quantum = strategy.turnQuantumNanoseconds
         let staleAfter = 2 &* quantum &+ 1_000_000
+        let deadline = CShm_monotonic_ns() &+ callTimeoutNanoseconds
         // Seq-cst: one ticket per caller, in order.
         turnTicket = CShm_fetch_add_seqcst_u64(turnstile + Layout.Header.turnNext, 1)
         let ticket = turnTicket
@@ -62,7 +68,9 @@ extension Lane {
             // Served (or a vandalised counter already past us): go.
             if CShm_load_seqcst_u64(serving) &- ticket < 1 << 62 { break }
             waited = true
-            _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, staleAfter)
+            let start = CShm_monotonic_ns()
+            if start >= deadline { return .timedOut }
+            _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, min(staleAfter, deadline &- start))
             if CShm_load_acquire_u64(serving) == ticket { break }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one
@@ -78,10 +86,15 @@ extension Lane {
                     wake(holder &+ 1)
                 }
             }
-            if region.hostProblem() != nil { break }  // the call itself reports it
+            switch region.hostProblem() {
+            case .shutdown?: return .shutdown
+            case .hostGone?: return .hostGone
+            case nil: break
+            }
         }
         holdsTurn = true
         renewLease(CShm_monotonic_ns())
+        return nil
     }
 
     /// Moves this thread off its worker's CPU when it runs there (see ``WaitStrategy/avoidWorkerCPU``).

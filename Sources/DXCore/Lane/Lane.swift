@@ -17,8 +17,8 @@ import CShm
 ///
 /// - Important: A lane belongs to one thread at a time; it is `~Copyable` and not `Sendable`
 ///   across threads while in use. Calls allocate nothing, take no lock, and make no system
-///   call unless the host worker sleeps (a `sem_post`) or the response is slow enough that this
-///   thread sleeps itself.
+///   call unless the host worker sleeps (a futex wake) or the response is slow enough that this
+///   thread sleeps itself (a bounded futex wait; see ``Parker``).
 public struct Lane: ~Copyable {
     /// The region this lane belongs to; the lane keeps it mapped.
     public let region: Region
@@ -30,7 +30,8 @@ public struct Lane: ~Copyable {
     @usableFromInline let base: UnsafeMutableRawPointer
     @usableFromInline let doorbell: UnsafeMutableRawPointer
     @usableFromInline let strategy: WaitStrategy
-    @usableFromInline let ownerWord: UInt64
+    /// The claim: the owner word and the lock that tells the host this lane's owner lives.
+    let claim: OwnerClaim
     @usableFromInline var sequence: UInt64
     @usableFromInline var spin: AdaptiveSpin
     @usableFromInline var failure: CallError?
@@ -57,7 +58,7 @@ public struct Lane: ~Copyable {
     public var counting = true
     @usableFromInline let counters: UnsafeMutableRawPointer
 
-    init(region: Region, index: Int, ownerWord: UInt64, sequence: UInt64, strategy: WaitStrategy) {
+    init(region: Region, index: Int, claim: consuming OwnerClaim, sequence: UInt64, strategy: WaitStrategy) {
         self.region = region
         self.index = index
         self.capacity = region.slotCapacity
@@ -66,16 +67,15 @@ public struct Lane: ~Copyable {
         self.turnstile = region.turnstile(region.worker(forLane: index))
         self.counters = base + Layout.Lane.guestCounters
         self.strategy = strategy
-        self.ownerWord = ownerWord
+        self.claim = claim
         self.sequence = sequence
         self.spin = AdaptiveSpin(strategy)
     }
 
-    /// Releases the lane: the owner word goes back to free (pid 0), keeping its generation.
+    /// Releases the lane: leaves the turn queue; then the claim frees the owner word (pid 0,
+    /// generation kept) and drops the owner lock.
     deinit {
         leaveTurns()
-        // Acquire-release: our last request and response happen before the next owner's claim.
-        _ = CShm_cas_acqrel_u64(base + Layout.Lane.owner, ownerWord, ownerWord & 0xFFFF_FFFF)
     }
 
     /// The spin budget the next wait starts with.
@@ -136,7 +136,12 @@ public struct Lane: ~Copyable {
             return .failure(.payloadTooLarge(length: length, capacity: capacity))
         }
         if strategy.turnCalls != 0 {
-            if callsUntilTurnCheck == 0 { takeTurns() } else { callsUntilTurnCheck &-= 1 }
+            if callsUntilTurnCheck == 0 {
+                // Nothing is published yet: a turn that never came leaves the lane usable.
+                if let error = takeTurns() { return .failure(error) }
+            } else {
+                callsUntilTurnCheck &-= 1
+            }
         }
         let seq = sequence &+ 1
         sequence = seq
@@ -146,9 +151,7 @@ public struct Lane: ~Copyable {
         // the worker orders the same way after setting it (no lost wake-up).
         CShm_store_seqcst_u64(base + Layout.Lane.requestSeq, seq)
         let exchangeStart = timeNextExchange ? CShm_monotonic_ns() : 0
-        if CShm_load_seqcst_u32(doorbell + Layout.Header.doorbellSleeping) != 0 {
-            ringDoorbell()
-        }
+        if doorbellParker.unpark(), counting { bump(counters + Layout.Counters.guestDoorbells) }
         if counting { bump(counters + Layout.Counters.guestCalls) }
         if let error = awaitResponse(seq) {
             failure = error
@@ -187,16 +190,18 @@ public struct Lane: ~Copyable {
 
     // MARK: - Waiting
 
-    /// Spins for the response with the CPU-relax hint, yielding every `yieldEvery` spins, up to
-    /// the adaptive budget; then sleeps. Returns nil when the response arrived.
+    /// The serving worker's doorbell: the worker parks on it, guests post it.
+    @usableFromInline
+    var doorbellParker: Parker {
+        Parker(flag: doorbell + Layout.Header.doorbellSleeping, word: doorbell + Layout.Header.doorbellWord)
+    }
+
+    /// Spins for the response (``SpinWait``) up to the adaptive budget; then sleeps. Returns nil
+    /// when the response arrived.
     @inlinable
     mutating func awaitResponse(_ seq: UInt64) -> CallError? {
         let responseSeq = base + Layout.Lane.responseSeq
-        let budget = spin.budget
-        let yieldEvery = strategy.yieldEvery
-        let relax = strategy.relax
-        var untilYield = yieldEvery
-        var spins: UInt32 = 0
+        var wait = SpinWait(budget: spin.budget, strategy: strategy)
         while true {
             // Acquire: pairs with the worker's seq-cst store of responseSeq; makes the response
             // length, status and payload visible.
@@ -205,18 +210,12 @@ public struct Lane: ~Copyable {
                 if counting { bump(counters + Layout.Counters.guestSpinWins) }
                 return nil
             }
-            spins &+= 1
-            if spins >= budget { return sleepForResponse(seq) }
-            if relax { CShm_cpu_relax() }
-            if untilYield != 0 {
-                untilYield -= 1
-                if untilYield == 0 {
-                    untilYield = yieldEvery
-                    sched_yield()
-                    if counting { bump(counters + Layout.Counters.guestYields) }
-                }
+            switch wait.step() {
+            case .spun: break
+            case .yielded: if counting { bump(counters + Layout.Counters.guestYields) }
+            case .exhausted: return sleepForResponse(seq)
             }
-            if spins & 0xF_FFFF == 0, let problem = slowCheck() { return problem }
+            if wait.spins & 0xF_FFFF == 0, let problem = slowCheck() { return problem }
         }
     }
 
@@ -230,46 +229,28 @@ public struct Lane: ~Copyable {
         }
     }
 
-    /// Announces that this thread sleeps, re-checks, and sleeps on the lane's semaphore in
-    /// bounded steps, checking the host's health and the call timeout between them.
+    /// Parks on the lane's futex word in bounded steps (``Parker``), checking the host's health
+    /// and the call timeout between them.
     @usableFromInline
     mutating func sleepForResponse(_ seq: UInt64) -> CallError? {
         let responseSeq = base + Layout.Lane.responseSeq
-        let sleeping = base + Layout.Lane.guestSleeping
-        let semaphore = Semaphore(base + Layout.Lane.guestSemaphore)
+        let parker = Parker(flag: base + Layout.Lane.guestSleeping, word: base + Layout.Lane.guestWord)
         let deadline = CShm_monotonic_ns() &+ callTimeoutNanoseconds
         spin.hadToSleep()
         if counting { bump(counters + Layout.Counters.guestSleeps) }
         while true {
-            // Seq-cst: the flag is visible before we re-check responseSeq; the worker stores
-            // responseSeq seq-cst and then loads this flag, so one of us sees the other.
-            CShm_store_seqcst_u32(sleeping, 1)
-            if CShm_load_seqcst_u64(responseSeq) == seq { break }
+            let now = CShm_monotonic_ns()
+            if now >= deadline { return CShm_load_acquire_u64(responseSeq) == seq ? nil : .timedOut }
+            // Seq-cst: pairs with the worker's seq-cst store of responseSeq (see Parker).
+            let outcome = parker.park(timeoutNanoseconds: min(strategy.sleepTimeoutNanoseconds, deadline &- now)) {
+                CShm_load_seqcst_u64(responseSeq) == seq
+            }
+            // Acquire: pairs with the worker's store of responseSeq.
+            if outcome == .ready || CShm_load_acquire_u64(responseSeq) == seq { return nil }
             if let problem = slowCheck() {
-                CShm_store_relaxed_u32(sleeping, 0)
-                // The host may still answer a shutdown; take it if it is there.
+                // The host may still have answered before it went; take it if it is there.
                 return CShm_load_acquire_u64(responseSeq) == seq ? nil : problem
             }
-            if CShm_monotonic_ns() > deadline {
-                CShm_store_relaxed_u32(sleeping, 0)
-                return .timedOut
-            }
-            _ = semaphore.wait(timeoutNanoseconds: strategy.sleepTimeoutNanoseconds)
-            CShm_store_relaxed_u32(sleeping, 0)
-            // Acquire: pairs with the worker's store of responseSeq.
-            if CShm_load_acquire_u64(responseSeq) == seq { break }
-        }
-        CShm_store_relaxed_u32(sleeping, 0)
-        return nil
-    }
-
-    /// Wakes the worker that serves this lane. Only one guest posts per sleep: the one whose
-    /// compare-and-swap clears the flag.
-    @usableFromInline
-    func ringDoorbell() {
-        if CShm_cas_acqrel_u32(doorbell + Layout.Header.doorbellSleeping, 1, 0) {
-            Semaphore(doorbell + Layout.Header.doorbellSemaphore).post()
-            if counting { bump(counters + Layout.Counters.guestDoorbells) }
         }
     }
 }
@@ -279,33 +260,39 @@ public struct Lane: ~Copyable {
 extension Region {
     /// Claims a free lane for the calling thread.
     ///
-    /// A lane is free when its owner word has pid 0. The claim is a compare-and-swap to
-    /// `pid << 32 | generation + 1`. A lane whose last request is still unanswered (its owner died
-    /// mid-call) is skipped until the host has answered it.
+    /// The claim takes the lane's owner lock first, then CASes the owner word to
+    /// `pid << 32 | generation + 1` (see ``Region/claimOwner(at:lock:)``). Lanes whose owner word
+    /// says free are tried first; then lanes whose owner died (their lock is free). A lane whose
+    /// last request is still unanswered (its owner died mid-call) is skipped until the host has
+    /// answered it.
     public func claimLane(strategy: WaitStrategy = .auto, startingAt hint: Int = 0) throws(LaneClaimError) -> Lane {
         switch hostProblem() {
         case .shutdown?: throw .shutdown
         case .hostGone?: throw .hostGone
         case nil: break
         }
-        let pid = UInt64(UInt32(bitPattern: Region.ownPID))
-        for step in 0..<laneCount {
-            let index = (max(hint, 0) + step) % laneCount
-            let lane = lane(index)
-            let owner = lane + Layout.Lane.owner
-            // Acquire: pairs with the previous owner's release of the lane.
-            let word = CShm_load_acquire_u64(owner)
-            guard word >> 32 == 0 else { continue }
-            let mine = pid << 32 | UInt64(UInt32(truncatingIfNeeded: word &+ 1))
-            guard CShm_cas_acqrel_u64(owner, word, mine) else { continue }
-            CShm_store_relaxed_u64(lane + Layout.Lane.ownerStartTime, Region.ownStartTime)
-            let request = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
-            let response = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
-            guard request == response else {
-                _ = CShm_cas_acqrel_u64(owner, mine, mine & 0xFFFF_FFFF)
-                continue
+        var lock: OwnerLock?
+        for deadOwners in [false, true] {
+            for step in 0..<laneCount {
+                let index = (max(hint, 0) + step) % laneCount
+                let lane = lane(index)
+                // Relaxed: a hint for the order; the claim itself is the lock and the CAS.
+                guard (CShm_load_relaxed_u64(lane + Layout.Lane.owner) >> 32 != 0) == deadOwners else { continue }
+                let ownerOffset = lane - base + Layout.Lane.owner
+                let word: UInt64
+                do {
+                    guard let claimed = try claimOwner(at: ownerOffset, lock: &lock) else { continue }
+                    word = claimed
+                } catch {
+                    throw .system(error)
+                }
+                // Acquire: pairs with the worker's and the last owner's seq-cst stores.
+                let request = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
+                let response = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
+                let claim = OwnerClaim(region: self, ownerOffset: ownerOffset, lock: lock.take()!, word: word)
+                guard request == response else { continue }  // dropping the claim releases it
+                return Lane(region: self, index: index, claim: claim, sequence: response, strategy: strategy)
             }
-            return Lane(region: self, index: index, ownerWord: mine, sequence: response, strategy: strategy)
         }
         throw .noFreeLane(laneCount: laneCount)
     }

@@ -10,37 +10,49 @@ import CShm
 /// The guest writes a payload and a ping number; the host's raw server spins with the CPU-relax
 /// hint until it sees the ping and answers with the same pong number (the payload is echoed in
 /// place). This is the machine's limit for one lane, against which dx's overhead is measured.
-/// The server sleeps on its channel's semaphore between sessions; a session starts when a guest
-/// claims the channel and posts it, and ends when the guest releases the channel.
+/// The server parks on its channel (``Parker``) between sessions. A session starts when a guest
+/// claims the channel and posts it, and ends when the guest releases the channel, when its owner
+/// dies (its owner lock is free: the server reclaims the channel), or after a second without a
+/// ping; a live owner that pings again after that posts the server. So a raw server never spins
+/// for longer than a bounded session without a live, pinging owner.
 final class RawServer: @unchecked Sendable {
     let region: Region
     let channel: UnsafeMutableRawPointer
+    let ownerOffset: Int
     let stop: StopFlag
 
     init(region: Region, index: Int, stop: StopFlag) {
         self.region = region
         self.channel = region.rawChannel(index)
+        self.ownerOffset = channel - region.base + Layout.Raw.owner
         self.stop = stop
     }
 
     func run() {
-        let sleeping = channel + Layout.Raw.serverSleeping
-        let semaphore = Semaphore(channel + Layout.Raw.serverSemaphore)
+        let parker = Parker(flag: channel + Layout.Raw.serverSleeping, word: channel + Layout.Raw.serverWord)
+        let owner = channel + Layout.Raw.owner
+        var idleOwner: UInt64 = 0  // the owner whose last session ended without pings
         while !stop.isSet {
-            // Seq-cst: the flag before the owner check, paired with the guest's claim then post.
-            CShm_store_seqcst_u32(sleeping, 1)
-            if CShm_load_seqcst_u64(channel + Layout.Raw.owner) >> 32 == 0 {
-                // A claim posts the semaphore, and so does the host's stop: the timeout is a backstop.
-                _ = semaphore.wait(timeoutNanoseconds: 1_000_000_000)
+            // A claim or a stalled guest posts the parker, and so does the host's stop: the timeout
+            // is a backstop (and the pace of the dead-owner check below).
+            let outcome = parker.park(timeoutNanoseconds: 1_000_000_000) {
+                // Seq-cst: pairs with the guest's claim, fence, then load of the flag.
+                let word = CShm_load_seqcst_u64(owner)
+                return stop.isSet || (word >> 32 != 0 && word != idleOwner)
             }
-            CShm_store_relaxed_u32(sleeping, 0)
-            if CShm_load_acquire_u64(channel + Layout.Raw.owner) >> 32 != 0 { session() }
+            // Acquire: pairs with the claiming guest's CAS.
+            let word = CShm_load_acquire_u64(owner)
+            guard word >> 32 != 0, !stop.isSet else { continue }
+            if region.reclaimOwner(at: ownerOffset, word: word) { continue }  // its owner died
+            // An owner that stopped pinging gets a session again only when it posts.
+            if word == idleOwner, outcome != .posted { continue }
+            idleOwner = session() ? 0 : word
         }
     }
 
     /// Answers pings until the guest releases the channel, the host stops, or a second passes
-    /// without a ping.
-    private func session() {
+    /// without a ping. Returns false when it ended for want of pings.
+    private func session() -> Bool {
         let ping = channel + Layout.Raw.ping
         let pong = channel + Layout.Raw.pong
         var last = CShm_load_acquire_u64(pong)
@@ -61,10 +73,8 @@ final class RawServer: @unchecked Sendable {
             if idle & 0xFFFF == 0 {
                 let now = CShm_monotonic_ns()
                 if idle == 0x10000 { lastProgress = now }  // the first check since the last ping
-                if stop.isSet || CShm_load_acquire_u64(channel + Layout.Raw.owner) >> 32 == 0
-                    || now - lastProgress > 1_000_000_000 {
-                    return
-                }
+                if stop.isSet || CShm_load_acquire_u64(channel + Layout.Raw.owner) >> 32 == 0 { return true }
+                if now - lastProgress > 1_000_000_000 { return false }
             }
         }
     }
@@ -78,24 +88,24 @@ package struct RawChannel: ~Copyable {
     package let capacity: Int
     let region: Region
     let channel: UnsafeMutableRawPointer
-    let ownerWord: UInt64
+    let claim: OwnerClaim
     var sequence: UInt64
 
-    init(region: Region, channel: UnsafeMutableRawPointer, ownerWord: UInt64) {
+    init(region: Region, channel: UnsafeMutableRawPointer, claim: consuming OwnerClaim) {
         self.region = region
         self.channel = channel
         self.capacity = region.slotCapacity
-        self.ownerWord = ownerWord
+        self.claim = claim
         self.sequence = CShm_load_acquire_u64(channel + Layout.Raw.pong)
         CShm_store_release_u64(channel + Layout.Raw.ping, sequence)
     }
 
-    deinit {
-        _ = CShm_cas_acqrel_u64(channel + Layout.Raw.owner, ownerWord, ownerWord & 0xFFFF_FFFF)
+    var serverParker: Parker {
+        Parker(flag: channel + Layout.Raw.serverSleeping, word: channel + Layout.Raw.serverWord)
     }
 
     /// One bare round trip: copy the request in, ping, spin for the pong, copy the response out.
-    /// Returns false when no pong came within a second.
+    /// Returns false when no pong came within about a second of spinning, or the host is gone.
     package mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
         let payload = channel + Layout.Raw.payload
         let count = min(request.count, capacity)
@@ -109,7 +119,12 @@ package struct RawChannel: ~Copyable {
         while CShm_load_acquire_u64(channel + Layout.Raw.pong) != seq {
             CShm_cpu_relax()
             spins &+= 1
-            if spins & 0xFFFFF == 0, region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
+            if spins & 0xFFFFF == 0 {
+                // A long wait: the server may have parked after a pause of ours; post it.
+                CShm_fence_seqcst()
+                _ = serverParker.unpark()
+                if region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
+            }
         }
         let out = min(count, response.count)
         if out > 0 { response.baseAddress!.copyMemory(from: payload, byteCount: out) }
@@ -119,22 +134,25 @@ package struct RawChannel: ~Copyable {
 
 extension Region {
     /// Claims raw baseline channel `index` and wakes its server. Returns nil when the host has
-    /// no raw channel with that index or another guest uses it.
-    package func claimRawChannel(_ index: Int) -> RawChannel? {
+    /// no raw channel with that index or another live guest uses it.
+    package func claimRawChannel(_ index: Int) throws(LaneClaimError) -> RawChannel? {
         guard index >= 0, index < rawCount else { return nil }
         let channel = rawChannel(index)
-        let owner = channel + Layout.Raw.owner
-        let word = CShm_load_acquire_u64(owner)
-        guard word >> 32 == 0 else { return nil }
-        let mine = UInt64(UInt32(bitPattern: getpid())) << 32 | UInt64(UInt32(truncatingIfNeeded: word &+ 1))
-        guard CShm_cas_acqrel_u64(owner, word, mine) else { return nil }
-        let raw = RawChannel(region: self, channel: channel, ownerWord: mine)
+        let ownerOffset = channel - base + Layout.Raw.owner
+        var lock: OwnerLock?
+        let word: UInt64
+        do {
+            guard let claimed = try claimOwner(at: ownerOffset, lock: &lock) else { return nil }
+            word = claimed
+        } catch {
+            throw .system(error)
+        }
+        let raw = RawChannel(region: self, channel: channel,
+                             claim: OwnerClaim(region: self, ownerOffset: ownerOffset, lock: lock.take()!, word: word))
         // Seq-cst: the claim is visible before we load the server's sleeping flag, which the
         // server stores before it checks the owner.
         CShm_fence_seqcst()
-        if CShm_load_seqcst_u32(channel + Layout.Raw.serverSleeping) != 0 {
-            Semaphore(channel + Layout.Raw.serverSemaphore).post()
-        }
+        _ = raw.serverParker.unpark()
         return raw
     }
 }

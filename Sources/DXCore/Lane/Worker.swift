@@ -65,9 +65,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         var version = strategies.version
         var strategy = strategies.load()
         var spin = AdaptiveSpin(strategy)
-        var yieldEvery = strategy.yieldEvery
-        var untilYield = yieldEvery
-        var idle: UInt32 = 0
+        var idle = SpinWait(budget: spin.budget, strategy: strategy)
         var rounds: UInt32 = 0
         // Focus: while one lane is the only busy one (the usual case with turns), poll it alone
         // and scan every lane only every `Worker.scanEvery` rounds. A scan that finds several busy
@@ -111,44 +109,36 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                     version = strategies.version
                     strategy = strategies.load()
                     spin = AdaptiveSpin(strategy)
-                    yieldEvery = strategy.yieldEvery
-                    untilYield = yieldEvery
+                    idle = SpinWait(budget: spin.budget, strategy: strategy)
                 }
             }
             if served {
-                if idle != 0 {
+                if idle.spins != 0 {
                     spin.spinSucceeded()
                     if counting { bump(counters + HostCounters.Worker.spinWins) }
+                    idle = SpinWait(budget: spin.budget, strategy: strategy)
                 }
-                idle = 0
-                untilYield = yieldEvery  // yield after N idle spins in a row, not N in total
                 continue
             }
-            idle &+= 1
-            if idle >= spin.budget {
-                spin.hadToSleep()
-                if counting { bump(counters + HostCounters.Worker.sleeps) }
-                defer { publishCPU(doorbell, &publishedCPU) }  // a wake-up may have moved us
-                switch sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds) {
-                case .stopped: return
-                // Rung or not needed: spin again, a request is there or about to be.
-                case .woken: idle = 0
-                // Nobody came for a whole sleep: poll once more and sleep again, without spinning
-                // through the budget first (an idle host should cost next to nothing).
-                case .timedOut: idle = spin.budget &- 1
-                }
-                untilYield = yieldEvery
+            switch idle.step() {
+            case .spun:
                 continue
+            case .yielded:
+                if counting { bump(counters + HostCounters.Worker.yields) }
+                continue
+            case .exhausted:
+                break
             }
-            if strategy.relax { CShm_cpu_relax() }
-            if untilYield != 0 {
-                untilYield -= 1
-                if untilYield == 0 {
-                    untilYield = yieldEvery
-                    sched_yield()
-                    if counting { bump(counters + HostCounters.Worker.yields) }
-                }
-            }
+            spin.hadToSleep()
+            if counting { bump(counters + HostCounters.Worker.sleeps) }
+            defer { publishCPU(doorbell, &publishedCPU) }  // a wake-up may have moved us
+            let outcome = sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds)
+            if stop.isSet { return }
+            idle = SpinWait(budget: spin.budget, strategy: strategy)
+            // Nobody came for a whole sleep: poll once more and sleep again, without spinning
+            // through the budget first (an idle host should cost next to nothing). Otherwise a
+            // request is there or about to be: spin again.
+            if outcome == .timedOut { idle.spins = spin.budget &- 1 }
         }
     }
 
@@ -192,44 +182,32 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         // Seq-cst: publishes the response (paired with the guest's acquire load) and orders it
         // before the load of the guest's sleeping flag (paired with the guest's seq-cst store).
         CShm_store_seqcst_u64(lane + Layout.Lane.responseSeq, seq)
-        if CShm_load_seqcst_u32(lane + Layout.Lane.guestSleeping) != 0, wakeSleepingGuest(lane: lane), counting {
+        if Parker(flag: lane + Layout.Lane.guestSleeping, word: lane + Layout.Lane.guestWord).unpark(), counting {
             bump(laneCounters[slot] + HostCounters.Lane.wakesSent)
         }
     }
 
-    private enum Wake { case woken, timedOut, stopped }
-
-    /// Announces the sleep, re-checks every lane, and sleeps on the doorbell for at most the
-    /// strategy's sleep timeout.
-    private func sleep(doorbell: UnsafeMutableRawPointer, timeout: UInt64) -> Wake {
-        let sleeping = doorbell + Layout.Header.doorbellSleeping
-        let semaphore = Semaphore(doorbell + Layout.Header.doorbellSemaphore)
-        semaphore.drain()
-        // Seq-cst: the flag is visible before the re-check below; guests store requestSeq
-        // seq-cst and then load the flag, so either we see their request or they see the flag.
-        CShm_store_seqcst_u32(sleeping, 1)
-        var pending = false
-        for slot in 0..<lanes.count where CShm_load_seqcst_u64(lanes[slot] + Layout.Lane.requestSeq) != answered[slot] {
-            pending = true
-            break
+    /// Parks on the doorbell (``Parker``) for at most the strategy's sleep timeout, unless a lane
+    /// has a request by the time the sleep is announced, or the host stops.
+    private func sleep(doorbell: UnsafeMutableRawPointer, timeout: UInt64) -> Parker.Outcome {
+        let parker = Parker(flag: doorbell + Layout.Header.doorbellSleeping, word: doorbell + Layout.Header.doorbellWord)
+        return parker.park(timeoutNanoseconds: timeout) {
+            if stop.isSet { return true }
+            // Seq-cst: guests store requestSeq seq-cst and then load the flag, so either we see
+            // their request here or they see the flag and post.
+            for slot in 0..<lanes.count where CShm_load_seqcst_u64(lanes[slot] + Layout.Lane.requestSeq) != answered[slot] {
+                return true
+            }
+            return false
         }
-        var rung = true
-        if !pending && !stop.isSet {
-            rung = semaphore.wait(timeoutNanoseconds: timeout)
-        }
-        CShm_store_relaxed_u32(sleeping, 0)
-        if stop.isSet { return .stopped }
-        return rung ? .woken : .timedOut
     }
 }
 
-/// Posts a sleeping guest's semaphore, once per sleep: the compare-and-swap that clears the
-/// flag decides who posts.
+/// Posts a sleeping guest's futex word, once per sleep: the CAS that clears the flag decides who
+/// posts (``Parker/wakeIfSleeping()``).
 @discardableResult
 func wakeSleepingGuest(lane: UnsafeMutableRawPointer) -> Bool {
-    guard CShm_cas_acqrel_u32(lane + Layout.Lane.guestSleeping, 1, 0) else { return false }
-    Semaphore(lane + Layout.Lane.guestSemaphore).post()
-    return true
+    Parker(flag: lane + Layout.Lane.guestSleeping, word: lane + Layout.Lane.guestWord).wakeIfSleeping()
 }
 
 /// A host-private flag that tells serving threads to finish. Never in shared memory: a guest

@@ -11,25 +11,29 @@
 /// │    0 magic u64 (stored last, release)   8 version u32   12 header size u32          │
 /// │   16 lane stride u32   20 lane count u32   24 slot capacity u32   28 worker count u32 │
 /// │   32 region size u64   40 host pid u32   44 handler u32   48 host start time u64     │
-/// │   56 epoch u64                                                                         │
+/// │   56 epoch u64          (pid, start time, state, heartbeat: informational only)        │
 /// │  128 state u32   136 heartbeat u64 (host, every 100 ms)                                │
 /// │  256 lanes offset u64   264 raw offset u64   272 raw count u32                          │
-/// │ 1024 + 128·w  worker w doorbell: sleeping u32, semaphore (w < 16)                      │
+/// │ 1024 + 128·w  worker w doorbell: sleeping u32, futex word u32 (w < 16)                 │
 /// │ 4096 + 256·w  worker w turnstile: next ticket u64, serving u64, lease start u64,       │
 /// │               and at +128 32 futex wake words u32 (guests take turns per worker)       │
 /// ├──────────────────────────────── lane i (at lanes offset + i · stride) ───────────────┤
-/// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen),   │
-/// │                   owner start time u64                                                 │
+/// │    0 guest block: request seq u64, request length u32, owner u64 (pid << 32 | gen)    │
+/// │                   (the owner's OFD lock on the owner word's 8 bytes says it lives)     │
 /// │  128 host block:  response seq u64, response length u32, status u32                   │
-/// │  256 guest wait:  sleeping u32, semaphore (the host posts it)                          │
+/// │  256 guest wait:  sleeping u32, futex word u32 (the host posts it)                     │
 /// │  384 reserved · 512 guest counters: calls, spin wins, yields, sleeps, doorbells,        │
 /// │  errors, turn waits (u64, guest-written)                                               │
 /// │  768 payload [slot capacity]: the request, then the response written in place         │
 /// ├──────────────────────────────── raw channel i (at raw offset + i · stride) ──────────┤
-/// │    0 ping u64, length u32, owner u64 · 128 pong u64 · 256 server sleeping u32, sem    │
+/// │    0 ping u64, length u32, owner u64 · 128 pong u64 · 256 server sleeping u32, word   │
 /// │  768 payload                                                                           │
 /// └──────────────────────────────────────────────────────────────────────────────────────┘
 /// ```
+///
+/// Version 2 keeps no libc object in the region: every semaphore is a ``Parker`` (a sleeping
+/// flag and a futex word), and liveness comes from kernel locks (``Layout/Locks``), never from
+/// a pid or a state word a guest could forge.
 ///
 /// - Important: Changing any offset, size or meaning bumps ``Layout/version``. A guest
 ///   refuses a region whose version differs from its own.
@@ -37,7 +41,7 @@ public enum Layout {
     /// "DXREGION" in ASCII, read as a little-endian UInt64.
     public static let magic: UInt64 = 0x4E4F_4947_4552_5844
     /// The layout version. Bump it on any change to this table.
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
 
     /// Alignment of blocks that different sides write.
     public static let block = 128
@@ -51,8 +55,6 @@ public enum Layout {
     public static let maxSlotCapacity = 16 * 1024 * 1024
     /// At most this many raw baseline channels (one server thread each).
     public static let maxRawChannels = 16
-    /// Bytes reserved for one `sem_t`.
-    public static let semaphoreSize = 32
 
     /// Header field offsets.
     public enum Header {
@@ -72,15 +74,15 @@ public enum Layout {
         public static let workerCount = 28
         /// The offset of the region size u64.
         public static let regionSize = 32
-        /// The offset of the host pid u32 (written first).
+        /// The offset of the host pid u32 (informational: liveness is the host lock).
         public static let hostPID = 40
         /// The offset of the handler kind u32.
         public static let handler = 44
-        /// The offset of the host start time u64 (clock ticks since boot).
+        /// The offset of the host start time u64 (clock ticks since boot; informational).
         public static let hostStartTime = 48
         /// The offset of the epoch u64: differs for every region created under a name.
         public static let epoch = 56
-        /// The offset of the host state u32 (``HostState``).
+        /// The offset of the host state u32 (``HostState``; informational: guests trust the host lock).
         public static let state = 128
         /// The offset of the heartbeat u64 (CLOCK_MONOTONIC ns, every 100 ms).
         public static let heartbeat = 136
@@ -94,8 +96,8 @@ public enum Layout {
         public static let doorbells = 1024
         /// Within a doorbell block.
         public static let doorbellSleeping = 0
-        /// The offset of the doorbell semaphore, within a doorbell block.
-        public static let doorbellSemaphore = 8
+        /// The offset of the doorbell's futex word, within a doorbell block (see ``Parker``).
+        public static let doorbellWord = 8
         /// The CPU the worker last ran on (u32, written by the worker when it changes; 0xFFFFFFFF
         /// until known), within a doorbell block. Guests with ``WaitStrategy/avoidWorkerCPU`` read it.
         public static let doorbellWorkerCPU = 64
@@ -144,9 +146,6 @@ public enum Layout {
         public static let requestLength = 8
         /// The offset of the owner word u64: `pid << 32 | generation`, claimed by CAS.
         public static let owner = 16
-        /// The owner's start time (clock ticks since boot), written by the guest when it claims the
-        /// lane, so that the host can tell a dead owner from a reused pid.
-        public static let ownerStartTime = 24
         /// The offset of the response sequence u64 (host, seq-cst store).
         public static let responseSeq = 128
         /// The offset of the response length u32 (host).
@@ -155,8 +154,8 @@ public enum Layout {
         public static let status = 140
         /// The offset of the guest sleeping flag u32.
         public static let guestSleeping = 256
-        /// The offset of the guest semaphore (`sem_t`; the host posts it).
-        public static let guestSemaphore = 264
+        /// The offset of the guest's futex word (the host posts it; see ``Parker``).
+        public static let guestWord = 264
         /// The offset of the guest counters (``Layout/Counters``).
         public static let guestCounters = 512
         /// The offset of the payload: slot capacity bytes.
@@ -175,10 +174,19 @@ public enum Layout {
         public static let pong = 128
         /// The offset of the server sleeping flag u32.
         public static let serverSleeping = 256
-        /// The offset of the server semaphore (`sem_t`).
-        public static let serverSemaphore = 264
+        /// The offset of the server's futex word (see ``Parker``).
+        public static let serverWord = 264
         /// The offset of the payload: slot capacity bytes.
         public static let payload = 768
+    }
+
+    /// The byte ranges whose open-file-description locks (`F_OFD_SETLK`) say who lives. The
+    /// kernel drops a lock when its holder dies, so liveness never depends on a guest's word.
+    public enum Locks {
+        /// The host holds a write lock on these bytes of the region (the magic) while it serves.
+        public static let host = (start: 0, length: 8)
+        /// A lane's (or raw channel's) owner holds a write lock on its owner word's 8 bytes.
+        public static let ownerLength = 8
     }
 
     /// The distance between lanes (and between raw channels) for a slot capacity.

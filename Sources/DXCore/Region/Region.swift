@@ -33,10 +33,9 @@ public final class Region: @unchecked Sendable {
     public let workerCount: Int
     /// How many raw baseline channels the region has.
     public let rawCount: Int
-    /// The pid of the host that created the region.
+    /// The pid of the host that created the region, as the header says (informational: liveness
+    /// comes from the host's lock, see ``Layout/Locks``).
     public let hostPID: Int32
-    /// The host's start time (clock ticks since boot), so that a reused pid is not mistaken for it.
-    public let hostStartTime: UInt64
     /// A value that differs for every region ever created under a name.
     public let epoch: UInt64
     /// The handler the host announced in the header.
@@ -44,37 +43,43 @@ public final class Region: @unchecked Sendable {
 
     private let memory: MappedMemory
     @usableFromInline let base: UnsafeMutableRawPointer
-    private let isCreator: Bool
+    /// The region's descriptor, kept open for its locks: the host's lock on the header, and the
+    /// queries about every other lock (``Layout/Locks``).
+    let descriptor: Int32
+    /// The host's per-name lock (host side only).
+    private let hostLock: HostLock?
+    private var isCreator: Bool { hostLock != nil }
     /// The object's device and inode, so that removal never takes a newer region's name.
     private var identity: (dev_t, ino_t) = (0, 0)
 
-    private init(name: String, memory: consuming MappedMemory, isCreator: Bool, laneCount: Int, slotCapacity: Int,
-                 workerCount: Int, rawCount: Int, hostPID: Int32, hostStartTime: UInt64, epoch: UInt64,
+    private init(name: String, memory: consuming MappedMemory, descriptor: Int32, hostLock: HostLock?, laneCount: Int,
+                 slotCapacity: Int, workerCount: Int, rawCount: Int, hostPID: Int32, epoch: UInt64,
                  handler: HandlerKind) {
         self.name = name
         self.base = memory.base
         self.memory = memory
-        self.isCreator = isCreator
+        self.descriptor = descriptor
+        self.hostLock = hostLock
         self.laneCount = laneCount
         self.slotCapacity = slotCapacity
         self.laneStride = Layout.laneStride(slotCapacity: slotCapacity)
         self.workerCount = workerCount
         self.rawCount = rawCount
         self.hostPID = hostPID
-        self.hostStartTime = hostStartTime
         self.epoch = epoch
         self.handler = handler
     }
 
-    /// This process's pid and start time, as written into the lanes it claims.
+    /// This process's pid, as written (informationally) into the owner words of lanes it claims.
     static let ownPID = getpid()
-    static let ownStartTime = CShm_process_start_time(getpid())
 
     /// SIGBUS faults the host absorbed because someone truncated the region (host side only).
     public var truncationFaults: UInt64 { CShm_truncation_faults(base) }
 
     deinit {
         if isCreator { CShm_unguard_truncation(base) }
+        hostLock?.release()
+        close(descriptor)
     }
 
 
@@ -83,9 +88,13 @@ public final class Region: @unchecked Sendable {
 
     static func objectName(for name: String) -> String { "/dx.\(name)" }
 
-    /// Whether `name` can name a region: 1 to 200 of `[A-Za-z0-9._-]`, not starting with a dot.
+    /// The longest region name. Short enough that the control socket's default path
+    /// (`<runtime directory>/<name>.sock`) fits a `sockaddr_un` (107 bytes) in the usual places.
+    public static let maxNameLength = 64
+
+    /// Whether `name` can name a region: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a dot.
     public static func isValidName(_ name: String) -> Bool {
-        guard (1...200).contains(name.utf8.count), name.utf8.first != UInt8(ascii: ".") else { return false }
+        guard (1...maxNameLength).contains(name.utf8.count), name.utf8.first != UInt8(ascii: ".") else { return false }
         return name.utf8.allSatisfy { byte in
             (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A)
                 || byte == UInt8(ascii: ".") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "-")
@@ -147,18 +156,20 @@ public final class Region: @unchecked Sendable {
 
     /// Why the host can no longer answer, or nil while it can.
     ///
-    /// A host is gone when its state says it stops, or when its heartbeat is older than
-    /// `staleAfter` and its process (pid plus start time) no longer exists.
-    func hostProblem(staleAfterNanoseconds: UInt64 = 300_000_000) -> HostProblem? {
-        if state != .ready { return .shutdown }
-        let now = CShm_monotonic_ns()
-        let beat = heartbeat
-        if now > beat, now - beat > staleAfterNanoseconds {
-            if !CShm_process_alive(hostPID) || CShm_process_start_time(hostPID) != hostStartTime {
-                return .hostGone
-            }
+    /// The host lives while it holds its lock on the header (``Layout/Locks/host``): the kernel
+    /// vouches for that, not the header. Only once the lock is free does the state word choose
+    /// between "shutting down" and "gone", so a guest that writes `stopping` fools nobody.
+    /// A system call (`F_OFD_GETLK`): for slow paths only.
+    func hostProblem() -> HostProblem? {
+        if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
+            return nil
         }
-        return nil
+        return state == .stopping ? .shutdown : .hostGone
+    }
+
+    /// Host side: lets go of the header lock, so that guests learn the host is gone (``stop``).
+    package func releaseHostLock() {
+        _ = CShm_ofd_unlock(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length))
     }
 
     enum HostProblem { case shutdown, hostGone }
@@ -176,6 +187,7 @@ public final class Region: @unchecked Sendable {
         let same = fstat(descriptor, &info) == 0 && info.st_dev == identity.0 && info.st_ino == identity.1
         close(descriptor)
         if same { _ = CShm_shm_unlink(objectName) }
+        hostLock?.release()
     }
 }
 
@@ -189,13 +201,14 @@ public struct RegionConfiguration: Sendable, Equatable {
     public var slotCapacity: Int
     /// Serving worker threads (1...16, at most the lane count).
     public var workerCount: Int
-    /// Whether the region carries raw ping-pong channels for `--baseline raw`.
+    /// Whether the region carries raw ping-pong channels for `--baseline raw` (off by default: each
+    /// channel has a server thread, which an embedder does not want unless it benchmarks).
     public var rawChannels: Bool
     /// The handler announced in the header, so that guests can check responses.
     public var handler: HandlerKind
 
     /// A configuration; the defaults suit a small host.
-    public init(laneCount: Int = 8, slotCapacity: Int = 4096, workerCount: Int = 1, rawChannels: Bool = true,
+    public init(laneCount: Int = 8, slotCapacity: Int = 4096, workerCount: Int = 1, rawChannels: Bool = false,
                 handler: HandlerKind = .custom) {
         self.laneCount = laneCount
         self.slotCapacity = slotCapacity
@@ -221,9 +234,11 @@ public struct RegionConfiguration: Sendable, Equatable {
 extension Region {
     /// Creates, initialises and publishes a region (host side).
     ///
-    /// The object is created with `shm_open(O_CREAT | O_EXCL)` and mode 0600. A region left by a
-    /// host that no longer runs is replaced; one whose host still runs is refused.
-    /// The header is published last: every field is written, then `magic` with a release store.
+    /// First the host takes its per-name lock (``HostLock``): while another host holds it, this
+    /// one refuses. Holding it, the host replaces an object left by a dead host (after checking
+    /// that it is this user's and that no host holds its header lock), creates the object with
+    /// `shm_open(O_CREAT | O_EXCL)` and mode 0600, locks the header (``Layout/Locks/host``) and
+    /// publishes the header last: every field, then `magic` with a release store.
     public static func create(name: String, configuration: RegionConfiguration) throws(RegionCreateError) -> Region {
         guard isValidName(name) else { throw .invalidName(name) }
         try configuration.validate()
@@ -232,6 +247,7 @@ extension Region {
         let size = Layout.regionSize(laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
                                      rawCount: rawCount)
         let objectName = objectName(for: name)
+        let hostLock = try HostLock(name: name)
 
         var descriptor: Int32 = -1
         for _ in 0..<3 where descriptor < 0 {
@@ -239,57 +255,61 @@ extension Region {
             if descriptor >= 0 { break }
             let code = errno
             guard code == EEXIST else { throw .system(SystemError("shm_open", errno: code)) }
-            if let pid = liveOwner(of: objectName) { throw .alreadyServed(name: name, pid: pid) }
-            _ = CShm_shm_unlink(objectName)
+            try removeStale(objectName: objectName, name: name)
         }
         guard descriptor >= 0 else { throw .system(SystemError("shm_open", errno: EEXIST)) }
-        defer { close(descriptor) }
 
-        do {
+        do throws(SystemError) {
             try retryingOnInterrupt("fchmod") { fchmod(descriptor, 0o600) }
             try retryingOnInterrupt("ftruncate") { ftruncate(descriptor, off_t(size)) }
+            let lock = CShm_ofd_trylock(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length))
+            guard lock == 0 else { throw SystemError("fcntl F_OFD_SETLK (host lock)", errno: lock) }
             let memory = try MappedMemory(descriptor: descriptor, size: size)
             let pid = getpid()
-            let startTime = CShm_process_start_time(pid)
             let epoch = CShm_monotonic_ns() ^ (UInt64(UInt32(bitPattern: pid)) << 40)
-            let region = Region(name: name, memory: memory, isCreator: true, laneCount: configuration.laneCount,
-                                slotCapacity: configuration.slotCapacity, workerCount: workers, rawCount: rawCount,
-                                hostPID: pid, hostStartTime: startTime, epoch: epoch,
+            let region = Region(name: name, memory: memory, descriptor: descriptor, hostLock: hostLock,
+                                laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
+                                workerCount: workers, rawCount: rawCount, hostPID: pid, epoch: epoch,
                                 handler: configuration.handler)
             var info = stat()
             try retryingOnInterrupt("fstat") { fstat(descriptor, &info) }
             region.identity = (info.st_dev, info.st_ino)
-            try region.initialize(regionSize: size)
+            region.initialize(regionSize: size)
             // A guest can truncate the object under us; the host must not die of the SIGBUS.
             _ = CShm_guard_truncation(region.base, size)
             return region
         } catch {
+            close(descriptor)
             _ = CShm_shm_unlink(objectName)
+            hostLock.release()
             throw .system(error)
         }
     }
 
-    /// The pid of the live host that owns an existing region object, or nil when it is stale.
-    private static func liveOwner(of objectName: String) -> Int32? {
+    /// Removes an object left under `objectName` by a host that died. Refuses one that belongs to
+    /// another user (a squatter: never followed, never removed) and one whose header lock is held
+    /// (a live host that keeps its lock file elsewhere).
+    private static func removeStale(objectName: String, name: String) throws(RegionCreateError) {
         let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
-        guard descriptor >= 0 else { return nil }
+        guard descriptor >= 0 else {
+            if errno == ENOENT { return }
+            throw .system(SystemError("shm_open", errno: errno))
+        }
         defer { close(descriptor) }
         var info = stat()
-        guard fstat(descriptor, &info) == 0, info.st_size >= Layout.headerSize else { return nil }
-        guard let header = mmap(nil, Layout.headerSize, PROT_READ, MAP_SHARED, descriptor, 0),
-              header != MAP_FAILED else { return nil }
-        defer { munmap(header, Layout.headerSize) }
-        let pid = Int32(bitPattern: CShm_load_acquire_u32(header + Layout.Header.hostPID))
-        let startTime = CShm_load_relaxed_u64(header + Layout.Header.hostStartTime)
-        guard pid > 0, CShm_process_alive(pid), CShm_process_start_time(pid) == startTime else { return nil }
-        return pid
+        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        guard info.st_uid == getuid() else { throw .nameTaken(name: name, uid: info.st_uid) }
+        if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
+            throw .alreadyServed(name: name, pid: 0)
+        }
+        _ = CShm_shm_unlink(objectName)
     }
 
-    private func initialize(regionSize: Int) throws(SystemError) {
+    private func initialize(regionSize: Int) {
         let header = base
-        // Who owns it goes first, so that a second host starting now can tell a live owner.
-        CShm_store_relaxed_u64(header + Layout.Header.hostStartTime, hostStartTime)
-        CShm_store_release_u32(header + Layout.Header.hostPID, UInt32(bitPattern: hostPID))
+        // Informational: who serves it. Nobody decides anything on these two.
+        CShm_store_relaxed_u64(header + Layout.Header.hostStartTime, CShm_process_start_time(hostPID))
+        CShm_store_relaxed_u32(header + Layout.Header.hostPID, UInt32(bitPattern: hostPID))
         CShm_store_relaxed_u32(header + Layout.Header.version, Layout.version)
         CShm_store_relaxed_u32(header + Layout.Header.headerSize, UInt32(Layout.headerSize))
         CShm_store_relaxed_u32(header + Layout.Header.laneStride, UInt32(laneStride))
@@ -302,15 +322,9 @@ extension Region {
         CShm_store_relaxed_u64(header + Layout.Header.lanesOffset, UInt64(Layout.headerSize))
         CShm_store_relaxed_u64(header + Layout.Header.rawOffset, UInt64(Layout.headerSize + laneCount * laneStride))
         CShm_store_relaxed_u32(header + Layout.Header.rawCount, UInt32(rawCount))
+        // Every futex word and flag starts at 0 (a new object is zero-filled).
         for worker in 0..<workerCount {
-            try Semaphore(doorbell(worker) + Layout.Header.doorbellSemaphore).initialize()
             CShm_store_relaxed_u32(doorbell(worker) + Layout.Header.doorbellWorkerCPU, .max)
-        }
-        for index in 0..<laneCount {
-            try Semaphore(lane(index) + Layout.Lane.guestSemaphore).initialize()
-        }
-        for index in 0..<rawCount {
-            try Semaphore(rawChannel(index) + Layout.Raw.serverSemaphore).initialize()
         }
         beat()
         setState(.ready)
@@ -324,9 +338,13 @@ extension Region {
 extension Region {
     /// Attaches to the region a host published under `name` (guest side).
     ///
-    /// Every header field is validated before any is used: magic, version, header size,
-    /// counts, capacity, stride and the total size against the object's real size.
-    public static func attach(name: String) throws(RegionAttachError) -> Region {
+    /// The object must belong to `hostUID` (this process's own uid unless the caller names the
+    /// host's) and must not be writable by group or others: a name another user created first is
+    /// refused, never followed. The check is on the opened descriptor (`fstat`), not the path.
+    /// Then every header field is validated before any is used: magic, version, header size,
+    /// counts, capacity, stride and the total size against the object's real size. Last, the host
+    /// must hold its header lock (``Layout/Locks/host``).
+    public static func attach(name: String, hostUID: uid_t? = nil) throws(RegionAttachError) -> Region {
         guard isValidName(name) else { throw .invalidName(name) }
         let descriptor = CShm_shm_open(objectName(for: name), O_RDWR | O_CLOEXEC, 0)
         guard descriptor >= 0 else {
@@ -337,9 +355,21 @@ extension Region {
             default: throw .system(SystemError("shm_open", errno: code))
             }
         }
-        defer { close(descriptor) }
+        do {
+            return try attach(name: name, descriptor: descriptor, hostUID: hostUID ?? getuid())
+        } catch {
+            close(descriptor)
+            throw error
+        }
+    }
+
+    private static func attach(name: String, descriptor: Int32, hostUID: uid_t) throws(RegionAttachError) -> Region {
         var info = stat()
         guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        guard info.st_uid == hostUID else { throw .wrongOwner(name: name, owner: info.st_uid, expected: hostUID) }
+        guard info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o022 == 0 else {
+            throw .unsafeMode(name: name, mode: info.st_mode & 0o7777)
+        }
         let fileSize = Int(info.st_size)
         guard fileSize >= Layout.headerSize else { throw .notReady(name: name) }
 
@@ -389,14 +419,14 @@ extension Region {
         }
         let pid = Int32(bitPattern: CShm_load_relaxed_u32(header + Layout.Header.hostPID))
         let handler = HandlerKind(rawValue: CShm_load_relaxed_u32(header + Layout.Header.handler)) ?? .custom
-        let region = Region(name: name, memory: memory, isCreator: false, laneCount: laneCount,
-                            slotCapacity: slotCapacity, workerCount: workerCount, rawCount: rawCount, hostPID: pid,
-                            hostStartTime: field64(Layout.Header.hostStartTime), epoch: field64(Layout.Header.epoch),
-                            handler: handler)
-        switch region.hostProblem() {
-        case .shutdown?: throw .hostStopping(name: name)
-        case .hostGone?: throw .hostGone(name: name)
-        case nil: return region
+        // The host lives while it holds its header lock; the state word only names why it does not.
+        if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) == 0 {
+            let state = HostState(rawValue: CShm_load_acquire_u32(header + Layout.Header.state))
+            throw state == .stopping ? .hostStopping(name: name) : .hostGone(name: name)
         }
+        // From here the region owns the descriptor.
+        return Region(name: name, memory: memory, descriptor: descriptor, hostLock: nil, laneCount: laneCount,
+                      slotCapacity: slotCapacity, workerCount: workerCount, rawCount: rawCount, hostPID: pid,
+                      epoch: field64(Layout.Header.epoch), handler: handler)
     }
 }

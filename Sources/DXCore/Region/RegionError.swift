@@ -1,11 +1,22 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+
 /// Why a host could not create its region.
 public enum RegionCreateError: Error, Equatable, Sendable {
     /// The name is empty, too long, or has a character other than letters, digits, `.`, `_`, `-`.
     case invalidName(String)
     /// A size or count is out of range; the text says which.
     case invalidConfiguration(String)
-    /// A live host already serves this name.
+    /// A live host already serves this name (it holds the name's lock). The pid is what that
+    /// host wrote into its lock file, or 0 when unknown.
     case alreadyServed(name: String, pid: Int32)
+    /// Another user's object holds the region's name; it is never followed or removed.
+    case nameTaken(name: String, uid: uid_t)
+    /// The runtime directory that holds the host's lock and control socket is not safe to use.
+    case unsafeRuntimeDirectory(String)
     /// A system call failed.
     case system(SystemError)
 }
@@ -18,6 +29,10 @@ public enum RegionAttachError: Error, Equatable, Sendable {
     case noSuchRegion(name: String)
     /// The region exists but belongs to another user.
     case permissionDenied(name: String)
+    /// The region object belongs to `owner`, not to the expected host user: it may be a squatter's.
+    case wrongOwner(name: String, owner: uid_t, expected: uid_t)
+    /// The region object is writable by group or others, which a dx host never makes.
+    case unsafeMode(name: String, mode: mode_t)
     /// The region exists but the host has not published it yet.
     case notReady(name: String)
     /// The region does not start with dx's magic number.
@@ -39,11 +54,15 @@ extension RegionCreateError: CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidName(let name):
-            return "invalid region name '\(name)': use 1 to 200 letters, digits, '.', '_' or '-'"
+            return "invalid region name '\(name)': use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-'"
         case .invalidConfiguration(let text):
             return "invalid configuration: \(text)"
         case .alreadyServed(let name, let pid):
-            return "a dx host (pid \(pid)) already serves '\(name)'; stop it first or choose another --name"
+            return "a dx host\(pid > 0 ? " (pid \(pid))" : "") already serves '\(name)'; stop it first or choose another --name"
+        case .nameTaken(let name, let uid):
+            return "\(Region.path(for: name)) belongs to uid \(uid), not to this user; dx will not use or remove it: choose another --name"
+        case .unsafeRuntimeDirectory(let text):
+            return "unsafe runtime directory: \(text)"
         case .system(let error):
             return "\(error)"
         }
@@ -55,11 +74,15 @@ extension RegionAttachError: CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidName(let name):
-            return "invalid region name '\(name)': use 1 to 200 letters, digits, '.', '_' or '-'"
+            return "invalid region name '\(name)': use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-'"
         case .noSuchRegion(let name):
             return "no dx host named '\(name)' is running (no region \(Region.path(for: name)))"
         case .permissionDenied(let name):
             return "permission denied for region \(Region.path(for: name)): it belongs to another user"
+        case .wrongOwner(let name, let owner, let expected):
+            return "region \(Region.path(for: name)) belongs to uid \(owner), not to the host's uid \(expected); refusing it (name the host's user with --host-uid if that is intended)"
+        case .unsafeMode(let name, let mode):
+            return "region \(Region.path(for: name)) has mode \(String(mode, radix: 8)), writable by other users; refusing it"
         case .notReady(let name):
             return "the dx host '\(name)' is still starting; try again in a moment"
         case .notADXRegion(let name):

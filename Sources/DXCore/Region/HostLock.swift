@@ -1,0 +1,72 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CShm
+
+/// The lock that makes one host the only one for a name: an exclusive `flock` on
+/// `<runtime directory>/<name>.lock`, taken before the host touches `shm_open` and held for its
+/// whole life. The kernel drops it when the host dies, so a second host neither trusts a pid in
+/// the region nor races the first between `shm_open` and its first store.
+final class HostLock {
+    let path: String
+    private let descriptor: Int32
+    private let identity: (dev_t, ino_t)
+    private var released = false
+
+    /// Takes the lock for `name`, or throws ``RegionCreateError/alreadyServed(name:pid:)`` while
+    /// another host holds it.
+    init(name: String) throws(RegionCreateError) {
+        let directory = ControlPath.directory()
+        do { try ControlPath.prepareDirectory(directory) } catch { throw .unsafeRuntimeDirectory(error.description) }
+        path = directory + "/\(name).lock"
+        for _ in 0..<8 {
+            let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            guard fd >= 0 else { throw .system(SystemError("open \(path)", errno: errno)) }
+            var info = stat()
+            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() else {
+                close(fd)
+                throw .unsafeRuntimeDirectory("\(path) is not a regular file of this user")
+            }
+            let rc = CShm_flock_exclusive(fd)
+            if rc == EWOULDBLOCK {
+                var text = [UInt8](repeating: 0, count: 16)
+                let count = text.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 15, 0) }
+                close(fd)
+                let pid = count > 0 ? Int32(String(decoding: text[0..<count], as: UTF8.self)
+                    .trimmingPrefix(" ").split(separator: "\n").first ?? "") ?? 0 : 0
+                throw .alreadyServed(name: name, pid: pid)
+            }
+            guard rc == 0 else {
+                close(fd)
+                throw .system(SystemError("flock \(path)", errno: rc))
+            }
+            // A host that stopped may have unlinked the file between our open and our lock: then
+            // the lock is on an orphan, and the next host would make a new file. Start again.
+            var current = stat()
+            guard stat(path, &current) == 0, current.st_dev == info.st_dev, current.st_ino == info.st_ino else {
+                close(fd)
+                continue
+            }
+            // Informational: who holds it, for the "already served" message.
+            let pid = Array("\(getpid())\n".utf8)
+            _ = ftruncate(fd, 0)
+            _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+            descriptor = fd
+            identity = (info.st_dev, info.st_ino)
+            return
+        }
+        throw .system(SystemError("flock \(path)", errno: EAGAIN))
+    }
+
+    /// Removes the lock file (while still holding the lock, so no host can be between open and
+    /// lock on it) and lets go.
+    func release() {
+        if released { return }
+        released = true
+        var current = stat()
+        if stat(path, &current) == 0, current.st_dev == identity.0, current.st_ino == identity.1 { unlink(path) }
+        close(descriptor)
+    }
+}

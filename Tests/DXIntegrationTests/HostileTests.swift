@@ -1,0 +1,207 @@
+import CShm
+import DXCore
+import Foundation
+import Testing
+
+/// CPU time (user + system) a process has used so far, in seconds, from /proc/PID/stat.
+func cpuSeconds(_ pid: Int32) -> Double {
+    Double(max(CShm_process_cpu_ns(pid), 0)) / 1e9
+}
+
+/// The resident set size of a process, in KiB, from /proc/PID/status.
+func residentKiB(_ pid: Int32) -> Int {
+    let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+    let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+    return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+}
+
+/// The files a host of `name` keeps in the runtime directory (its control socket and lock file).
+func runtimeFiles(_ name: String) -> [String] {
+    [ControlPath.socket(for: name), ControlPath.directory() + "/\(name).lock"].filter { access($0, F_OK) == 0 }
+}
+
+/// A guest that writes anything anywhere in its region, against the real binaries. After each
+/// attack the host is alive, uses little CPU once the vandal stops, stops on SIGTERM with exit 0
+/// and leaves nothing behind; honest guests beside the vandal may see failed calls, but every one
+/// of their calls ends.
+@Suite(.serialized, .timeLimit(.minutes(10))) struct HostileTests {
+    /// The host's CPU use over `seconds`, as a fraction of one CPU.
+    func hostCPU(_ host: RunningHost, over seconds: Double) -> Double {
+        let pid = host.process.processIdentifier
+        let start = cpuSeconds(pid)
+        usleep(UInt32(seconds * 1e6))
+        return (cpuSeconds(pid) - start) / seconds
+    }
+
+    /// The end of every attack: the host lives, idles cheaply, stops cleanly, leaves nothing.
+    func expectHostSurvived(_ host: RunningHost, _ attack: String) throws {
+        #expect(host.process.isRunning, "\(attack): the host died")
+        let cpu = hostCPU(host, over: 1)
+        print("\(attack): host CPU after the attack \(String(format: "%.1f", cpu * 100)) % of a CPU")
+        #expect(cpu < 0.10, "\(attack): the host keeps spinning after the vandal stopped")
+        #expect(try host.stop() == 0, "\(attack): the host did not stop cleanly")
+        #expect(host.process.terminationReason == .exit)
+        #expect(!regionExists(host.name))
+        #expect(runtimeFiles(host.name) == [], "\(attack): left \(runtimeFiles(host.name))")
+    }
+
+    /// Whole-region fills, random writes, every field of every block, and garbage in claimed lanes,
+    /// each while two honest guest threads run checked traffic in the same region. In a named
+    /// region the vandal writes the honest lanes too: they count failures, but never hang or crash.
+    @Test(arguments: ["fill", "random", "fields", "lanes"])
+    func vandalBesideHonestTraffic(mode: String) throws {
+        let host = try RunningHost(arguments: ["--lanes", "8", "--raw"])
+        let honest = try Background(Binaries.guest, ["soak", "--name", host.name, "--threads", "2", "--duration", "3.5",
+                                                     "--keep-going", "--call-timeout", "1", "--wait", "fair"])
+        #expect(try eventually(timeout: 5) { try (hostStats(host.name)["lanes_claimed"] as? Int ?? 0) >= 2 } != nil)
+        let vandal = try run(Binaries.guest, ["vandal", "--name", host.name, "--mode", mode, "--lanes", "3", "--duration", "2"])
+        #expect(vandal.status == 0, "\(vandal.stderr)")
+        print("vandal \(vandal.stdout.prefix(300))")
+        let honestTook = honest.wait(timeout: 20)
+        #expect(honestTook != nil, "\(mode): an honest guest hung")
+        #expect(honest.process.terminationReason == .exit && honest.process.terminationStatus == 0, "\(honest.errors)")
+        print("\(mode): honest traffic \(honest.output.split(separator: "\n").last ?? "")")
+        try expectHostSurvived(host, mode)
+    }
+
+    /// A guest killed during a raw baseline run leaves its channel owned; the raw server finds the
+    /// owner's lock free, reclaims the channel and goes back to sleep instead of spinning forever.
+    @Test func killedRawGuestDoesNotLeaveTheServerSpinning() throws {
+        let host = try RunningHost(arguments: ["--lanes", "2", "--raw"])
+        let guest = try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "1", "--duration", "60",
+                                                    "--baseline", "raw"])
+        // The raw run comes first; the host burns a CPU on it while it runs.
+        #expect(eventually(timeout: 5) { hostCPU(host, over: 0.2) > 0.5 } != nil)
+        kill(guest.process.processIdentifier, SIGKILL)
+        guest.process.waitUntilExit()
+        let quietAfter = eventually(timeout: 5) { hostCPU(host, over: 0.5) < 0.10 }
+        #expect(quietAfter != nil, "the raw server kept spinning for a dead guest")
+        // The channel is free again.
+        let again = try run(Binaries.guest, ["bench", "--name", host.name, "--threads", "1", "--calls", "1000",
+                                             "--baseline", "raw", "--json"])
+        #expect(again.status == 0, "\(again.stderr)")
+        try expectHostSurvived(host, "raw guest killed")
+    }
+
+    /// A turn held forever by a vandal: an honest call fails at its timeout, it does not hang.
+    @Test func aTurnHeldForeverFailsTheCallAtItsTimeout() throws {
+        let host = try RunningHost(arguments: ["--lanes", "2"])
+        let vandal = try Background(Binaries.guest, ["vandal", "--name", host.name, "--mode", "turn", "--duration", "6"])
+        #expect(eventually(timeout: 5) { vandal.output.contains("holding the turn") } != nil)
+        let start = Date()
+        let call = try run(Binaries.guest, ["call", "--name", host.name, "--wait", "fair", "--call-timeout", "1", "hi"])
+        let took = Date().timeIntervalSince(start)
+        #expect(call.status == 5, "\(call.stdout) \(call.stderr)")
+        #expect(call.stderr.contains("did not answer in time"), "\(call.stderr)")
+        #expect(took < 3, "the call took \(took) s with a 1 s timeout")
+        #expect(vandal.wait(timeout: 10) != nil)
+        // Without the vandal the turn moves on (its lease goes stale) and calls work again.
+        #expect(try run(Binaries.guest, ["call", "--name", host.name, "--wait", "fair", "again"]).stdout == "again\n")
+        try expectHostSurvived(host, "turn held")
+    }
+
+    /// A guest that stalls while it holds its lanes (SIGSTOP) keeps them: its lock is held, so it
+    /// is alive whatever its owner words say. Killed, it loses them at once.
+    @Test func aStalledGuestKeepsItsLanesAndADeadOneLosesThem() throws {
+        let host = try RunningHost(arguments: ["--lanes", "4"])
+        let guest = try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "2", "--duration", "60"])
+        #expect(try eventually(timeout: 5) { try hostStats(host.name)["lanes_claimed"] as? Int == 2 } != nil)
+        kill(guest.process.processIdentifier, SIGSTOP)
+        // Absence over time: the host looks every 100 ms, so 1 s is ten looks.
+        usleep(1_000_000)
+        var stats = try hostStats(host.name)
+        #expect(stats["reclaimed_lanes"] as? Int == 0)
+        #expect(stats["lanes_claimed"] as? Int == 2)
+        kill(guest.process.processIdentifier, SIGKILL)
+        guest.process.waitUntilExit()
+        let reclaimedAfter = try eventually(timeout: 5) { try hostStats(host.name)["reclaimed_lanes"] as? Int == 2 }
+        #expect(reclaimedAfter != nil)
+        print("stalled then killed: lanes reclaimed \(String(format: "%.2f", reclaimedAfter ?? -1)) s after SIGKILL")
+        stats = try hostStats(host.name)
+        #expect(stats["lanes_claimed"] as? Int == 0)
+        try expectHostSurvived(host, "stalled guest")
+    }
+
+    /// Two hosts started at once under one name, 100 times: exactly one serves each time, and the
+    /// other refuses with "already running" (exit 4).
+    @Test func twoHostsRacingForANameNeverBothServe() throws {
+        let name = uniqueName()
+        var outcomes = [Int32: Int]()
+        for _ in 0..<100 {
+            let first = try Background(Binaries.host, ["--name", name, "--log-level", "error", "--lanes", "1"])
+            let second = try Background(Binaries.host, ["--name", name, "--log-level", "error", "--lanes", "1"])
+            // One of them refuses at once; wait for that.
+            let loserGone = eventually(timeout: 10) { !first.process.isRunning || !second.process.isRunning }
+            #expect(loserGone != nil)
+            let (loser, winner) = first.process.isRunning ? (second, first) : (first, second)
+            outcomes[loser.process.terminationStatus, default: 0] += 1
+            #expect(winner.process.isRunning, "neither host serves: \(loser.errors) \(winner.errors)")
+            kill(winner.process.processIdentifier, SIGTERM)
+            #expect(winner.wait(timeout: 10) != nil)
+            #expect(winner.process.terminationStatus == 0, "\(winner.errors)")
+        }
+        #expect(outcomes == [4: 100], "exit statuses of the refused hosts: \(outcomes)")
+        #expect(!regionExists(name))
+        #expect(runtimeFiles(name) == [])
+    }
+
+    /// A region object that another user could write (mode 0666) is refused by guests, which
+    /// touch nothing in it; dx-host replaces it only because it is its own user's and unlocked.
+    @Test func aWorldWritableRegionIsRefused() throws {
+        let name = uniqueName()
+        let fd = shm_open("/dx.\(name)", O_CREAT | O_EXCL | O_RDWR, 0o600)
+        #expect(fd >= 0)
+        defer { shm_unlink("/dx.\(name)") }
+        #expect(fchmod(fd, 0o666) == 0 && ftruncate(fd, off_t(Layout.headerSize)) == 0)
+        close(fd)
+        let call = try run(Binaries.guest, ["call", "--name", name, "hi"])
+        #expect(call.status == 3)
+        #expect(call.stderr.contains("has mode 666, writable by other users; refusing it"), "\(call.stderr)")
+        let host = try RunningHost(name: name)
+        var info = stat()
+        #expect(stat("/dev/shm/dx.\(name)", &info) == 0 && info.st_mode & 0o777 == 0o600)
+        try expectHostSurvived(host, "world-writable squat")
+    }
+
+    static let canActAsAnotherUser = getuid() == 0 && access("/usr/bin/setpriv", X_OK) == 0
+
+    /// As root: user nobody creates the region's name first (a squatter). The host refuses to use
+    /// or remove it, and a guest refuses to call it; naming the squatter's uid is the only way in.
+    @Test(.enabled(if: canActAsAnotherUser, "needs root and setpriv to act as another user"))
+    func anotherUsersObjectUnderTheNameIsNeverFollowed() throws {
+        let name = uniqueName()
+        let squat = try run(URL(fileURLWithPath: "/usr/bin/setpriv"),
+                            ["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/bin/sh", "-c",
+                             "umask 0; head -c 8192 /dev/zero > /dev/shm/dx.\(name)"])
+        #expect(squat.status == 0, "\(squat.stderr)")
+        defer { unlink("/dev/shm/dx.\(name)") }
+        var info = stat()
+        #expect(stat("/dev/shm/dx.\(name)", &info) == 0)
+        let refusedHost = try run(Binaries.host, ["--name", name, "--log-level", "error"], timeout: 10)
+        #expect(refusedHost.status == 1)
+        #expect(refusedHost.stderr.contains("belongs to uid \(info.st_uid), not to this user"), "\(refusedHost.stderr)")
+        #expect(regionExists(name))  // not removed
+        let call = try run(Binaries.guest, ["call", "--name", name, "hi"])
+        #expect(call.status == 3)
+        #expect(call.stderr.contains("belongs to uid \(info.st_uid), not to the host's uid 0"), "\(call.stderr)")
+    }
+
+    /// As root: a process of user nobody can neither attach to the region nor reach the socket.
+    @Test(.enabled(if: canActAsAnotherUser, "needs root and setpriv to act as another user"))
+    func anotherUserCannotAttach() throws {
+        let host = try RunningHost()
+        var info = stat()
+        #expect(stat("/dev/shm/dx.\(host.name)", &info) == 0)
+        #expect(info.st_mode & 0o777 == 0o600)
+        let copy = "/tmp/dx-guest-\(getpid())"
+        try? FileManager.default.removeItem(atPath: copy)
+        try FileManager.default.copyItem(atPath: Binaries.guest.path, toPath: copy)
+        defer { try? FileManager.default.removeItem(atPath: copy) }
+        let outcome = try run(URL(fileURLWithPath: "/usr/bin/setpriv"),
+                              ["--reuid=nobody", "--regid=nogroup", "--clear-groups", copy, "call", "--name", host.name,
+                               "--host-uid", "0", "hi"])
+        #expect(outcome.status == 3)
+        #expect(outcome.stderr.contains("permission denied for region /dev/shm/dx.\(host.name)"), "\(outcome.stderr)")
+        try expectHostSurvived(host, "another user")
+    }
+}
