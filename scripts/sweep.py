@@ -170,20 +170,29 @@ class Sweep:
 
     def cleanup(self):
         """Everything, the reference host included (the end, or Ctrl-C)."""
+        # SIGTERM first, so that hosts remove their own region, socket and lock file.
         for child in self.children + ([self.reference_host] if self.reference_host else []):
-            if child.poll() is None:
-                child.kill()
-                child.wait()
+            self.stop_host(child)
         self.children = []
         self.cleanup_regions(keep_reference=False)
 
     def cleanup_regions(self, keep_reference=True):
-        for entry in os.listdir("/dev/shm"):
-            if keep_reference and entry == f"dx.{self.reference}":
+        """Regions, control sockets and lock files of this sweep's names (its own prefix) only."""
+        runtime = os.path.join(os.environ["XDG_RUNTIME_DIR"], "dx") if os.environ.get("XDG_RUNTIME_DIR") \
+            else f"/tmp/dx-{os.getuid()}"
+        for directory, strip in (("/dev/shm", "dx."), (runtime, "")):
+            try:
+                entries = os.listdir(directory)
+            except OSError:
                 continue
-            if entry.startswith(f"dx.{self.prefix}-"):
+            for entry in entries:
+                name = entry[len(strip):] if entry.startswith(strip) else None
+                if name is None or not name.startswith(f"{self.prefix}-"):
+                    continue
+                if keep_reference and name.split(".sock")[0].split(".lock")[0] == self.reference:
+                    continue
                 try:
-                    os.unlink(os.path.join("/dev/shm", entry))
+                    os.unlink(os.path.join(directory, entry))
                 except OSError:
                     pass
 

@@ -172,7 +172,7 @@ import Glibc
                       Layout.Header.slotCapacity, Layout.Header.workerCount, Layout.Header.rawCount])
     func wrongSizesAreRefused(field: Int) throws {
         let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 256, workerCount: 1))
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 256, workerCount: 1, rawChannels: true))
         defer { host.stop() }
         for value: UInt32 in [0, 100_000, 1 << 31, .max] {
             try withRawRegion(name) { base, _, _ in CShm_store_relaxed_u32(base + field, value) }
@@ -184,7 +184,7 @@ import Glibc
     @Test func truncatedRegionIsRefused() throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 4096))
-        let size = Layout.regionSize(laneCount: 4, slotCapacity: 4096, rawCount: 4)
+        let size = Layout.regionSize(laneCount: 4, slotCapacity: 4096, rawCount: 0)
         defer {
             // This process is also the host, whose own mapping would fault past the end: restore
             // the size first. (A host guarding itself against a truncating guest is issue 5's.)

@@ -100,6 +100,7 @@ final class RunningHost {
             process.waitUntilExit()
         }
         unlink("/dev/shm/dx.\(name)")
+        for file in runtimeFiles(name) { unlink(file) }
     }
 
     deinit { kill() }
@@ -107,8 +108,22 @@ final class RunningHost {
 
 func uniqueName(_ label: String = #function) -> String {
     let clean = label.filter { $0.isLetter || $0.isNumber }.prefix(40)
-    return "it-\(clean)-\(getpid())-\(nameCounter.add(1, ordering: .relaxed).newValue)"
+    let name = "it-\(clean)-\(getpid())-\(nameCounter.add(1, ordering: .relaxed).newValue)"
+    recordTestName(name)
+    return name
 }
+
+/// Appends `name` to the file `$DX_TEST_NAMES` names (scripts/test removes exactly those names'
+/// regions, sockets and lock files if a run is cut short).
+func recordTestName(_ name: String) {
+    guard let path = getenv("DX_TEST_NAMES") else { return }
+    let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    let line = Array((name + "\n").utf8)
+    _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
+}
+
 
 private let nameCounter = Atomic<Int>(0)
 

@@ -181,6 +181,7 @@ func runtimeFiles(_ name: String) -> [String] {
         #expect(refusedHost.status == 1)
         #expect(refusedHost.stderr.contains("belongs to uid \(info.st_uid), not to this user"), "\(refusedHost.stderr)")
         #expect(regionExists(name))  // not removed
+        #expect(runtimeFiles(name) == [], "the refused host left \(runtimeFiles(name))")
         let call = try run(Binaries.guest, ["call", "--name", name, "hi"])
         #expect(call.status == 3)
         #expect(call.stderr.contains("belongs to uid \(info.st_uid), not to the host's uid 0"), "\(call.stderr)")

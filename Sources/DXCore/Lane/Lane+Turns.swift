@@ -22,9 +22,10 @@ extension Lane {
     @usableFromInline
     static let callsBetweenTurnChecks: UInt32 = 64
 
-    /// Keeps, passes or waits for the turn. Returns why the call cannot go on, or nil.
+    /// Keeps, passes or waits for the turn. Returns why the call cannot go on, or nil; sets
+    /// `waitStart` when it had to wait (the call timeout counts from there).
     @usableFromInline
-    mutating func takeTurns() -> CallError? {
+    mutating func takeTurns(waitStart: inout UInt64) -> CallError? {
         callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
         if strategy.avoidWorkerCPU { keepOffWorkerCPU() }
         let now = CShm_monotonic_ns()
@@ -45,16 +46,21 @@ extension Lane {
                 avoidingWorkerCPU = false
             }
         }
-        return acquireTurn()
+        if let error = acquireTurn(waitStart: &waitStart) {
+            callsUntilTurnCheck = 0  // the next call asks for a turn again
+            return error
+        }
+        return nil
     }
 
     /// Takes a ticket and waits (sleeping) until it is served, the host goes, or the call timeout
     /// passes (then the ticket is abandoned: waiters skip it like a dead one's).
-    mutating func acquireTurn() -> CallError? {
+    mutating func acquireTurn(waitStart: inout UInt64) -> CallError? {
         let serving = turnstile + Layout.Header.turnServing
         let quantum = strategy.turnQuantumNanoseconds
         let staleAfter = 2 &* quantum &+ 1_000_000
-        let deadline = CShm_monotonic_ns() &+ callTimeoutNanoseconds
+        let start = CShm_monotonic_ns()
+        let deadline = start &+ callTimeoutNanoseconds
         // Seq-cst: one ticket per caller, in order.
         turnTicket = CShm_fetch_add_seqcst_u64(turnstile + Layout.Header.turnNext, 1)
         let ticket = turnTicket
@@ -68,9 +74,10 @@ extension Lane {
             // Served (or a vandalised counter already past us): go.
             if CShm_load_seqcst_u64(serving) &- ticket < 1 << 62 { break }
             waited = true
-            let start = CShm_monotonic_ns()
-            if start >= deadline { return .timedOut }
-            _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, min(staleAfter, deadline &- start))
+            waitStart = start
+            let beforeWait = CShm_monotonic_ns()
+            if beforeWait >= deadline { return .timedOut }
+            _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, min(staleAfter, deadline &- beforeWait))
             if CShm_load_acquire_u64(serving) == ticket { break }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one

@@ -135,10 +135,12 @@ public struct Lane: ~Copyable {
         guard length >= 0, length <= capacity else {
             return .failure(.payloadTooLarge(length: length, capacity: capacity))
         }
+        // When this call began to wait (for a turn), or 0: the call timeout counts from there.
+        var waitStart: UInt64 = 0
         if strategy.turnCalls != 0 {
             if callsUntilTurnCheck == 0 {
                 // Nothing is published yet: a turn that never came leaves the lane usable.
-                if let error = takeTurns() { return .failure(error) }
+                if let error = takeTurns(waitStart: &waitStart) { return .failure(error) }
             } else {
                 callsUntilTurnCheck &-= 1
             }
@@ -153,7 +155,7 @@ public struct Lane: ~Copyable {
         let exchangeStart = timeNextExchange ? CShm_monotonic_ns() : 0
         if doorbellParker.unpark(), counting { bump(counters + Layout.Counters.guestDoorbells) }
         if counting { bump(counters + Layout.Counters.guestCalls) }
-        if let error = awaitResponse(seq) {
+        if let error = awaitResponse(seq, waitStart: waitStart) {
             failure = error
             if counting { bump(counters + Layout.Counters.guestErrors) }
             return .failure(error)
@@ -197,11 +199,14 @@ public struct Lane: ~Copyable {
     }
 
     /// Spins for the response (``SpinWait``) up to the adaptive budget; then sleeps. Returns nil
-    /// when the response arrived.
+    /// when the response arrived. The call timeout counts from `waitStart` (when the call began to
+    /// wait for its turn), or from the first slow check of a long spin, or from the first sleep:
+    /// the fast path reads no clock.
     @inlinable
-    mutating func awaitResponse(_ seq: UInt64) -> CallError? {
+    mutating func awaitResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
         let responseSeq = base + Layout.Lane.responseSeq
         var wait = SpinWait(budget: spin.budget, strategy: strategy)
+        var deadline: UInt64 = 0
         while true {
             // Acquire: pairs with the worker's seq-cst store of responseSeq; makes the response
             // length, status and payload visible.
@@ -213,10 +218,22 @@ public struct Lane: ~Copyable {
             switch wait.step() {
             case .spun: break
             case .yielded: if counting { bump(counters + Layout.Counters.guestYields) }
-            case .exhausted: return sleepForResponse(seq)
+            case .exhausted: return sleepForResponse(seq, waitStart: waitStart)
             }
-            if wait.spins & 0xF_FFFF == 0, let problem = slowCheck() { return problem }
+            if wait.spins & 0xF_FFFF == 0, let problem = longSpinCheck(waitStart: waitStart, deadline: &deadline) {
+                return problem
+            }
         }
+    }
+
+    /// Every 2²⁰ spins of a wait that does not sleep (the `spin` preset): the host's health and the
+    /// call timeout.
+    @usableFromInline
+    func longSpinCheck(waitStart: UInt64, deadline: inout UInt64) -> CallError? {
+        if let problem = slowCheck() { return problem }
+        let now = CShm_monotonic_ns()
+        if deadline == 0 { deadline = (waitStart != 0 ? waitStart : now) &+ callTimeoutNanoseconds }
+        return now >= deadline ? .timedOut : nil
     }
 
     /// Checks the host's health during a very long spin (the `spin` preset never sleeps).
@@ -232,10 +249,10 @@ public struct Lane: ~Copyable {
     /// Parks on the lane's futex word in bounded steps (``Parker``), checking the host's health
     /// and the call timeout between them.
     @usableFromInline
-    mutating func sleepForResponse(_ seq: UInt64) -> CallError? {
+    mutating func sleepForResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
         let responseSeq = base + Layout.Lane.responseSeq
         let parker = Parker(flag: base + Layout.Lane.guestSleeping, word: base + Layout.Lane.guestWord)
-        let deadline = CShm_monotonic_ns() &+ callTimeoutNanoseconds
+        let deadline = (waitStart != 0 ? waitStart : CShm_monotonic_ns()) &+ callTimeoutNanoseconds
         spin.hadToSleep()
         if counting { bump(counters + Layout.Counters.guestSleeps) }
         while true {

@@ -60,6 +60,9 @@ final class HostLock {
         throw .system(SystemError("flock \(path)", errno: EAGAIN))
     }
 
+    /// A host that could not create its region lets go of the name too.
+    deinit { release() }
+
     /// Removes the lock file (while still holding the lock, so no host can be between open and
     /// lock on it) and lets go.
     func release() {

@@ -96,6 +96,11 @@ extension Region {
         CShm_ofd_held(descriptor, UInt64(ownerOffset), UInt64(Layout.Locks.ownerLength)) != 0
     }
 
+    /// Whether lane `index` has a live owner (its lock is held). A system call: for the control plane.
+    func laneOwnerLives(_ index: Int) -> Bool {
+        ownerLives(at: lane(index) - base + Layout.Lane.owner)
+    }
+
     /// Frees the owner word at `ownerOffset` if it still holds `word` and its owner is dead
     /// (host housekeeping, raw servers). Returns whether it did. The generation stays, so the next
     /// claim differs from the dead one.

@@ -20,27 +20,27 @@ import CShm
 ///   sleep) or one bounded wait: every ``park(timeoutNanoseconds:until:)`` returns within its
 ///   timeout, whatever the futex call returns.
 @usableFromInline
-struct Parker {
+package struct Parker {
     /// The sleeping flag (u32): 1 while the owner sleeps or is about to.
     @usableFromInline let flag: UnsafeMutableRawPointer
     /// The futex word (u32): 0 while nobody posted since the sleeper armed it, 1 after a post.
     @usableFromInline let word: UnsafeMutableRawPointer
 
     @inlinable
-    init(flag: UnsafeMutableRawPointer, word: UnsafeMutableRawPointer) {
+    package init(flag: UnsafeMutableRawPointer, word: UnsafeMutableRawPointer) {
         self.flag = flag
         self.word = word
     }
 
     /// How a park ended.
     @usableFromInline
-    enum Outcome { case ready, posted, timedOut }
+    package enum Outcome: Sendable { case ready, posted, timedOut }
 
     /// Sleeper side: arms the word, announces the sleep, re-checks `ready` and sleeps until a post
     /// or `timeoutNanoseconds` (CLOCK_MONOTONIC, re-armed with what remains after a spurious
     /// return). `ready` must load what the publisher stores with seq-cst order.
     @usableFromInline
-    func park(timeoutNanoseconds: UInt64, until ready: () -> Bool) -> Outcome {
+    package func park(timeoutNanoseconds: UInt64, until ready: () -> Bool) -> Outcome {
         // Relaxed: ordered before the publisher can see the flag by the seq-cst store below.
         CShm_store_relaxed_u32(word, 0)
         // Seq-cst: the flag is visible before `ready` loads; pairs with the publisher's seq-cst
@@ -74,7 +74,7 @@ struct Parker {
     /// Publisher side, after its seq-cst store: posts when the sleeper announced a sleep. Returns
     /// whether it posted (at most one publisher does per sleep: the one whose CAS clears the flag).
     @inlinable
-    func unpark() -> Bool {
+    package func unpark() -> Bool {
         // Seq-cst: pairs with the sleeper's seq-cst store of the flag (see the type's discussion).
         guard CShm_load_seqcst_u32(flag) != 0 else { return false }
         return wakeIfSleeping()
@@ -82,7 +82,7 @@ struct Parker {
 
     /// Clears the flag by CAS and, if that succeeded, posts.
     @usableFromInline
-    func wakeIfSleeping() -> Bool {
+    package func wakeIfSleeping() -> Bool {
         // Acquire-release: one CAS wins per sleep.
         guard CShm_cas_acqrel_u32(flag, 1, 0) else { return false }
         post()
@@ -91,7 +91,7 @@ struct Parker {
 
     /// Posts whatever the flag says: for stopping, where the flag may have been vandalised.
     @usableFromInline
-    func post() {
+    package func post() {
         // Release: pairs with the sleeper's acquire load of the word.
         CShm_store_release_u32(word, 1)
         _ = CShm_futex_wake(word.assumingMemoryBound(to: UInt32.self), 1)
