@@ -99,14 +99,15 @@ let package = Package(
 
         // MARK: Tests
         .target(name: "CAllocationCounter", path: "Tests/CAllocationCounter"),
+        .target(name: "DXTestSupport", path: "Tests/DXTestSupport", swiftSettings: swiftSettings),
         .testTarget(
             name: "DXCoreTests",
-            dependencies: ["DXCore", "CShm", "CAllocationCounter", "CDXGuest"],
+            dependencies: ["DXCore", "CShm", "CAllocationCounter", "CDXGuest", "DXTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "DXIntegrationTests",
-            dependencies: ["DXCore", "CShm"],
+            dependencies: ["DXCore", "CShm", "DXTestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,4 +1,5 @@
 import Foundation
+import DXTestSupport
 import Synchronization
 
 /// The built `dx-host` and `dx-guest`, next to this test bundle (or in `DX_BIN_DIR`).
@@ -107,25 +108,8 @@ final class RunningHost {
 }
 
 func uniqueName(_ label: String = #function) -> String {
-    let clean = label.filter { $0.isLetter || $0.isNumber }.prefix(40)
-    let name = "it-\(clean)-\(getpid())-\(nameCounter.add(1, ordering: .relaxed).newValue)"
-    recordTestName(name)
-    return name
+    uniqueTestName(prefix: "it", label: label)
 }
-
-/// Appends `name` to the file `$DX_TEST_NAMES` names (scripts/test removes exactly those names'
-/// regions, sockets and lock files if a run is cut short).
-func recordTestName(_ name: String) {
-    guard let path = getenv("DX_TEST_NAMES") else { return }
-    let fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC)
-    guard fd >= 0 else { return }
-    let line = Array((name + "\n").utf8)
-    _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    close(fd)
-}
-
-
-private let nameCounter = Atomic<Int>(0)
 
 func regionExists(_ name: String) -> Bool {
     access("/dev/shm/dx.\(name)", F_OK) == 0
