@@ -65,10 +65,10 @@ struct Vandal: ParsableCommand {
         case .fill: fill(base, size, end, &attacks)
         case .random: scribble(base, size, end, &attacks)
         case .fields: fields(region, base, end, &attacks)
-        case .turn: holdTurn(base, end, &attacks)
+        case .turn: holdTurn(region, base, end, &attacks)
         }
         if truncate {
-            ftruncate(fd, off_t(Layout.headerSize + 4096))
+            ftruncate(fd, off_t(size / 2))
             attacks["truncated", default: 0] += 1
         }
         print("\(mode.rawValue): " + attacks.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
@@ -90,37 +90,58 @@ struct Vandal: ParsableCommand {
             }
         }
         guard !held.isEmpty else { throw CommandFailure("no lane to vandalise", exit: .failure) }
+        let fields = Layout.fields(laneCount: region.laneCount, workerCount: region.workerCount,
+                                   rawCount: region.rawCount, slotCapacity: region.slotCapacity)
+        let magic = fields.first { $0.name == "magic" }!
+        let magicValue = load(base, magic)
         var random = SystemRandomNumberGenerator()
-        let magic = CShm_load_relaxed_u64(base + Layout.Header.magic)
         while CShm_monotonic_ns() < end {
-            let lane = base + Layout.headerSize + held.randomElement(using: &random)!.lane.index * region.laneStride
+            let index = held.randomElement(using: &random)!.lane.index
+            func field(_ name: String) -> Layout.Field { fields.first { $0.name == name && $0.index == index }! }
             switch Int.random(in: 0..<6, using: &random) {
             case 0:
-                for offset in stride(from: 0, to: Layout.Lane.payload + 64, by: 8) {
-                    (lane + offset).storeBytes(of: UInt64.random(in: 0...UInt64.max, using: &random), as: UInt64.self)
+                for field in fields where field.index == index && !field.name.hasPrefix("raw") {
+                    store(base, field, .random(in: 0...UInt64.max, using: &random))
+                }
+                let payload = Layout.payload(lane: index, slotCapacity: region.slotCapacity)
+                for offset in stride(from: payload.lowerBound, to: min(payload.upperBound, payload.lowerBound + 64), by: 8) {
+                    CShm_store_relaxed_u64(base + offset, .random(in: 0...UInt64.max, using: &random))
                 }
                 attacks["random bytes", default: 0] += 1
             case 1:
-                CShm_store_release_u64(lane + Layout.Lane.requestSeq, UInt64.random(in: 0...UInt64.max, using: &random))
+                store(base, field("request seq"), .random(in: 0...UInt64.max, using: &random))
                 attacks["sequence jump", default: 0] += 1
             case 2:
-                CShm_store_relaxed_u32(lane + Layout.Lane.requestLength, UInt32.random(in: UInt32(region.slotCapacity + 1)...UInt32.max, using: &random))
-                CShm_store_release_u64(lane + Layout.Lane.requestSeq, CShm_load_relaxed_u64(lane + Layout.Lane.requestSeq) &+ 1)
+                store(base, field("request length"), UInt64(UInt32.random(in: UInt32(region.slotCapacity + 1)...UInt32.max, using: &random)))
+                store(base, field("request seq"), load(base, field("request seq")) &+ 1)
                 attacks["huge length", default: 0] += 1
             case 3:
-                CShm_store_release_u64(lane + Layout.Lane.owner, UInt64(1) << 32 | UInt64.random(in: 0...0xFFFF_FFFF, using: &random))
+                store(base, field("owner"), UInt64(1) << 32 | UInt64.random(in: 0...0xFFFF_FFFF, using: &random))
                 attacks["owner of another pid", default: 0] += 1
             case 4:
-                CShm_store_relaxed_u64(base + Layout.Header.magic, ~magic)
+                store(base, magic, ~magicValue)
                 usleep(200)
-                CShm_store_relaxed_u64(base + Layout.Header.magic, magic)
+                store(base, magic, magicValue)
                 attacks["flipped magic", default: 0] += 1
             default:
-                CShm_store_relaxed_u32(lane + Layout.Lane.guestSleeping, UInt32.random(in: 0...UInt32.max, using: &random))
+                store(base, field("guest flag"), UInt64(UInt32.random(in: 0...UInt32.max, using: &random)))
                 attacks["sleeping flag", default: 0] += 1
             }
             usleep(100)
         }
+    }
+
+    /// A release store of a field's width.
+    private func store(_ base: UnsafeMutableRawPointer, _ field: Layout.Field, _ value: UInt64) {
+        if field.width == 8 {
+            CShm_store_release_u64(base + field.offset, value)
+        } else {
+            CShm_store_release_u32(base + field.offset, UInt32(truncatingIfNeeded: value))
+        }
+    }
+
+    private func load(_ base: UnsafeMutableRawPointer, _ field: Layout.Field) -> UInt64 {
+        field.width == 8 ? CShm_load_relaxed_u64(base + field.offset) : UInt64(CShm_load_relaxed_u32(base + field.offset))
     }
 
     /// Every 32-bit word of the region, one value after another (the values that crashed glibc's
@@ -156,60 +177,15 @@ struct Vandal: ParsableCommand {
     /// doorbell and turnstile, each lane and each raw channel. A futex word is written with its
     /// sleeping flag set and then woken, so that every sleeper on it returns spuriously.
     private func fields(_ region: Region, _ base: UnsafeMutableRawPointer, _ end: UInt64, _ attacks: inout [String: Int]) {
-        var fields: [(name: String, offset: Int, width: Int, flag: Int?)] = [
-            ("magic", Layout.Header.magic, 8, nil), ("version", Layout.Header.version, 4, nil),
-            ("header size", Layout.Header.headerSize, 4, nil), ("lane stride", Layout.Header.laneStride, 4, nil),
-            ("lane count", Layout.Header.laneCount, 4, nil), ("slot capacity", Layout.Header.slotCapacity, 4, nil),
-            ("worker count", Layout.Header.workerCount, 4, nil), ("region size", Layout.Header.regionSize, 8, nil),
-            ("host pid", Layout.Header.hostPID, 4, nil), ("handler", Layout.Header.handler, 4, nil),
-            ("host start time", Layout.Header.hostStartTime, 8, nil), ("epoch", Layout.Header.epoch, 8, nil),
-            ("state", Layout.Header.state, 4, nil), ("heartbeat", Layout.Header.heartbeat, 8, nil),
-            ("lanes offset", Layout.Header.lanesOffset, 8, nil), ("raw offset", Layout.Header.rawOffset, 8, nil),
-            ("raw count", Layout.Header.rawCount, 4, nil),
-        ]
-        for worker in 0..<region.workerCount {
-            let doorbell = Layout.Header.doorbells + worker * Layout.block
-            fields += [("doorbell flag", doorbell + Layout.Header.doorbellSleeping, 4, nil),
-                       ("doorbell word", doorbell + Layout.Header.doorbellWord, 4, doorbell + Layout.Header.doorbellSleeping),
-                       ("worker cpu", doorbell + Layout.Header.doorbellWorkerCPU, 4, nil)]
-            let turnstile = Layout.Header.turnstiles + worker * Layout.Header.turnstileStride
-            fields += [("turn next", turnstile + Layout.Header.turnNext, 8, nil),
-                       ("turn serving", turnstile + Layout.Header.turnServing, 8, nil),
-                       ("turn lease", turnstile + Layout.Header.turnLease, 8, nil)]
-            for slot in 0..<Layout.Header.turnWakeSlotCount {
-                fields.append(("turn wake word", turnstile + Layout.Header.turnWakeSlots + 4 * slot, 4, nil))
-            }
-        }
-        for index in 0..<region.laneCount {
-            let lane = Layout.headerSize + index * region.laneStride
-            fields += [("request seq", lane + Layout.Lane.requestSeq, 8, nil),
-                       ("request length", lane + Layout.Lane.requestLength, 4, nil),
-                       ("owner", lane + Layout.Lane.owner, 8, nil),
-                       ("response seq", lane + Layout.Lane.responseSeq, 8, nil),
-                       ("response length", lane + Layout.Lane.responseLength, 4, nil),
-                       ("status", lane + Layout.Lane.status, 4, nil),
-                       ("guest flag", lane + Layout.Lane.guestSleeping, 4, nil),
-                       ("guest word", lane + Layout.Lane.guestWord, 4, lane + Layout.Lane.guestSleeping)]
-            for counter in 0..<7 { fields.append(("guest counter", lane + Layout.Lane.guestCounters + 8 * counter, 8, nil)) }
-        }
-        for index in 0..<region.rawCount {
-            let channel = Layout.headerSize + (region.laneCount + index) * region.laneStride
-            fields += [("raw ping", channel + Layout.Raw.ping, 8, nil), ("raw length", channel + Layout.Raw.length, 4, nil),
-                       ("raw owner", channel + Layout.Raw.owner, 8, nil), ("raw pong", channel + Layout.Raw.pong, 8, nil),
-                       ("raw flag", channel + Layout.Raw.serverSleeping, 4, nil),
-                       ("raw word", channel + Layout.Raw.serverWord, 4, channel + Layout.Raw.serverSleeping)]
-        }
+        let fields = Layout.fields(laneCount: region.laneCount, workerCount: region.workerCount,
+                                   rawCount: region.rawCount, slotCapacity: region.slotCapacity)
         let values: [UInt64] = [0, 1, 2, 0x7FFF_FFFF, 0x8000_0000, 0xFFFF_FFFF, 1 << 32, .max, 0x7FFF_FFFF_FFFF_FFFF]
         var random = SystemRandomNumberGenerator()
         while CShm_monotonic_ns() < end {
             for field in fields {
                 for value in values + [UInt64.random(in: 0...UInt64.max, using: &random)] {
-                    if field.width == 8 {
-                        CShm_store_release_u64(base + field.offset, value)
-                    } else {
-                        CShm_store_release_u32(base + field.offset, UInt32(truncatingIfNeeded: value))
-                    }
-                    if let flag = field.flag {
+                    store(base, field, value)
+                    if let flag = field.parkerFlag {
                         CShm_store_seqcst_u32(base + flag, 1)
                         _ = CShm_futex_wake((base + field.offset).assumingMemoryBound(to: UInt32.self), Int32.max)
                     }
@@ -224,15 +200,18 @@ struct Vandal: ParsableCommand {
     /// Takes a ticket at worker 0's turnstile, makes it the one served, and renews its lease every
     /// millisecond without ever passing: every honest guest that waits for a turn there must fail
     /// its call at its timeout.
-    private func holdTurn(_ base: UnsafeMutableRawPointer, _ end: UInt64, _ attacks: inout [String: Int]) {
-        let turnstile = base + Layout.Header.turnstiles
-        let ticket = CShm_fetch_add_seqcst_u64(turnstile + Layout.Header.turnNext, 1)
-        CShm_store_seqcst_u64(turnstile + Layout.Header.turnServing, ticket)
+    private func holdTurn(_ region: Region, _ base: UnsafeMutableRawPointer, _ end: UInt64, _ attacks: inout [String: Int]) {
+        let fields = Layout.fields(laneCount: region.laneCount, workerCount: region.workerCount,
+                                   rawCount: region.rawCount, slotCapacity: region.slotCapacity)
+        func field(_ name: String) -> Layout.Field { fields.first { $0.name == name && $0.index == 0 }! }
+        let next = field("turn next"), serving = field("turn serving"), lease = field("turn lease")
+        let ticket = CShm_fetch_add_seqcst_u64(base + next.offset, 1)
+        CShm_store_seqcst_u64(base + serving.offset, ticket)
         print("holding the turn")
         fflush(nil)
         while CShm_monotonic_ns() < end {
-            CShm_store_seqcst_u64(turnstile + Layout.Header.turnServing, ticket)
-            CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, CShm_monotonic_ns())
+            CShm_store_seqcst_u64(base + serving.offset, ticket)
+            CShm_store_relaxed_u64(base + lease.offset, CShm_monotonic_ns())
             attacks["lease renewals", default: 0] += 1
             usleep(1000)
         }

@@ -141,7 +141,7 @@ final class ControlService {
             let active = lastActivity[lane.index]
             return LaneFields(
                 lane: lane.index, owner_pid: lane.ownerPID,
-                state: lane.ownerPID == 0 ? "free" : (target.region.laneOwnerLives(lane.index) ? "claimed" : "owner-gone"),
+                state: lane.ownerPID == 0 ? "free" : (target.region.ownerLives(target.region.lane(lane.index).owner) ? "claimed" : "owner-gone"),
                 round_trips: lane.roundTrips,
                 ops_per_sec: Double(lane.roundTrips &- before.roundTrips) / window.seconds,
                 last_activity_s: active == 0 ? nil : Double(window.now.time &- active) / 1e9,

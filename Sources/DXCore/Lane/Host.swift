@@ -148,14 +148,8 @@ public final class Host: ControlTarget, @unchecked Sendable {
         region.setState(.stopping)
         stopFlag.set()
         // Post whatever the flags say (a guest may have cleared them): each sleep is bounded anyway.
-        for index in 0..<region.workerCount {
-            let doorbell = region.doorbell(index)
-            Parker(flag: doorbell + Layout.Header.doorbellSleeping, word: doorbell + Layout.Header.doorbellWord).post()
-        }
-        for index in 0..<region.rawCount {
-            let channel = region.rawChannel(index)
-            Parker(flag: channel + Layout.Raw.serverSleeping, word: channel + Layout.Raw.serverWord).post()
-        }
+        for index in 0..<region.workerCount { region.doorbell(index).parker.post() }
+        for index in 0..<region.rawCount { region.rawChannel(index).parker.post() }
         for thread in threads { thread.join() }
         threads.removeAll()
         // Guests learn that the host is gone from its lock, so let go of it before waking them.

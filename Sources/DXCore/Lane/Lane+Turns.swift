@@ -32,9 +32,8 @@ extension Lane {
         if holdsTurn {
             callsInTurn &+= Lane.callsBetweenTurnChecks
             if callsInTurn < strategy.turnCalls, now &- leaseStart < strategy.turnQuantumNanoseconds { return nil }
-            // Acquire: pairs with the seq-cst updates of other guests.
-            if CShm_load_acquire_u64(turnstile + Layout.Header.turnServing) == turnTicket {
-                if CShm_load_acquire_u64(turnstile + Layout.Header.turnNext) == turnTicket &+ 1 {
+            if turnstile.servingAcquire == turnTicket {
+                if turnstile.next == turnTicket &+ 1 {
                     renewLease(now)  // nobody waits: keep going
                     return nil
                 }
@@ -56,41 +55,38 @@ extension Lane {
     /// Takes a ticket and waits (sleeping) until it is served, the host goes, or the call timeout
     /// passes (then the ticket is abandoned: waiters skip it like a dead one's).
     mutating func acquireTurn(waitStart: inout UInt64) -> CallError? {
-        let serving = turnstile + Layout.Header.turnServing
         let quantum = strategy.turnQuantumNanoseconds
         let staleAfter = 2 &* quantum &+ 1_000_000
         let start = CShm_monotonic_ns()
         let deadline = start &+ callTimeoutNanoseconds
-        // Seq-cst: one ticket per caller, in order.
-        turnTicket = CShm_fetch_add_seqcst_u64(turnstile + Layout.Header.turnNext, 1)
+        turnTicket = turnstile.takeTicket()
         let ticket = turnTicket
-        let slot = wakeSlot(ticket)
+        let word = turnstile.wakeWord(for: ticket)
         var waited = false
-        defer { if waited, counting { bump(counters + Layout.Counters.guestTurnWaits) } }
+        defer { if waited, counting { view.bump(.turnWaits) } }
         while true {
-            // Seq-cst: read the slot before re-checking `serving`; the passer changes `serving`
-            // before the slot, so a pass between the two makes the futex wait return at once.
-            let seen = CShm_load_seqcst_u32(slot)
+            // Read the word before re-checking `serving`; the passer changes `serving` before the
+            // word, so a pass between the two makes the futex wait return at once.
+            let seen = turnstile.seen(word)
             // Served (or a vandalised counter already past us): go.
-            if CShm_load_seqcst_u64(serving) &- ticket < 1 << 62 { break }
+            if turnstile.serving &- ticket < 1 << 62 { break }
             waited = true
             waitStart = start
             let beforeWait = CShm_monotonic_ns()
             if beforeWait >= deadline { return .timedOut }
-            _ = CShm_futex_wait(slot.assumingMemoryBound(to: UInt32.self), seen, min(staleAfter, deadline &- beforeWait))
-            if CShm_load_acquire_u64(serving) == ticket { break }
+            _ = CShm_futex_wait(word, seen, min(staleAfter, deadline &- beforeWait))
+            if turnstile.servingAcquire == ticket { break }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one
             // ticket. Every waiter may do this, so dead tickets cannot stall the queue; each costs
             // one stale period, because the lease restarts for the ticket served next.
-            let holder = CShm_load_acquire_u64(serving)
+            let holder = turnstile.servingAcquire
             let now = CShm_monotonic_ns()
-            if ticket &- holder < 1 << 62,
-               now &- CShm_load_relaxed_u64(turnstile + Layout.Header.turnLease) > staleAfter {
-                CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
-                if CShm_cas_seqcst_u64(serving, holder, holder &+ 1) {
+            if ticket &- holder < 1 << 62, now &- turnstile.lease > staleAfter {
+                turnstile.lease = now
+                if turnstile.moveServing(from: holder) {
                     if holder &+ 1 == ticket { break }
-                    wake(holder &+ 1)
+                    turnstile.wake(holder &+ 1)
                 }
             }
             switch region.hostProblem() {
@@ -106,27 +102,17 @@ extension Lane {
 
     /// Moves this thread off its worker's CPU when it runs there (see ``WaitStrategy/avoidWorkerCPU``).
     mutating func keepOffWorkerCPU() {
-        // Relaxed: a hint the worker refreshes; anything outside 0..<1024 is ignored.
-        let worker = CShm_load_relaxed_u32(doorbell + Layout.Header.doorbellWorkerCPU)
+        // A hint the worker refreshes; anything outside 0..<1024 is ignored.
+        let worker = doorbell.workerCPU
         guard worker < 1024, CShm_current_cpu() == Int32(worker) else { return }
         if CShm_avoid_cpu(Int32(worker)) == 0 { avoidingWorkerCPU = true }
     }
 
     /// Gives the turn to the next ticket and wakes its waiter.
     func passTurn(_ now: UInt64) {
-        // Relaxed: the next holder's lease starts now; ordered by the CAS below.
-        CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
-        if CShm_cas_seqcst_u64(turnstile + Layout.Header.turnServing, turnTicket, turnTicket &+ 1) {
-            wake(turnTicket &+ 1)
-        }
-    }
-
-    /// Wakes whoever sleeps on the wake slot of `ticket` (the slot changes first, so a waiter
-    /// about to sleep on its old value does not).
-    func wake(_ ticket: UInt64) {
-        let slot = wakeSlot(ticket)
-        _ = CShm_fetch_add_seqcst_u32(slot, 1)
-        _ = CShm_futex_wake(slot.assumingMemoryBound(to: UInt32.self), Int32.max)
+        // The next holder's lease starts now; ordered by the CAS.
+        turnstile.lease = now
+        if turnstile.moveServing(from: turnTicket) { turnstile.wake(turnTicket &+ 1) }
     }
 
     /// Leaves the queue for good (the lane is released).
@@ -138,10 +124,6 @@ extension Lane {
     mutating func renewLease(_ now: UInt64) {
         leaseStart = now
         callsInTurn = 0
-        CShm_store_relaxed_u64(turnstile + Layout.Header.turnLease, now)
-    }
-
-    private func wakeSlot(_ ticket: UInt64) -> UnsafeMutableRawPointer {
-        turnstile + Layout.Header.turnWakeSlots + Int(ticket % UInt64(Layout.Header.turnWakeSlotCount)) * 4
+        turnstile.lease = now
     }
 }

@@ -27,8 +27,8 @@ public struct Lane: ~Copyable {
     /// The largest request or response, in bytes.
     public let capacity: Int
 
-    @usableFromInline let base: UnsafeMutableRawPointer
-    @usableFromInline let doorbell: UnsafeMutableRawPointer
+    @usableFromInline let view: LaneView
+    @usableFromInline let doorbell: DoorbellView
     @usableFromInline let strategy: WaitStrategy
     /// The claim: the owner word and the lock that tells the host this lane's owner lives.
     let claim: OwnerClaim
@@ -39,7 +39,7 @@ public struct Lane: ~Copyable {
     public var callTimeoutNanoseconds: UInt64 = 10_000_000_000
 
     // Turn-taking (see Lane+Turns.swift).
-    @usableFromInline let turnstile: UnsafeMutableRawPointer
+    @usableFromInline let turnstile: TurnstileView
     @usableFromInline var turnTicket: UInt64 = 0
     @usableFromInline var holdsTurn = false
     @usableFromInline var callsUntilTurnCheck: UInt32 = 0
@@ -56,16 +56,14 @@ public struct Lane: ~Copyable {
     /// Whether calls update the lane's guest counters in shared memory (on unless measuring
     /// their cost). The host's control plane reads them.
     public var counting = true
-    @usableFromInline let counters: UnsafeMutableRawPointer
 
     init(region: Region, index: Int, claim: consuming OwnerClaim, sequence: UInt64, strategy: WaitStrategy) {
         self.region = region
         self.index = index
         self.capacity = region.slotCapacity
-        self.base = region.lane(index)
+        self.view = region.lane(index)
         self.doorbell = region.doorbell(region.worker(forLane: index))
         self.turnstile = region.turnstile(region.worker(forLane: index))
-        self.counters = base + Layout.Lane.guestCounters
         self.strategy = strategy
         self.claim = claim
         self.sequence = sequence
@@ -94,7 +92,7 @@ public struct Lane: ~Copyable {
         request: (UnsafeMutableRawBufferPointer) -> Int,
         response: (UnsafeRawBufferPointer) -> Response
     ) -> Result<Response, CallError> {
-        let payload = base + Layout.Lane.payload
+        let payload = view.payload
         let length = request(UnsafeMutableRawBufferPointer(start: payload, count: capacity))
         switch exchange(length: length) {
         case .success(let responseLength):
@@ -115,7 +113,7 @@ public struct Lane: ~Copyable {
         guard request.count <= capacity else {
             return .failure(.payloadTooLarge(length: request.count, capacity: capacity))
         }
-        let payload = base + Layout.Lane.payload
+        let payload = view.payload
         if let source = request.baseAddress { payload.copyMemory(from: source, byteCount: request.count) }
         switch exchange(length: request.count) {
         case .success(let responseLength):
@@ -147,28 +145,27 @@ public struct Lane: ~Copyable {
         }
         let seq = sequence &+ 1
         sequence = seq
-        CShm_store_relaxed_u32(base + Layout.Lane.requestLength, UInt32(truncatingIfNeeded: length))
-        // Seq-cst: publishes the request (a release, paired with the worker's acquire load of
-        // requestSeq) and orders it before the load of the worker's sleeping flag below, which
-        // the worker orders the same way after setting it (no lost wake-up).
-        CShm_store_seqcst_u64(base + Layout.Lane.requestSeq, seq)
+        view.setRequestLength(length)
+        // Publishes the request and orders it before the doorbell's flag load in unpark (the
+        // parker handshake: no lost wake-up).
+        view.publishRequest(seq)
         let exchangeStart = timeNextExchange ? CShm_monotonic_ns() : 0
-        if doorbellParker.unpark(), counting { bump(counters + Layout.Counters.guestDoorbells) }
-        if counting { bump(counters + Layout.Counters.guestCalls) }
+        if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
+        if counting { view.bump(.calls) }
         if let error = awaitResponse(seq, waitStart: waitStart) {
             failure = error
-            if counting { bump(counters + Layout.Counters.guestErrors) }
+            if counting { view.bump(.errors) }
             return .failure(error)
         }
         if timeNextExchange {
             lastExchangeNanoseconds = CShm_monotonic_ns() &- exchangeStart
             timeNextExchange = false
         }
-        // Relaxed: ordered by the acquire load of responseSeq that ended the wait.
-        let status = CShm_load_relaxed_u32(base + Layout.Lane.status)
-        let responseLength = Int(CShm_load_relaxed_u32(base + Layout.Lane.responseLength))
+        // Ordered by the acquire load of the response sequence that ended the wait.
+        let status = view.status
+        let responseLength = view.responseLength
         guard status == ResponseStatus.ok.rawValue, responseLength <= capacity else {
-            if counting { bump(counters + Layout.Counters.guestErrors) }
+            if counting { view.bump(.errors) }
             if responseLength > capacity { return .failure(.badResponse) }
             return .failure(ResponseStatus(rawValue: status).map { .rejected($0) } ?? .badResponse)
         }
@@ -192,32 +189,24 @@ public struct Lane: ~Copyable {
 
     // MARK: - Waiting
 
-    /// The serving worker's doorbell: the worker parks on it, guests post it.
-    @usableFromInline
-    var doorbellParker: Parker {
-        Parker(flag: doorbell + Layout.Header.doorbellSleeping, word: doorbell + Layout.Header.doorbellWord)
-    }
-
     /// Spins for the response (``SpinWait``) up to the adaptive budget; then sleeps. Returns nil
     /// when the response arrived. The call timeout counts from `waitStart` (when the call began to
     /// wait for its turn), or from the first slow check of a long spin, or from the first sleep:
     /// the fast path reads no clock.
     @inlinable
     mutating func awaitResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
-        let responseSeq = base + Layout.Lane.responseSeq
         var wait = SpinWait(budget: spin.budget, strategy: strategy)
         var deadline: UInt64 = 0
         while true {
-            // Acquire: pairs with the worker's seq-cst store of responseSeq; makes the response
-            // length, status and payload visible.
-            if CShm_load_acquire_u64(responseSeq) == seq {
+            // Acquire: makes the response length, status and payload visible.
+            if view.responseSeq == seq {
                 spin.spinSucceeded()
-                if counting { bump(counters + Layout.Counters.guestSpinWins) }
+                if counting { view.bump(.spinWins) }
                 return nil
             }
             switch wait.step() {
             case .spun: break
-            case .yielded: if counting { bump(counters + Layout.Counters.guestYields) }
+            case .yielded: if counting { view.bump(.yields) }
             case .exhausted: return sleepForResponse(seq, waitStart: waitStart)
             }
             if wait.spins & 0xF_FFFF == 0, let problem = longSpinCheck(waitStart: waitStart, deadline: &deadline) {
@@ -250,23 +239,21 @@ public struct Lane: ~Copyable {
     /// and the call timeout between them.
     @usableFromInline
     mutating func sleepForResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
-        let responseSeq = base + Layout.Lane.responseSeq
-        let parker = Parker(flag: base + Layout.Lane.guestSleeping, word: base + Layout.Lane.guestWord)
+        let view = view
         let deadline = (waitStart != 0 ? waitStart : CShm_monotonic_ns()) &+ callTimeoutNanoseconds
         spin.hadToSleep()
-        if counting { bump(counters + Layout.Counters.guestSleeps) }
+        if counting { view.bump(.sleeps) }
         while true {
             let now = CShm_monotonic_ns()
-            if now >= deadline { return CShm_load_acquire_u64(responseSeq) == seq ? nil : .timedOut }
-            // Seq-cst: pairs with the worker's seq-cst store of responseSeq (see Parker).
-            let outcome = parker.park(timeoutNanoseconds: min(strategy.sleepTimeoutNanoseconds, deadline &- now)) {
-                CShm_load_seqcst_u64(responseSeq) == seq
+            if now >= deadline { return view.responseSeq == seq ? nil : .timedOut }
+            // Seq-cst re-check: pairs with the worker's seq-cst store of the response (see Parker).
+            let outcome = view.parker.park(timeoutNanoseconds: min(strategy.sleepTimeoutNanoseconds, deadline &- now)) {
+                view.responseSeqSeqCst == seq
             }
-            // Acquire: pairs with the worker's store of responseSeq.
-            if outcome == .ready || CShm_load_acquire_u64(responseSeq) == seq { return nil }
+            if outcome == .ready || view.responseSeq == seq { return nil }
             if let problem = slowCheck() {
                 // The host may still have answered before it went; take it if it is there.
-                return CShm_load_acquire_u64(responseSeq) == seq ? nil : problem
+                return view.responseSeq == seq ? nil : problem
             }
         }
     }
@@ -293,22 +280,18 @@ extension Region {
             for step in 0..<laneCount {
                 let index = (max(hint, 0) + step) % laneCount
                 let lane = lane(index)
-                // Relaxed: a hint for the order; the claim itself is the lock and the CAS.
-                guard (CShm_load_relaxed_u64(lane + Layout.Lane.owner) >> 32 != 0) == deadOwners else { continue }
-                let ownerOffset = lane - base + Layout.Lane.owner
-                let word: UInt64
+                // A hint for the order; the claim itself is the lock and the CAS.
+                guard (lane.owner.hint >> 32 != 0) == deadOwners else { continue }
+                let claim: OwnerClaim
                 do {
-                    guard let claimed = try claimOwner(at: ownerOffset, lock: &lock) else { continue }
-                    word = claimed
+                    guard let claimed = try claimOwner(lane.owner, lock: &lock) else { continue }
+                    claim = claimed
                 } catch {
                     throw .system(error)
                 }
                 // Acquire: pairs with the worker's and the last owner's seq-cst stores.
-                let request = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
-                let response = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
-                let claim = OwnerClaim(region: self, ownerOffset: ownerOffset, lock: lock.take()!, word: word)
-                guard request == response else { continue }  // dropping the claim releases it
-                return Lane(region: self, index: index, claim: claim, sequence: response, strategy: strategy)
+                guard lane.requestSeq == lane.responseSeq else { continue }  // dropping the claim releases it
+                return Lane(region: self, index: index, claim: claim, sequence: lane.responseSeq, strategy: strategy)
             }
         }
         throw .noFreeLane(laneCount: laneCount)

@@ -27,17 +27,15 @@ struct OwnerWatch {
             let roundTrips = counters.read(counters.lane(index) + HostCounters.Lane.roundTrips)
             defer { lastRoundTrips[index] = roundTrips }
             guard roundTrips == lastRoundTrips[index] else { continue }
-            // Acquire: pairs with the claiming guest's CAS.
-            let owner = CShm_load_acquire_u64(lane + Layout.Lane.owner)
-            if region.reclaimOwner(at: lane - region.base + Layout.Lane.owner, word: owner) {
+            let owner = lane.owner.value
+            if region.reclaimOwner(lane.owner, word: owner) {
                 bump(counters.reclaimedLanes)
                 reclaimed.append((index, Int32(truncatingIfNeeded: owner >> 32)))
             }
         }
         for index in 0..<region.rawCount {
-            let channel = region.rawChannel(index)
-            let owner = CShm_load_acquire_u64(channel + Layout.Raw.owner)
-            _ = region.reclaimOwner(at: channel - region.base + Layout.Raw.owner, word: owner)
+            let owner = region.rawChannel(index).owner
+            _ = region.reclaimOwner(owner, word: owner.value)
         }
         return reclaimed
     }

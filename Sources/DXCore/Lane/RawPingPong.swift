@@ -17,33 +17,30 @@ import CShm
 /// for longer than a bounded session without a live, pinging owner.
 final class RawServer: @unchecked Sendable {
     let region: Region
-    let channel: UnsafeMutableRawPointer
-    let ownerOffset: Int
+    let channel: RawChannelView
     let stop: StopFlag
 
     init(region: Region, index: Int, stop: StopFlag) {
         self.region = region
         self.channel = region.rawChannel(index)
-        self.ownerOffset = channel - region.base + Layout.Raw.owner
         self.stop = stop
     }
 
     func run() {
-        let parker = Parker(flag: channel + Layout.Raw.serverSleeping, word: channel + Layout.Raw.serverWord)
-        let owner = channel + Layout.Raw.owner
+        let parker = channel.parker, owner = channel.owner
         var idleOwner: UInt64 = 0  // the owner whose last session ended without pings
         while !stop.isSet {
             // A claim or a stalled guest posts the parker, and so does the host's stop: the timeout
             // is a backstop (and the pace of the dead-owner check below).
             let outcome = parker.park(timeoutNanoseconds: 1_000_000_000) {
-                // Seq-cst: pairs with the guest's claim, fence, then load of the flag.
-                let word = CShm_load_seqcst_u64(owner)
+                // Acquire, after the flag's seq-cst store; the guest's claim is an acquire-release
+                // CAS followed by a seq-cst fence before it loads the flag.
+                let word = owner.value
                 return stop.isSet || (word >> 32 != 0 && word != idleOwner)
             }
-            // Acquire: pairs with the claiming guest's CAS.
-            let word = CShm_load_acquire_u64(owner)
+            let word = owner.value
             guard word >> 32 != 0, !stop.isSet else { continue }
-            if region.reclaimOwner(at: ownerOffset, word: word) { continue }  // its owner died
+            if region.reclaimOwner(owner, word: word) { continue }  // its owner died
             // An owner that stopped pinging gets a session again only when it posts.
             if word == idleOwner, outcome != .posted { continue }
             idleOwner = session() ? 0 : word
@@ -53,18 +50,14 @@ final class RawServer: @unchecked Sendable {
     /// Answers pings until the guest releases the channel, the host stops, or a second passes
     /// without a ping. Returns false when it ended for want of pings.
     private func session() -> Bool {
-        let ping = channel + Layout.Raw.ping
-        let pong = channel + Layout.Raw.pong
-        var last = CShm_load_acquire_u64(pong)
+        var last = channel.pong
         var idle: UInt32 = 0
         var lastProgress = CShm_monotonic_ns()
         while true {
-            // Acquire: pairs with the guest's release store of ping; the payload is visible.
-            let value = CShm_load_acquire_u64(ping)
+            let value = channel.ping  // acquire: the payload is visible
             if value != last {
                 last = value
-                // Release: pairs with the guest's acquire load of pong.
-                CShm_store_release_u64(pong, value)
+                channel.pong(value)  // release
                 idle = 0
                 continue
             }
@@ -73,7 +66,7 @@ final class RawServer: @unchecked Sendable {
             if idle & 0xFFFF == 0 {
                 let now = CShm_monotonic_ns()
                 if idle == 0x10000 { lastProgress = now }  // the first check since the last ping
-                if stop.isSet || CShm_load_acquire_u64(channel + Layout.Raw.owner) >> 32 == 0 { return true }
+                if stop.isSet || channel.owner.value >> 32 == 0 { return true }
                 if now - lastProgress > 1_000_000_000 { return false }
             }
         }
@@ -87,42 +80,36 @@ package struct RawChannel: ~Copyable {
     /// The largest payload, in bytes.
     package let capacity: Int
     let region: Region
-    let channel: UnsafeMutableRawPointer
+    let channel: RawChannelView
     let claim: OwnerClaim
     var sequence: UInt64
 
-    init(region: Region, channel: UnsafeMutableRawPointer, claim: consuming OwnerClaim) {
+    init(region: Region, channel: RawChannelView, claim: consuming OwnerClaim) {
         self.region = region
         self.channel = channel
         self.capacity = region.slotCapacity
         self.claim = claim
-        self.sequence = CShm_load_acquire_u64(channel + Layout.Raw.pong)
-        CShm_store_release_u64(channel + Layout.Raw.ping, sequence)
-    }
-
-    var serverParker: Parker {
-        Parker(flag: channel + Layout.Raw.serverSleeping, word: channel + Layout.Raw.serverWord)
+        self.sequence = channel.pong
+        channel.ping(sequence)
     }
 
     /// One bare round trip: copy the request in, ping, spin for the pong, copy the response out.
     /// Returns false when no pong came within about a second of spinning, or the host is gone.
     package mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
-        let payload = channel + Layout.Raw.payload
+        let payload = channel.payload
         let count = min(request.count, capacity)
         if count > 0 { payload.copyMemory(from: request.baseAddress!, byteCount: count) }
         let seq = sequence &+ 1
         sequence = seq
-        // Release: publishes the payload; pairs with the server's acquire load.
-        CShm_store_release_u64(channel + Layout.Raw.ping, seq)
+        channel.ping(seq)  // release: publishes the payload
         var spins: UInt32 = 0
-        // Acquire: pairs with the server's release store of pong.
-        while CShm_load_acquire_u64(channel + Layout.Raw.pong) != seq {
+        while channel.pong != seq {  // acquire
             CShm_cpu_relax()
             spins &+= 1
             if spins & 0xFFFFF == 0 {
                 // A long wait: the server may have parked after a pause of ours; post it.
                 CShm_fence_seqcst()
-                _ = serverParker.unpark()
+                _ = channel.parker.unpark()
                 if region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
             }
         }
@@ -138,21 +125,19 @@ extension Region {
     package func claimRawChannel(_ index: Int) throws(LaneClaimError) -> RawChannel? {
         guard index >= 0, index < rawCount else { return nil }
         let channel = rawChannel(index)
-        let ownerOffset = channel - base + Layout.Raw.owner
         var lock: OwnerLock?
-        let word: UInt64
+        let claim: OwnerClaim
         do {
-            guard let claimed = try claimOwner(at: ownerOffset, lock: &lock) else { return nil }
-            word = claimed
+            guard let claimed = try claimOwner(channel.owner, lock: &lock) else { return nil }
+            claim = claimed
         } catch {
             throw .system(error)
         }
-        let raw = RawChannel(region: self, channel: channel,
-                             claim: OwnerClaim(region: self, ownerOffset: ownerOffset, lock: lock.take()!, word: word))
+        let raw = RawChannel(region: self, channel: channel, claim: claim)
         // Seq-cst: the claim is visible before we load the server's sleeping flag, which the
         // server stores before it checks the owner.
         CShm_fence_seqcst()
-        _ = raw.serverParker.unpark()
+        _ = channel.parker.unpark()
         return raw
     }
 }

@@ -23,7 +23,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     /// This worker's counters (host memory).
     private let counters: UnsafeMutableRawPointer
     /// Bases of the lanes this worker serves.
-    private let lanes: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
+    private let lanes: UnsafeMutableBufferPointer<LaneView>
     /// The host-memory counters of each of those lanes.
     private let laneCounters: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
     /// The last sequence number answered on each of those lanes (host-private).
@@ -49,7 +49,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         _ = laneCounters.initialize(from: indices.map { hostCounters.lane($0) })
         answered = .allocate(capacity: served.count)
         for (slot, lane) in served.enumerated() {
-            answered[slot] = CShm_load_acquire_u64(lane + Layout.Lane.responseSeq)
+            answered[slot] = lane.responseSeq
         }
     }
 
@@ -78,8 +78,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if focus >= 0, roundsSinceScan < Worker.scanEvery {
                 roundsSinceScan &+= 1
                 let lane = lanes[focus]
-                // Acquire: pairs with the guest's seq-cst store; makes length and payload visible.
-                let seq = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
+                // Acquire: makes length and payload visible.
+                let seq = lane.requestSeq
                 if seq != answered[focus] {
                     serve(slot: focus, lane: lane, seq: seq)
                     served = true
@@ -89,8 +89,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                 var busy = 0
                 for slot in 0..<lanes.count {
                     let lane = lanes[slot]
-                    // Acquire: as above.
-                    let seq = CShm_load_acquire_u64(lane + Layout.Lane.requestSeq)
+                    let seq = lane.requestSeq  // acquire, as above
                     if seq != answered[slot] {
                         serve(slot: slot, lane: lane, seq: seq)
                         busy &+= 1
@@ -144,26 +143,26 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
 
     /// Publishes the CPU this worker runs on when it changed, for guests that keep off it.
     @inline(__always)
-    private func publishCPU(_ doorbell: UnsafeMutableRawPointer, _ published: inout Int32) {
+    private func publishCPU(_ doorbell: DoorbellView, _ published: inout Int32) {
         let cpu = CShm_current_cpu()
         if cpu != published {
             published = cpu
             // Relaxed: a hint; a stale value costs a guest one more check.
-            CShm_store_relaxed_u32(doorbell + Layout.Header.doorbellWorkerCPU, UInt32(bitPattern: cpu))
+            doorbell.workerCPU = UInt32(bitPattern: cpu)
         }
     }
 
     /// Answers one request. Everything read from the lane is copied once and checked.
     @inline(__always)
-    private func serve(slot: Int, lane: UnsafeMutableRawPointer, seq: UInt64) {
+    private func serve(slot: Int, lane: LaneView, seq: UInt64) {
         let capacity = region.slotCapacity
-        let payload = lane + Layout.Lane.payload
+        let payload = lane.payload
         var status = ResponseStatus.ok
         var length = 0
         if seq != answered[slot] &+ 1 {
             status = .badSequence
         } else {
-            let requestLength = Int(CShm_load_relaxed_u32(lane + Layout.Lane.requestLength))
+            let requestLength = lane.requestLength
             if requestLength > capacity {
                 status = .badLength
             } else {
@@ -177,25 +176,22 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             bump(laneCounters[slot] + HostCounters.Lane.roundTrips)
             if status != .ok { bump(laneCounters[slot] + HostCounters.Lane.errors) }
         }
-        CShm_store_relaxed_u32(lane + Layout.Lane.responseLength, UInt32(length))
-        CShm_store_relaxed_u32(lane + Layout.Lane.status, status.rawValue)
-        // Seq-cst: publishes the response (paired with the guest's acquire load) and orders it
-        // before the load of the guest's sleeping flag (paired with the guest's seq-cst store).
-        CShm_store_seqcst_u64(lane + Layout.Lane.responseSeq, seq)
-        if Parker(flag: lane + Layout.Lane.guestSleeping, word: lane + Layout.Lane.guestWord).unpark(), counting {
+        // Publishes the response and orders it before the guest's sleeping-flag load in unpark
+        // (the parker handshake: no lost wake-up).
+        lane.publishResponse(seq: seq, length: length, status: status)
+        if lane.parker.unpark(), counting {
             bump(laneCounters[slot] + HostCounters.Lane.wakesSent)
         }
     }
 
     /// Parks on the doorbell (``Parker``) for at most the strategy's sleep timeout, unless a lane
     /// has a request by the time the sleep is announced, or the host stops.
-    private func sleep(doorbell: UnsafeMutableRawPointer, timeout: UInt64) -> Parker.Outcome {
-        let parker = Parker(flag: doorbell + Layout.Header.doorbellSleeping, word: doorbell + Layout.Header.doorbellWord)
-        return parker.park(timeoutNanoseconds: timeout) {
+    private func sleep(doorbell: DoorbellView, timeout: UInt64) -> Parker.Outcome {
+        doorbell.parker.park(timeoutNanoseconds: timeout) {
             if stop.isSet { return true }
             // Seq-cst: guests store requestSeq seq-cst and then load the flag, so either we see
             // their request here or they see the flag and post.
-            for slot in 0..<lanes.count where CShm_load_seqcst_u64(lanes[slot] + Layout.Lane.requestSeq) != answered[slot] {
+            for slot in 0..<lanes.count where lanes[slot].requestSeqSeqCst != answered[slot] {
                 return true
             }
             return false
@@ -206,8 +202,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
 /// Posts a sleeping guest's futex word, once per sleep: the CAS that clears the flag decides who
 /// posts (``Parker/wakeIfSleeping()``).
 @discardableResult
-func wakeSleepingGuest(lane: UnsafeMutableRawPointer) -> Bool {
-    Parker(flag: lane + Layout.Lane.guestSleeping, word: lane + Layout.Lane.guestWord).wakeIfSleeping()
+func wakeSleepingGuest(lane: LaneView) -> Bool {
+    lane.parker.wakeIfSleeping()
 }
 
 /// A host-private flag that tells serving threads to finish. Never in shared memory: a guest

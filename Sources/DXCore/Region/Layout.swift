@@ -189,6 +189,91 @@ public enum Layout {
         public static let ownerLength = 8
     }
 
+    /// One field of a region, at its byte offset from the region's start.
+    package struct Field: Sendable, Equatable {
+        /// What it is, as docs/LAYOUT.md names it ("request seq", "doorbell word", …).
+        package var name: String
+        /// Its offset from the region's start.
+        package var offset: Int
+        /// 4 or 8 bytes.
+        package var width: Int
+        /// For a parker's futex word: the offset of its sleeping flag.
+        package var parkerFlag: Int?
+        /// Which lane, worker or raw channel it belongs to (nil for the header's own fields).
+        package var index: Int?
+    }
+
+    /// Every field of a region of these dimensions, block by block: the header's, each doorbell's
+    /// and turnstile's, each lane's and each raw channel's. For tools that must name fields
+    /// without pointer arithmetic of their own (the vandal of the hostile tests).
+    package static func fields(laneCount: Int, workerCount: Int, rawCount: Int, slotCapacity: Int) -> [Field] {
+        let stride = laneStride(slotCapacity: slotCapacity)
+        func field(_ name: String, _ offset: Int, _ width: Int, flag: Int? = nil, index: Int? = nil) -> Field {
+            Field(name: name, offset: offset, width: width, parkerFlag: flag, index: index)
+        }
+        var fields = [
+            field("magic", Header.magic, 8), field("version", Header.version, 4),
+            field("header size", Header.headerSize, 4), field("lane stride", Header.laneStride, 4),
+            field("lane count", Header.laneCount, 4), field("slot capacity", Header.slotCapacity, 4),
+            field("worker count", Header.workerCount, 4), field("region size", Header.regionSize, 8),
+            field("host pid", Header.hostPID, 4), field("handler", Header.handler, 4),
+            field("host start time", Header.hostStartTime, 8), field("epoch", Header.epoch, 8),
+            field("state", Header.state, 4), field("heartbeat", Header.heartbeat, 8),
+            field("lanes offset", Header.lanesOffset, 8), field("raw offset", Header.rawOffset, 8),
+            field("raw count", Header.rawCount, 4),
+        ]
+        for worker in 0..<workerCount {
+            let doorbell = Header.doorbells + worker * block
+            fields += [
+                field("doorbell flag", doorbell + Header.doorbellSleeping, 4, index: worker),
+                field("doorbell word", doorbell + Header.doorbellWord, 4, flag: doorbell + Header.doorbellSleeping,
+                      index: worker),
+                field("worker cpu", doorbell + Header.doorbellWorkerCPU, 4, index: worker),
+            ]
+            let turnstile = Header.turnstiles + worker * Header.turnstileStride
+            fields += [
+                field("turn next", turnstile + Header.turnNext, 8, index: worker),
+                field("turn serving", turnstile + Header.turnServing, 8, index: worker),
+                field("turn lease", turnstile + Header.turnLease, 8, index: worker),
+            ]
+            for slot in 0..<Header.turnWakeSlotCount {
+                fields.append(field("turn wake word", turnstile + Header.turnWakeSlots + 4 * slot, 4, index: worker))
+            }
+        }
+        for index in 0..<laneCount {
+            let lane = headerSize + index * stride
+            fields += [
+                field("request seq", lane + Lane.requestSeq, 8, index: index),
+                field("request length", lane + Lane.requestLength, 4, index: index),
+                field("owner", lane + Lane.owner, 8, index: index),
+                field("response seq", lane + Lane.responseSeq, 8, index: index),
+                field("response length", lane + Lane.responseLength, 4, index: index),
+                field("status", lane + Lane.status, 4, index: index),
+                field("guest flag", lane + Lane.guestSleeping, 4, index: index),
+                field("guest word", lane + Lane.guestWord, 4, flag: lane + Lane.guestSleeping, index: index),
+            ]
+            for counter in 0..<7 {
+                fields.append(field("guest counter", lane + Lane.guestCounters + 8 * counter, 8, index: index))
+            }
+        }
+        for index in 0..<rawCount {
+            let channel = headerSize + (laneCount + index) * stride
+            fields += [
+                field("raw ping", channel + Raw.ping, 8, index: index), field("raw length", channel + Raw.length, 4, index: index),
+                field("raw owner", channel + Raw.owner, 8, index: index), field("raw pong", channel + Raw.pong, 8, index: index),
+                field("raw flag", channel + Raw.serverSleeping, 4, index: index),
+                field("raw word", channel + Raw.serverWord, 4, flag: channel + Raw.serverSleeping, index: index),
+            ]
+        }
+        return fields
+    }
+
+    /// The byte range of lane `index`'s payload, for the same tools.
+    package static func payload(lane index: Int, slotCapacity: Int) -> Range<Int> {
+        let start = headerSize + index * laneStride(slotCapacity: slotCapacity) + Lane.payload
+        return start..<(start + slotCapacity)
+    }
+
     /// The distance between lanes (and between raw channels) for a slot capacity.
     public static func laneStride(slotCapacity: Int) -> Int {
         (Lane.payload + slotCapacity + block - 1) / block * block

@@ -56,56 +56,49 @@ struct OwnerLock: ~Copyable {
 struct OwnerClaim: ~Copyable {
     /// Keeps the mapping alive until the release below has run.
     let region: Region
-    /// The owner word's offset from the region's start.
-    let ownerOffset: Int
+    let owner: OwnerWordView
     let lock: OwnerLock
     /// `pid << 32 | generation`, as stored in the owner word (the pid is informational).
     let word: UInt64
 
     deinit {
-        // Acquire-release: this owner's last request and response happen before the next claim.
         // A failed CAS means the word was vandalised; the lock still goes with this claim.
-        _ = CShm_cas_acqrel_u64(region.base + ownerOffset, word, word & 0xFFFF_FFFF)
+        _ = owner.replace(word, with: word & 0xFFFF_FFFF)
     }
 }
 
 extension Region {
-    /// Claims the block whose owner word is at `ownerOffset`: lock first, then CAS the owner word.
+    /// The byte offset of an owner word in the region: the range its lock covers.
+    private func lockOffset(_ owner: OwnerWordView) -> UInt64 { UInt64(owner.address - base) }
+
+    /// Claims the block whose owner word is `owner`: lock first, then CAS the owner word.
     ///
     /// While we hold the lock no live process owns the block, so any owner word we find is a dead
-    /// owner's (or one being released) and may be replaced. Returns nil when a live owner holds
-    /// the lock or the word changed under us. The one place that claims an owner word.
-    func claimOwner(at ownerOffset: Int, lock: inout OwnerLock?) throws(SystemError) -> UInt64? {
+    /// owner's (or one being released) and may be replaced. Returns the claim, or nil when a live
+    /// owner holds the lock or the word changed under us (then `lock` is kept, unlocked, for the
+    /// next attempt). The one place that claims an owner word.
+    func claimOwner(_ owner: OwnerWordView, lock: inout OwnerLock?) throws(SystemError) -> OwnerClaim? {
         if lock == nil { lock = try OwnerLock(reopening: descriptor) }
-        guard try lock!.tryLock(ownerOffset: ownerOffset) else { return nil }
-        let owner = base + ownerOffset
-        // Acquire: pairs with the previous owner's release CAS.
-        let word = CShm_load_acquire_u64(owner)
+        guard try lock!.tryLock(ownerOffset: Int(lockOffset(owner))) else { return nil }
+        let word = owner.value
         let mine = UInt64(UInt32(bitPattern: Region.ownPID)) << 32 | UInt64(UInt32(truncatingIfNeeded: word &+ 1))
-        // Acquire-release: the claim happens before our first request.
-        guard CShm_cas_acqrel_u64(owner, word, mine) else {
+        guard owner.replace(word, with: mine) else {
             lock!.unlock()
             return nil
         }
-        return mine
+        return OwnerClaim(region: self, owner: owner, lock: lock.take()!, word: mine)
     }
 
-    /// Whether the owner of the block whose owner word is at `ownerOffset` lives: someone holds its
-    /// lock. A system error counts as alive (never reclaim on a guess).
-    func ownerLives(at ownerOffset: Int) -> Bool {
-        CShm_ofd_held(descriptor, UInt64(ownerOffset), UInt64(Layout.Locks.ownerLength)) != 0
+    /// Whether the owner of `owner` lives: someone holds its lock. A system error counts as alive
+    /// (never reclaim on a guess).
+    func ownerLives(_ owner: OwnerWordView) -> Bool {
+        CShm_ofd_held(descriptor, lockOffset(owner), UInt64(Layout.Locks.ownerLength)) != 0
     }
 
-    /// Whether lane `index` has a live owner (its lock is held). A system call: for the control plane.
-    func laneOwnerLives(_ index: Int) -> Bool {
-        ownerLives(at: lane(index) - base + Layout.Lane.owner)
-    }
-
-    /// Frees the owner word at `ownerOffset` if it still holds `word` and its owner is dead
-    /// (host housekeeping, raw servers). Returns whether it did. The generation stays, so the next
-    /// claim differs from the dead one.
-    func reclaimOwner(at ownerOffset: Int, word: UInt64) -> Bool {
-        guard word >> 32 != 0, !ownerLives(at: ownerOffset) else { return false }
-        return CShm_cas_acqrel_u64(base + ownerOffset, word, word & 0xFFFF_FFFF)
+    /// Frees `owner` if it still holds `word` and its owner is dead (host housekeeping, raw servers).
+    /// Returns whether it did. The generation stays, so the next claim differs from the dead one.
+    func reclaimOwner(_ owner: OwnerWordView, word: UInt64) -> Bool {
+        guard word >> 32 != 0, !ownerLives(owner) else { return false }
+        return owner.replace(word, with: word & 0xFFFF_FFFF)
     }
 }

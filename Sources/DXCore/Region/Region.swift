@@ -101,58 +101,19 @@ public final class Region: @unchecked Sendable {
         }
     }
 
-    // MARK: - Views
-
-    /// The base of lane `index`. The index is a private, validated value.
-    @inlinable
-    func lane(_ index: Int) -> UnsafeMutableRawPointer {
-        precondition(index >= 0 && index < laneCount)
-        return base + Layout.headerSize + index * laneStride
-    }
-
-    /// The base of raw channel `index`.
-    func rawChannel(_ index: Int) -> UnsafeMutableRawPointer {
-        precondition(index >= 0 && index < rawCount)
-        return base + Layout.headerSize + (laneCount + index) * laneStride
-    }
-
-    /// The doorbell of serving worker `index`.
-    @inlinable
-    func doorbell(_ index: Int) -> UnsafeMutableRawPointer {
-        precondition(index >= 0 && index < workerCount)
-        return base + Layout.Header.doorbells + index * Layout.block
-    }
-
-    /// The turnstile of serving worker `index` (guests take turns per worker).
-    @inlinable
-    func turnstile(_ index: Int) -> UnsafeMutableRawPointer {
-        precondition(index >= 0 && index < workerCount)
-        return base + Layout.Header.turnstiles + index * Layout.Header.turnstileStride
-    }
-
     /// The worker that serves lane `index`.
     @inlinable
     func worker(forLane index: Int) -> Int { index % workerCount }
 
-    /// The host's published state.
-    public var state: HostState? {
-        // Acquire: pairs with the host's release store when it changes state.
-        HostState(rawValue: CShm_load_acquire_u32(base + Layout.Header.state))
-    }
+    /// The host's published state (informational: see ``hostProblem()``).
+    public var state: HostState? { header.state }
 
-    /// The host's last heartbeat, CLOCK_MONOTONIC nanoseconds.
-    public var heartbeat: UInt64 {
-        CShm_load_relaxed_u64(base + Layout.Header.heartbeat)
-    }
+    /// The host's last heartbeat, CLOCK_MONOTONIC nanoseconds (informational).
+    public var heartbeat: UInt64 { header.heartbeat }
 
-    func setState(_ state: HostState) {
-        // Release: everything the host wrote before (responses, wake-ups) is visible with it.
-        CShm_store_release_u32(base + Layout.Header.state, state.rawValue)
-    }
+    func setState(_ state: HostState) { header.setState(state) }
 
-    func beat() {
-        CShm_store_relaxed_u64(base + Layout.Header.heartbeat, CShm_monotonic_ns())
-    }
+    func beat() { header.beat(CShm_monotonic_ns()) }
 
     /// Why the host can no longer answer, or nil while it can.
     ///
@@ -306,30 +267,18 @@ extension Region {
     }
 
     private func initialize(regionSize: Int) {
-        let header = base
-        // Informational: who serves it. Nobody decides anything on these two.
-        CShm_store_relaxed_u64(header + Layout.Header.hostStartTime, CShm_process_start_time(hostPID))
-        CShm_store_relaxed_u32(header + Layout.Header.hostPID, UInt32(bitPattern: hostPID))
-        CShm_store_relaxed_u32(header + Layout.Header.version, Layout.version)
-        CShm_store_relaxed_u32(header + Layout.Header.headerSize, UInt32(Layout.headerSize))
-        CShm_store_relaxed_u32(header + Layout.Header.laneStride, UInt32(laneStride))
-        CShm_store_relaxed_u32(header + Layout.Header.laneCount, UInt32(laneCount))
-        CShm_store_relaxed_u32(header + Layout.Header.slotCapacity, UInt32(slotCapacity))
-        CShm_store_relaxed_u32(header + Layout.Header.workerCount, UInt32(workerCount))
-        CShm_store_relaxed_u64(header + Layout.Header.regionSize, UInt64(regionSize))
-        CShm_store_relaxed_u32(header + Layout.Header.handler, handler.rawValue)
-        CShm_store_relaxed_u64(header + Layout.Header.epoch, epoch)
-        CShm_store_relaxed_u64(header + Layout.Header.lanesOffset, UInt64(Layout.headerSize))
-        CShm_store_relaxed_u64(header + Layout.Header.rawOffset, UInt64(Layout.headerSize + laneCount * laneStride))
-        CShm_store_relaxed_u32(header + Layout.Header.rawCount, UInt32(rawCount))
-        // Every futex word and flag starts at 0 (a new object is zero-filled).
-        for worker in 0..<workerCount {
-            CShm_store_relaxed_u32(doorbell(worker) + Layout.Header.doorbellWorkerCPU, .max)
-        }
+        // The object is zero-filled: every flag and futex word starts at 0. Host pid and start
+        // time are informational; nobody decides anything on them.
+        header.store(HeaderView.Fields(
+            version: Layout.version, headerSize: Layout.headerSize, laneStride: laneStride, laneCount: laneCount,
+            slotCapacity: slotCapacity, workerCount: workerCount, regionSize: UInt64(regionSize), hostPID: hostPID,
+            handler: handler.rawValue, hostStartTime: CShm_process_start_time(hostPID), epoch: epoch,
+            lanesOffset: UInt64(Layout.headerSize), rawOffset: UInt64(Layout.headerSize + laneCount * laneStride),
+            rawCount: rawCount))
+        for worker in 0..<workerCount { doorbell(worker).workerCPU = .max }
         beat()
         setState(.ready)
-        // Release: publishes every field above; pairs with the guest's acquire load of magic.
-        CShm_store_release_u64(header + Layout.Header.magic, Layout.magic)
+        header.publish()
     }
 }
 
@@ -375,25 +324,18 @@ extension Region {
 
         let memory: MappedMemory
         do { memory = try MappedMemory(descriptor: descriptor, size: fileSize) } catch { throw .system(error) }
-        let header = memory.base
-        // Acquire: pairs with the host's release store of magic, which it writes last.
-        let magic = CShm_load_acquire_u64(header + Layout.Header.magic)
+        let header = HeaderView(base: memory.base)
+        let magic = header.magic
         if magic == 0 { throw .notReady(name: name) }
         guard magic == Layout.magic else { throw .notADXRegion(name: name) }
-        let version = CShm_load_relaxed_u32(header + Layout.Header.version)
+        let version = header.version
         guard version == Layout.version else { throw .versionMismatch(found: version, expected: Layout.version) }
 
-        func field32(_ offset: Int) -> Int { Int(CShm_load_relaxed_u32(header + offset)) }
-        func field64(_ offset: Int) -> UInt64 { CShm_load_relaxed_u64(header + offset) }
-        let headerSize = field32(Layout.Header.headerSize)
-        let laneCount = field32(Layout.Header.laneCount)
-        let slotCapacity = field32(Layout.Header.slotCapacity)
-        let laneStride = field32(Layout.Header.laneStride)
-        let workerCount = field32(Layout.Header.workerCount)
-        let rawCount = field32(Layout.Header.rawCount)
-        let regionSize = field64(Layout.Header.regionSize)
-        guard headerSize == Layout.headerSize else {
-            throw .sizeMismatch("header size \(headerSize), expected \(Layout.headerSize)")
+        let fields = header.fields
+        let laneCount = fields.laneCount, slotCapacity = fields.slotCapacity, laneStride = fields.laneStride
+        let workerCount = fields.workerCount, rawCount = fields.rawCount
+        guard fields.headerSize == Layout.headerSize else {
+            throw .sizeMismatch("header size \(fields.headerSize), expected \(Layout.headerSize)")
         }
         guard (1...Layout.maxLanes).contains(laneCount) else { throw .sizeMismatch("lane count \(laneCount)") }
         guard (1...Layout.maxSlotCapacity).contains(slotCapacity) else {
@@ -407,26 +349,24 @@ extension Region {
         }
         guard rawCount <= min(laneCount, Layout.maxRawChannels) else { throw .sizeMismatch("raw channel count \(rawCount)") }
         let expectedSize = Layout.regionSize(laneCount: laneCount, slotCapacity: slotCapacity, rawCount: rawCount)
-        guard regionSize == UInt64(expectedSize) else {
-            throw .sizeMismatch("region size \(regionSize), expected \(expectedSize)")
+        guard fields.regionSize == UInt64(expectedSize) else {
+            throw .sizeMismatch("region size \(fields.regionSize), expected \(expectedSize)")
         }
         guard fileSize >= expectedSize else {
             throw .sizeMismatch("the region object has \(fileSize) bytes, the header says \(expectedSize)")
         }
-        guard field64(Layout.Header.lanesOffset) == UInt64(Layout.headerSize),
-              field64(Layout.Header.rawOffset) == UInt64(Layout.headerSize + laneCount * laneStride) else {
+        guard fields.lanesOffset == UInt64(Layout.headerSize),
+              fields.rawOffset == UInt64(Layout.headerSize + laneCount * laneStride) else {
             throw .sizeMismatch("lane or raw channel offsets")
         }
-        let pid = Int32(bitPattern: CShm_load_relaxed_u32(header + Layout.Header.hostPID))
-        let handler = HandlerKind(rawValue: CShm_load_relaxed_u32(header + Layout.Header.handler)) ?? .custom
+        let handler = HandlerKind(rawValue: fields.handler) ?? .custom
         // The host lives while it holds its header lock; the state word only names why it does not.
         if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) == 0 {
-            let state = HostState(rawValue: CShm_load_acquire_u32(header + Layout.Header.state))
-            throw state == .stopping ? .hostStopping(name: name) : .hostGone(name: name)
+            throw header.state == .stopping ? .hostStopping(name: name) : .hostGone(name: name)
         }
         // From here the region owns the descriptor.
         return Region(name: name, memory: memory, descriptor: descriptor, hostLock: nil, laneCount: laneCount,
-                      slotCapacity: slotCapacity, workerCount: workerCount, rawCount: rawCount, hostPID: pid,
-                      epoch: field64(Layout.Header.epoch), handler: handler)
+                      slotCapacity: slotCapacity, workerCount: workerCount, rawCount: rawCount, hostPID: fields.hostPID,
+                      epoch: fields.epoch, handler: handler)
     }
 }

@@ -71,23 +71,18 @@ extension HostCounters {
     /// lines, which this read only shares for a moment.
     func snapshot(of region: Region) -> RegionSnapshot {
         let lanes = (0..<region.laneCount).map { index -> LaneSnapshot in
-            let base = region.lane(index)
+            let view = region.lane(index)
             let host = lane(index)
-            let guest = base + Layout.Lane.guestCounters
-            let owner = CShm_load_relaxed_u64(base + Layout.Lane.owner)
+            let owner = view.owner.hint
             return LaneSnapshot(
                 index: index, ownerPID: Int32(truncatingIfNeeded: owner >> 32),
                 generation: UInt32(truncatingIfNeeded: owner),
                 roundTrips: read(host + HostCounters.Lane.roundTrips),
                 wakesSent: read(host + HostCounters.Lane.wakesSent),
                 hostErrors: read(host + HostCounters.Lane.errors),
-                calls: CShm_load_relaxed_u64(guest + Layout.Counters.guestCalls),
-                spinWins: CShm_load_relaxed_u64(guest + Layout.Counters.guestSpinWins),
-                yields: CShm_load_relaxed_u64(guest + Layout.Counters.guestYields),
-                sleeps: CShm_load_relaxed_u64(guest + Layout.Counters.guestSleeps),
-                doorbells: CShm_load_relaxed_u64(guest + Layout.Counters.guestDoorbells),
-                guestErrors: CShm_load_relaxed_u64(guest + Layout.Counters.guestErrors),
-                turnWaits: CShm_load_relaxed_u64(guest + Layout.Counters.guestTurnWaits))
+                calls: view.read(.calls), spinWins: view.read(.spinWins), yields: view.read(.yields),
+                sleeps: view.read(.sleeps), doorbells: view.read(.doorbells), guestErrors: view.read(.errors),
+                turnWaits: view.read(.turnWaits))
         }
         let workers = (0..<region.workerCount).map { index -> WorkerSnapshot in
             let counters = worker(index)
