@@ -1,0 +1,75 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CShm
+
+/// The guest end of a raw baseline channel.
+///
+/// - Important: One thread at a time, like ``Lane``. Dropping it ends the session.
+package struct RawChannel: ~Copyable {
+    /// The largest payload, in bytes.
+    package let capacity: Int
+    let region: Region
+    let channel: RawChannelView
+    let claim: OwnerClaim
+    var sequence: UInt64
+
+    init(region: Region, channel: RawChannelView, claim: consuming OwnerClaim) {
+        self.region = region
+        self.channel = channel
+        self.capacity = region.slotCapacity
+        self.claim = claim
+        self.sequence = channel.pong
+        channel.ping(sequence)
+    }
+
+    /// One bare round trip: copy the request in, ping, spin for the pong, copy the response out.
+    /// Returns false when no pong came within about a second of spinning, or the host is gone.
+    package mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
+        let payload = channel.payload
+        let count = min(request.count, capacity)
+        if count > 0 { payload.copyMemory(from: request.baseAddress!, byteCount: count) }
+        let seq = sequence &+ 1
+        sequence = seq
+        channel.ping(seq)  // release: publishes the payload
+        var spins: UInt32 = 0
+        while channel.pong != seq {  // acquire
+            CShm_cpu_relax()
+            spins &+= 1
+            if spins & 0xFFFFF == 0 {
+                // A long wait: the server may have parked after a pause of ours; post it.
+                CShm_fence_seqcst()
+                _ = channel.parker.unpark()
+                if region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
+            }
+        }
+        let out = min(count, response.count)
+        if out > 0 { response.baseAddress!.copyMemory(from: payload, byteCount: out) }
+        return true
+    }
+}
+
+extension Region {
+    /// Claims raw baseline channel `index` and wakes its server. Returns nil when the host has
+    /// no raw channel with that index or another live guest uses it.
+    package func claimRawChannel(_ index: Int) throws(LaneClaimError) -> RawChannel? {
+        guard index >= 0, index < rawCount else { return nil }
+        let channel = rawChannel(index)
+        var lock: OwnerLock?
+        let claim: OwnerClaim
+        do {
+            guard let claimed = try claimOwner(channel.owner, lock: &lock) else { return nil }
+            claim = claimed
+        } catch {
+            throw .system(error)
+        }
+        let raw = RawChannel(region: self, channel: channel, claim: claim)
+        // Seq-cst: the claim is visible before we load the server's sleeping flag, which the
+        // server stores before it checks the owner.
+        CShm_fence_seqcst()
+        _ = channel.parker.unpark()
+        return raw
+    }
+}

@@ -1,0 +1,96 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CShm
+
+extension Region {
+    /// Creates, initialises and publishes a region (host side).
+    ///
+    /// First the host takes its per-name lock (``HostLock``): while another host holds it, this
+    /// one refuses. Holding it, the host replaces an object left by a dead host (after checking
+    /// that it is this user's and that no host holds its header lock), creates the object with
+    /// `shm_open(O_CREAT | O_EXCL)` and mode 0600, locks the header (``Layout/Locks/host``) and
+    /// publishes the header last: every field, then `magic` with a release store.
+    public static func create(name: String, configuration: RegionConfiguration) throws(RegionCreateError) -> Region {
+        guard isValidName(name) else { throw .invalidName(name) }
+        try configuration.validate()
+        let workers = min(configuration.workerCount, configuration.laneCount)
+        let rawCount = configuration.rawChannels ? min(configuration.laneCount, Layout.maxRawChannels) : 0
+        let size = Layout.regionSize(laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
+                                     rawCount: rawCount)
+        let objectName = objectName(for: name)
+        let hostLock = try HostLock(name: name)
+
+        var descriptor: Int32 = -1
+        for _ in 0..<3 where descriptor < 0 {
+            descriptor = CShm_shm_open(objectName, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
+            if descriptor >= 0 { break }
+            let code = errno
+            guard code == EEXIST else { throw .system(SystemError("shm_open", errno: code)) }
+            try removeStale(objectName: objectName, name: name)
+        }
+        guard descriptor >= 0 else { throw .system(SystemError("shm_open", errno: EEXIST)) }
+
+        do throws(SystemError) {
+            try retryingOnInterrupt("fchmod") { fchmod(descriptor, 0o600) }
+            try retryingOnInterrupt("ftruncate") { ftruncate(descriptor, off_t(size)) }
+            let lock = CShm_ofd_trylock(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length))
+            guard lock == 0 else { throw SystemError("fcntl F_OFD_SETLK (host lock)", errno: lock) }
+            let memory = try MappedMemory(descriptor: descriptor, size: size)
+            let pid = getpid()
+            let epoch = CShm_monotonic_ns() ^ (UInt64(UInt32(bitPattern: pid)) << 40)
+            let region = Region(name: name, memory: memory, descriptor: descriptor, hostLock: hostLock,
+                                laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
+                                workerCount: workers, rawCount: rawCount, hostPID: pid, epoch: epoch,
+                                handler: configuration.handler)
+            var info = stat()
+            try retryingOnInterrupt("fstat") { fstat(descriptor, &info) }
+            region.identity = (info.st_dev, info.st_ino)
+            region.initialize(regionSize: size)
+            // A guest can truncate the object under us; the host must not die of the SIGBUS.
+            _ = CShm_guard_truncation(region.base, size)
+            return region
+        } catch {
+            close(descriptor)
+            _ = CShm_shm_unlink(objectName)
+            hostLock.release()
+            throw .system(error)
+        }
+    }
+
+    /// Removes an object left under `objectName` by a host that died. Refuses one that belongs to
+    /// another user (a squatter: never followed, never removed) and one whose header lock is held
+    /// (a live host that keeps its lock file elsewhere).
+    private static func removeStale(objectName: String, name: String) throws(RegionCreateError) {
+        let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
+        guard descriptor >= 0 else {
+            if errno == ENOENT { return }
+            throw .system(SystemError("shm_open", errno: errno))
+        }
+        defer { close(descriptor) }
+        var info = stat()
+        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        guard info.st_uid == getuid() else { throw .nameTaken(name: name, uid: info.st_uid) }
+        if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
+            throw .alreadyServed(name: name, pid: 0)
+        }
+        _ = CShm_shm_unlink(objectName)
+    }
+
+    private func initialize(regionSize: Int) {
+        // The object is zero-filled: every flag and futex word starts at 0. Host pid and start
+        // time are informational; nobody decides anything on them.
+        header.store(HeaderView.Fields(
+            version: Layout.version, headerSize: Layout.headerSize, laneStride: laneStride, laneCount: laneCount,
+            slotCapacity: slotCapacity, workerCount: workerCount, regionSize: UInt64(regionSize), hostPID: hostPID,
+            handler: handler.rawValue, hostStartTime: CShm_process_start_time(hostPID), epoch: epoch,
+            lanesOffset: UInt64(Layout.headerSize), rawOffset: UInt64(Layout.headerSize + laneCount * laneStride),
+            rawCount: rawCount))
+        for worker in 0..<workerCount { doorbell(worker).workerCPU = .max }
+        beat()
+        setState(.ready)
+        header.publish()
+    }
+}
