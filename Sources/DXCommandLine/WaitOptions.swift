@@ -1,8 +1,9 @@
 import ArgumentParser
 import DXCore
 
-/// The wait-strategy flags `dx-host` and `dx-guest` share: a preset, then any parameter on its own.
-public struct WaitOptions: ParsableArguments {
+/// The spin-policy flags `dx-host` and `dx-guest` share: a preset, then any value on its own. They
+/// build a ``SpinPolicy`` directly (``SpinPolicy/changing(spinMin:spinMax:spinStart:yieldEvery:sleepTimeoutMilliseconds:relax:)``).
+public struct SpinOptions: ParsableArguments {
     @Option(name: .customLong("wait"), help: "Wait preset: \(WaitStrategy.presets.map(\.name).joined(separator: ", ")).")
     public var preset: String = "auto"
 
@@ -24,14 +25,43 @@ public struct WaitOptions: ParsableArguments {
     @Flag(name: .customLong("no-relax"), help: "Spin without the CPU-relax hint (experiments only).")
     public var noRelax = false
 
-    @Option(name: .customLong("turn-calls"), help: "Guests: calls per turn when guest threads share a worker (0: no turns).")
+    public init() {}
+
+    /// The preset these flags name, whole (its turns too, for guests).
+    var presetStrategy: WaitStrategy {
+        get throws { do { return try WaitStrategy.preset(named: preset) } catch { throw ValidationError(error.description) } }
+    }
+
+    /// The spin policy these flags describe.
+    public var spinPolicy: SpinPolicy {
+        get throws {
+            do {
+                return try presetStrategy.spinPolicy.changing(
+                    spinMin: spinMin, spinMax: spinMax, spinStart: spinStart, yieldEvery: yieldEvery,
+                    sleepTimeoutMilliseconds: sleepTimeoutMilliseconds, relax: noRelax ? false : nil)
+            } catch let error as WaitStrategyError {
+                throw ValidationError(error.description)
+            }
+        }
+    }
+
+    public mutating func validate() throws {
+        _ = try spinPolicy
+    }
+}
+
+/// A guest's wait flags: the spin policy's, and the turn policy's on top of the preset's.
+public struct WaitOptions: ParsableArguments {
+    @OptionGroup public var spin: SpinOptions
+
+    @Option(name: .customLong("turn-calls"), help: "Calls per turn when guest threads share a worker (0: no turns).")
     public var turnCalls: UInt32?
 
-    @Option(name: .customLong("turn-quantum-us"), help: "Guests: the longest a turn lasts, in µs.")
+    @Option(name: .customLong("turn-quantum-us"), help: "The longest a turn lasts, in µs.")
     public var turnQuantumMicroseconds: UInt64?
 
     @Flag(name: .customLong("avoid-worker-cpu"), inversion: .prefixedNo,
-          help: "Guests: a turn holder moves off its serving worker's CPU (on in auto with 2+ CPUs).")
+          help: "A turn holder moves off its serving worker's CPU (on in auto with 2+ CPUs).")
     public var avoidWorkerCPU: Bool?
 
     public init() {}
@@ -39,23 +69,16 @@ public struct WaitOptions: ParsableArguments {
     /// The strategy these flags describe.
     public var strategy: WaitStrategy {
         get throws {
-            let change = WaitStrategyChange(
-                preset: preset, minSpins: spinMin, maxSpins: spinMax, startSpins: spinStart, yieldEvery: yieldEvery,
-                sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
-            do {
-                var strategy = try change.applied(to: .auto)
-                if noRelax { strategy.relax = false }
-                if let turnCalls { strategy.turnCalls = turnCalls }
-                if let avoidWorkerCPU { strategy.avoidWorkerCPU = avoidWorkerCPU }
-                if let turnQuantumMicroseconds {
-                    let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
-                    strategy.turnQuantumNanoseconds = overflow ? .max : nanoseconds
-                }
-                try strategy.validate()
-                return strategy
-            } catch {
-                throw ValidationError(error.description)
+            var turns = try spin.presetStrategy.turnPolicy
+            if let turnCalls { turns.turnCalls = turnCalls }
+            if let avoidWorkerCPU { turns.avoidWorkerCPU = avoidWorkerCPU }
+            if let turnQuantumMicroseconds {
+                let (nanoseconds, overflow) = turnQuantumMicroseconds.multipliedReportingOverflow(by: 1000)
+                turns.turnQuantumNanoseconds = overflow ? .max : nanoseconds
             }
+            let strategy = WaitStrategy(spinPolicy: try spin.spinPolicy, turnPolicy: turns)
+            do { try strategy.validate() } catch { throw ValidationError(error.description) }
+            return strategy
         }
     }
 

@@ -159,11 +159,9 @@ extension Ctl {
         @Option(name: .customLong("sleep-timeout-ms")) var sleepTimeoutMilliseconds: UInt64?
 
         func run() throws {
-            let change = WaitStrategyChange(preset: preset, minSpins: spinMin, maxSpins: spinMax, startSpins: spinStart,
-                                            yieldEvery: yieldEvery, sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
-            let changing = preset != nil || spinMin != nil || spinMax != nil || spinStart != nil || yieldEvery != nil
-                || sleepTimeoutMilliseconds != nil
-            guard let reply = try options.call(ControlCommand("config", set: changing ? change : nil), as: ConfigReply.self)
+            let change = SpinPolicyChange(preset: preset, spinMin: spinMin, spinMax: spinMax, spinStart: spinStart,
+                                          yieldEvery: yieldEvery, sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
+            guard let reply = try options.call(ControlCommand("config", set: change.isEmpty ? nil : change), as: ConfigReply.self)
             else { return }
             print("\(reply.changed ? "changed; now " : "")wait: \(Table.strategy(reply.wait))")
             print("lanes \(reply.lanes), slot size \(reply.slot_size) bytes, workers \(reply.workers)")
@@ -213,9 +211,9 @@ enum Table {
         value < 60 ? "\((value * 10).rounded() / 10) s" : "\(Int(value) / 60) min \(Int(value) % 60) s"
     }
 
-    static func strategy(_ wait: StrategyFields) -> String {
-        "spin min \(wait.spin_min) max \(wait.spin_max) start \(wait.spin_start), yield every \(wait.yield_every), "
-            + "sleep timeout \(wait.sleep_timeout_ms) ms\(wait.relax ? "" : ", no relax")"
+    static func strategy(_ wait: SpinPolicy) -> String {
+        "spin min \(wait.spinMin) max \(wait.spinMax) start \(wait.spinStart), yield every \(wait.yieldEvery), "
+            + "sleep timeout \(wait.sleepTimeoutNanoseconds / 1_000_000) ms\(wait.relax ? "" : ", no relax")"
     }
 }
 

@@ -70,7 +70,7 @@ struct Run: ParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
-    @OptionGroup var wait: WaitOptions
+    @OptionGroup var wait: SpinOptions
 
     var workerCount: Int { workers ?? max(1, CPUAffinity.allowedCPUs - 1) }
 
@@ -124,7 +124,7 @@ struct Run: ParsableCommand {
             handler: handler == .echo ? .echo : .checksum)
         let host: Host
         do {
-            host = try Host(name: name, configuration: configuration, strategy: try wait.strategy,
+            host = try Host(name: name, configuration: configuration, spinPolicy: try wait.spinPolicy,
                             counting: !noCounters, logger: logger)
         } catch let error as RegionCreateError {
             if case .alreadyServed = error { throw CommandFailure("\(error)", exit: .alreadyRunning) }

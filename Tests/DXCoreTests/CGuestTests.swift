@@ -15,9 +15,9 @@ import Testing
     @Test func cAutoIsShapedLikeSwiftAuto() {
         let c = dx_wait_auto()
         let swift = WaitStrategy.auto
-        #expect(c.avoid_worker_cpu == 1 && swift.avoidWorkerCPU == (CPUAffinity.allowedCPUs > 1))
-        #expect(c.turn_calls == swift.turnCalls && c.turn_quantum_ns == swift.turnQuantumNanoseconds)
-        #expect(c.yield_every == swift.yieldEvery && c.sleep_timeout_ns == swift.sleepTimeoutNanoseconds)
+        #expect(c.avoid_worker_cpu == 1 && swift.turnPolicy.avoidWorkerCPU == (CPUAffinity.allowedCPUs > 1))
+        #expect(c.turn_calls == swift.turnPolicy.turnCalls && c.turn_quantum_ns == swift.turnPolicy.turnQuantumNanoseconds)
+        #expect(c.yield_every == swift.spinPolicy.yieldEvery && c.sleep_timeout_ns == swift.spinPolicy.sleepTimeoutNanoseconds)
         #expect(c.max_spins >= 9 * c.min_spins && c.max_spins <= 11 * c.min_spins)
         #expect(c.start_spins > 2 * c.min_spins && c.start_spins < 3 * c.min_spins)
     }

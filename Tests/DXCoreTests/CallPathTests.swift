@@ -19,7 +19,7 @@ import Testing
     func callsAllocateNothing(strategy: WaitStrategy) throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 256),
-                            strategy: strategy)
+                            spinPolicy: strategy.spinPolicy)
         // The handler turns counting on for the worker thread on its first request.
         try host.start(handler: ClosureHandler { request, _ in
             AllocationCounter_countThisThread(1)

@@ -106,10 +106,10 @@ import Glibc
     /// No lost wake-up: both sides sleep on (almost) every handoff, and every call completes.
     @Test func sleepingHandshakeLosesNoWakeUp() throws {
         let name = uniqueName()
-        let sleepy = WaitStrategy(minSpins: 1, maxSpins: 1, startSpins: 1, yieldEvery: 0,
-                                  sleepTimeoutNanoseconds: 1_000_000_000)
+        let sleepy = WaitStrategy(spinPolicy: SpinPolicy(spinMin: 1, spinMax: 1, spinStart: 1, yieldEvery: 0,
+                                                         sleepTimeoutNanoseconds: 1_000_000_000))
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 16),
-                            strategy: sleepy)
+                            spinPolicy: sleepy.spinPolicy)
         try host.start(handler: EchoHandler())
         defer { host.stop() }
         let region = try Region.attach(name: name)

@@ -8,8 +8,8 @@ import Glibc
 
 /// Guest threads that share a worker take turns (see Lane+Turns.swift).
 @Suite(.serialized, .timeLimit(.minutes(2))) struct TurnTests {
-    static let turns = WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 128,
-                                    turnCalls: 1024, turnQuantumNanoseconds: 200_000)
+    static let turns = WaitStrategy(spinPolicy: SpinPolicy(spinMin: 100, spinMax: 5000, spinStart: 2000, yieldEvery: 128),
+                                    turnPolicy: TurnPolicy(turnCalls: 1024, turnQuantumNanoseconds: 200_000))
 
     func turnstileWords(_ name: String) throws -> (next: UInt64, serving: UInt64) {
         try withRawRegion(name) { base, _, _ in

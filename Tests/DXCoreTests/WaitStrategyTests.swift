@@ -1,9 +1,10 @@
 import DXCore
+import Foundation
 import Testing
 
 @Suite struct WaitStrategyTests {
     @Test func budgetGrowsWhileSpinningPaysOff() {
-        var spin = AdaptiveSpin(WaitStrategy(minSpins: 100, maxSpins: 5000, startSpins: 2000, yieldEvery: 128))
+        var spin = AdaptiveSpin(SpinPolicy(spinMin: 100, spinMax: 5000, spinStart: 2000, yieldEvery: 128))
         #expect(spin.budget == 2000)
         spin.spinSucceeded()
         #expect(spin.budget == 2000 + 3000 / 16)
@@ -14,7 +15,7 @@ import Testing
     }
 
     @Test func budgetHalvesWhenItHadToSleep() {
-        var spin = AdaptiveSpin(.balanced)
+        var spin = AdaptiveSpin(WaitStrategy.balanced.spinPolicy)
         spin.hadToSleep()
         #expect(spin.budget == 1000)
         for _ in 0..<20 { spin.hadToSleep() }
@@ -22,7 +23,7 @@ import Testing
     }
 
     @Test func budgetRecoversAfterSleeps() {
-        var spin = AdaptiveSpin(.balanced)
+        var spin = AdaptiveSpin(WaitStrategy.balanced.spinPolicy)
         for _ in 0..<20 { spin.hadToSleep() }
         var previous = spin.budget
         for _ in 0..<50 {
@@ -33,31 +34,31 @@ import Testing
     }
 
     @Test func startIsClampedIntoRange() {
-        let spin = AdaptiveSpin(WaitStrategy(minSpins: 10, maxSpins: 20, startSpins: 50, yieldEvery: 0))
+        let spin = AdaptiveSpin(SpinPolicy(spinMin: 10, spinMax: 20, spinStart: 50, yieldEvery: 0))
         #expect(spin.budget == 20)
     }
 
     @Test func presetsAreValidAndNamed() throws {
         for (name, strategy) in WaitStrategy.presets {
             try strategy.validate()
-            #expect(WaitStrategy.preset(named: name) == strategy)
+            #expect(try WaitStrategy.preset(named: name) == strategy)
         }
-        #expect(WaitStrategy.balanced.minSpins == 100)
-        #expect(WaitStrategy.balanced.maxSpins == 5000)
-        #expect(WaitStrategy.balanced.startSpins == 2000)
-        #expect(WaitStrategy.balanced.yieldEvery == 128)
-        #expect(WaitStrategy.preset(named: "nope") == nil)
+        let balanced = WaitStrategy.balanced.spinPolicy
+        #expect(balanced == SpinPolicy(spinMin: 100, spinMax: 5000, spinStart: 2000, yieldEvery: 128))
+        #expect(WaitStrategy.balanced.turnPolicy == .off)
+        #expect(throws: WaitStrategyError.self) { try WaitStrategy.preset(named: "nope") }
     }
 
     /// `auto` sets its budget in time: 50 µs to 500 µs of spinning, whatever a spin costs here.
     @Test func autoIsCalibratedInTime() throws {
         let auto = WaitStrategy.auto
         try auto.validate()
-        #expect(auto.turnCalls > 0)
-        #expect(auto.avoidWorkerCPU == (CPUAffinity.allowedCPUs > 1))
-        #expect(auto.minSpins < auto.startSpins && auto.startSpins < auto.maxSpins)
+        #expect(auto.turnPolicy.turnCalls > 0)
+        #expect(auto.turnPolicy.avoidWorkerCPU == (CPUAffinity.allowedCPUs > 1))
+        let spin = auto.spinPolicy
+        #expect(spin.spinMin < spin.spinStart && spin.spinStart < spin.spinMax)
         // The ratios survive the calibration (up to the rounding and the 100-spin floor).
-        #expect(auto.maxSpins >= 9 * auto.minSpins && auto.maxSpins <= 11 * auto.minSpins)
+        #expect(spin.spinMax >= 9 * spin.spinMin && spin.spinMax <= 11 * spin.spinMin)
     }
 
     @Test(arguments: [("1", [1]), ("0,1", [0, 1]), ("0-3", [0, 1, 2, 3]), ("2,0-1", [2, 0, 1])])
@@ -72,24 +73,40 @@ import Testing
 
     @Test func invalidCombinationsAreRefused() {
         #expect(throws: WaitStrategyError.self) {
-            try WaitStrategy(minSpins: 10, maxSpins: 5, startSpins: 5, yieldEvery: 0).validate()
+            try SpinPolicy(spinMin: 10, spinMax: 5, spinStart: 5, yieldEvery: 0).validate()
         }
         #expect(throws: WaitStrategyError.self) {
-            try WaitStrategy(minSpins: 10, maxSpins: 50, startSpins: 60, yieldEvery: 0).validate()
+            try SpinPolicy(spinMin: 10, spinMax: 50, spinStart: 60, yieldEvery: 0).validate()
         }
         #expect(throws: WaitStrategyError.self) {
-            try WaitStrategy(minSpins: 1, maxSpins: 5, startSpins: 2, yieldEvery: 0, sleepTimeoutNanoseconds: 10).validate()
+            try SpinPolicy(spinMin: 1, spinMax: 5, spinStart: 2, yieldEvery: 0, sleepTimeoutNanoseconds: 10).validate()
+        }
+        #expect(throws: WaitStrategyError.self) {
+            try TurnPolicy(turnCalls: 8, turnQuantumNanoseconds: 1).validate()
         }
     }
 
     @Test func changesApplyAPresetThenValues() throws {
-        let low = try WaitStrategyChange(preset: "low-cpu", yieldEvery: 32).applied(to: .fair)
-        #expect(low.maxSpins == 500)
+        let fair = WaitStrategy.fair.spinPolicy
+        let low = try SpinPolicyChange(preset: "low-cpu", yieldEvery: 32).applied(to: fair)
+        #expect(low.spinMax == 500)
         #expect(low.yieldEvery == 32)
         // A new max below the preset's start pulls start down with it.
-        let clamped = try WaitStrategyChange(maxSpins: 1000).applied(to: .balanced)
-        #expect(clamped.startSpins == 1000)
-        #expect(throws: WaitStrategyError.self) { try WaitStrategyChange(preset: "warp").applied(to: .fair) }
-        #expect(throws: WaitStrategyError.self) { try WaitStrategyChange(minSpins: 10, maxSpins: 5).applied(to: .fair) }
+        let clamped = try WaitStrategy.balanced.spinPolicy.changing(spinMax: 1000)
+        #expect(clamped.spinStart == 1000)
+        #expect(throws: WaitStrategyError.self) { try SpinPolicyChange(preset: "warp").applied(to: fair) }
+        #expect(throws: WaitStrategyError.self) { try SpinPolicyChange(spinMin: 10, spinMax: 5).applied(to: fair) }
+    }
+
+    /// One name per setting: the wire form of a spin policy uses the same names in snake case.
+    @Test func aSpinPolicyCrossesTheWireUnderItsOwnNames() throws {
+        let policy = SpinPolicy(spinMin: 1, spinMax: 9, spinStart: 4, yieldEvery: 2, sleepTimeoutNanoseconds: 7_000_000,
+                                relax: false)
+        let json = String(decoding: try JSONEncoder().encode(policy), as: UTF8.self)
+        for key in ["\"spin_min\":1", "\"spin_max\":9", "\"spin_start\":4", "\"yield_every\":2",
+                    "\"sleep_timeout_ms\":7", "\"relax\":false"] {
+            #expect(json.contains(key), "\(json) lacks \(key)")
+        }
+        #expect(try JSONDecoder().decode(SpinPolicy.self, from: Data(json.utf8)) == policy)
     }
 }

@@ -15,32 +15,82 @@ struct ControlRequest: Decodable {
     /// `watch`: how often to send a line.
     var interval_ms: Int?
     /// `config`: the changes to make; absent to only read the configuration.
-    var set: WaitStrategyChange?
+    var set: SpinPolicyChange?
 }
 
-/// The wait strategy, as the protocol shows it.
-public struct StrategyFields: Codable, Equatable, Sendable {
-    /// The spin budget's floor.
-    public var spin_min: UInt32
-    /// The spin budget's ceiling.
-    public var spin_max: UInt32
-    /// The budget a new waiter starts with.
-    public var spin_start: UInt32
-    /// `sched_yield` every this many spins; 0 never.
-    public var yield_every: UInt32
-    /// The longest single sleep, in milliseconds.
-    public var sleep_timeout_ms: UInt64
-    /// Whether spins execute the CPU-relax hint.
-    public var relax: Bool
+/// On the wire, a spin policy is `{"spin_min": …, "spin_max": …, "spin_start": …, "yield_every": …,
+/// "sleep_timeout_ms": …, "relax": …}`: the same names as the Swift properties and the flags, in
+/// snake case (the sleep timeout in milliseconds).
+extension SpinPolicy: Codable {
+    enum CodingKeys: String, CodingKey {
+        case spinMin = "spin_min", spinMax = "spin_max", spinStart = "spin_start", yieldEvery = "yield_every"
+        case sleepTimeoutMilliseconds = "sleep_timeout_ms", relax
+    }
 
-    /// The fields of `strategy`.
-    public init(_ strategy: WaitStrategy) {
-        spin_min = strategy.minSpins
-        spin_max = strategy.maxSpins
-        spin_start = strategy.startSpins
-        yield_every = strategy.yieldEvery
-        sleep_timeout_ms = strategy.sleepTimeoutNanoseconds / 1_000_000
-        relax = strategy.relax
+    /// Decodes the wire form (milliseconds for the sleep timeout).
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(spinMin: try container.decode(UInt32.self, forKey: .spinMin),
+                  spinMax: try container.decode(UInt32.self, forKey: .spinMax),
+                  spinStart: try container.decode(UInt32.self, forKey: .spinStart),
+                  yieldEvery: try container.decode(UInt32.self, forKey: .yieldEvery),
+                  sleepTimeoutNanoseconds: try container.decode(UInt64.self, forKey: .sleepTimeoutMilliseconds) &* 1_000_000,
+                  relax: try container.decode(Bool.self, forKey: .relax))
+    }
+
+    /// Encodes the wire form.
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(spinMin, forKey: .spinMin)
+        try container.encode(spinMax, forKey: .spinMax)
+        try container.encode(spinStart, forKey: .spinStart)
+        try container.encode(yieldEvery, forKey: .yieldEvery)
+        try container.encode(sleepTimeoutNanoseconds / 1_000_000, forKey: .sleepTimeoutMilliseconds)
+        try container.encode(relax, forKey: .relax)
+    }
+}
+
+/// A `config` request's changes to the workers' spin policy, as people give them: a preset first
+/// (`"wait"`), then any single value on top; every field optional.
+public struct SpinPolicyChange: Codable, Sendable, Equatable {
+    /// A preset to start from.
+    public var preset: String?
+    /// A new ``SpinPolicy/spinMin``.
+    public var spinMin: UInt32?
+    /// A new ``SpinPolicy/spinMax``.
+    public var spinMax: UInt32?
+    /// A new ``SpinPolicy/spinStart``.
+    public var spinStart: UInt32?
+    /// A new ``SpinPolicy/yieldEvery``.
+    public var yieldEvery: UInt32?
+    /// A new sleep timeout, in milliseconds.
+    public var sleepTimeoutMilliseconds: UInt64?
+
+    enum CodingKeys: String, CodingKey {
+        case preset = "wait", spinMin = "spin_min", spinMax = "spin_max", spinStart = "spin_start"
+        case yieldEvery = "yield_every", sleepTimeoutMilliseconds = "sleep_timeout_ms"
+    }
+
+    /// Changes; nil leaves a value as it is.
+    public init(preset: String? = nil, spinMin: UInt32? = nil, spinMax: UInt32? = nil, spinStart: UInt32? = nil,
+                yieldEvery: UInt32? = nil, sleepTimeoutMilliseconds: UInt64? = nil) {
+        self.preset = preset
+        self.spinMin = spinMin
+        self.spinMax = spinMax
+        self.spinStart = spinStart
+        self.yieldEvery = yieldEvery
+        self.sleepTimeoutMilliseconds = sleepTimeoutMilliseconds
+    }
+
+    /// Whether it changes anything.
+    public var isEmpty: Bool { self == SpinPolicyChange() }
+
+    /// `base` (or the preset's spin policy) with the values changed, validated
+    /// (``SpinPolicy/changing(spinMin:spinMax:spinStart:yieldEvery:sleepTimeoutMilliseconds:relax:)``).
+    public func applied(to base: SpinPolicy) throws(WaitStrategyError) -> SpinPolicy {
+        let start = try preset.map { name throws(WaitStrategyError) in try WaitStrategy.preset(named: name).spinPolicy } ?? base
+        return try start.changing(spinMin: spinMin, spinMax: spinMax, spinStart: spinStart, yieldEvery: yieldEvery,
+                                  sleepTimeoutMilliseconds: sleepTimeoutMilliseconds)
     }
 }
 
@@ -134,8 +184,8 @@ public struct StatsReply: Codable, Sendable {
     public var reclaimed_lanes: UInt64
     /// Control connections closed because they let too much output pile up, or sat idle.
     public var control_dropped: Int
-    /// The serving workers' wait strategy.
-    public var wait: StrategyFields
+    /// The serving workers' spin policy.
+    public var wait: SpinPolicy
     /// Every lane.
     public var lanes: [LaneFields]
     /// Every serving worker.
@@ -164,8 +214,8 @@ public struct ConfigReply: Codable, Sendable {
     public var cmd = "config"
     /// Whether the request changed the wait strategy.
     public var changed: Bool
-    /// The serving workers' wait strategy.
-    public var wait: StrategyFields
+    /// The serving workers' spin policy.
+    public var wait: SpinPolicy
     /// The region's lane count.
     public var lanes: Int
     /// The largest request or response, in bytes.
@@ -227,10 +277,10 @@ public struct ControlCommand: Encodable, Sendable {
     /// `watch`: milliseconds between lines.
     public var interval_ms: Int?
     /// `config`: the changes to make; nil only reads the configuration.
-    public var set: WaitStrategyChange?
+    public var set: SpinPolicyChange?
 
     /// A command named `cmd` (`stats`, `lanes`, `config`, `watch`, `metrics`, `shutdown`).
-    public init(_ cmd: String, intervalMilliseconds: Int? = nil, set: WaitStrategyChange? = nil) {
+    public init(_ cmd: String, intervalMilliseconds: Int? = nil, set: SpinPolicyChange? = nil) {
         self.cmd = cmd
         self.interval_ms = intervalMilliseconds
         self.set = set

@@ -4,10 +4,10 @@ import FoundationEssentials
 /// What the control plane may see and change of a host.
 public protocol ControlTarget: AnyObject, Sendable {
     var region: Region { get }
-    var strategy: WaitStrategy { get }
+    var spinPolicy: SpinPolicy { get }
     /// Every counter now.
     func snapshot() -> RegionSnapshot
-    func setStrategy(_ strategy: WaitStrategy) throws(WaitStrategyError)
+    func setSpinPolicy(_ policy: SpinPolicy) throws(WaitStrategyError)
     /// Asks the host to stop, from the control thread; the host stops on its own thread.
     func requestShutdown()
 }
@@ -165,24 +165,24 @@ final class ControlService {
             wakes_sent: window.now.lanes.reduce(0) { $0 &+ $1.wakesSent },
             errors: window.now.lanes.reduce(0) { $0 &+ $1.hostErrors },
             reclaimed_lanes: window.now.reclaimedLanes, control_dropped: droppedConnections,
-            wait: StrategyFields(target.strategy), lanes: laneFields(stats: window),
+            wait: target.spinPolicy, lanes: laneFields(stats: window),
             workers: window.now.workers.map {
                 WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps)
             })
     }
 
-    private func config(_ change: WaitStrategyChange?) -> ([UInt8], Effect) {
+    private func config(_ change: SpinPolicyChange?) -> ([UInt8], Effect) {
         var changed = false
         if let change {
             do {
-                try target.setStrategy(try change.applied(to: target.strategy))
+                try target.setSpinPolicy(try change.applied(to: target.spinPolicy))
             } catch {
                 return (errorLine("invalid configuration, nothing changed: \(error)", cmd: "config"), .none)
             }
             changed = true
         }
         let region = target.region
-        return (encodeLine(ConfigReply(changed: changed, wait: StrategyFields(target.strategy), lanes: region.laneCount,
+        return (encodeLine(ConfigReply(changed: changed, wait: target.spinPolicy, lanes: region.laneCount,
                                        slot_size: region.slotCapacity, workers: region.workerCount)), .none)
     }
 

@@ -3,7 +3,7 @@ import CShm
 /// Turn-taking between the guest threads that share a serving worker.
 ///
 /// With more guest threads than CPUs, threads that all spin for their responses starve the
-/// worker and each other. With turns on (``WaitStrategy/turnCalls``), the guest threads of one
+/// worker and each other. With turns on (``TurnPolicy/turnCalls``), the guest threads of one
 /// worker form a FIFO ticket queue in the worker's turnstile: one holds the turn and makes calls;
 /// the others sleep on a futex, so they take no CPU. A holder keeps its turn while nobody waits;
 /// when someone does, it passes the turn after `turnCalls` calls or `turnQuantumNanoseconds`,
@@ -27,11 +27,11 @@ extension Lane {
     @usableFromInline
     mutating func takeTurns(waitStart: inout UInt64) -> CallError? {
         callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
-        if strategy.avoidWorkerCPU { keepOffWorkerCPU() }
+        if strategy.turnPolicy.avoidWorkerCPU { keepOffWorkerCPU() }
         let now = CShm_monotonic_ns()
         if holdsTurn {
             callsInTurn &+= Lane.callsBetweenTurnChecks
-            if callsInTurn < strategy.turnCalls, now &- leaseStart < strategy.turnQuantumNanoseconds { return nil }
+            if callsInTurn < strategy.turnPolicy.turnCalls, now &- leaseStart < strategy.turnPolicy.turnQuantumNanoseconds { return nil }
             if turnstile.servingAcquire == turnTicket {
                 if turnstile.next == turnTicket &+ 1 {
                     renewLease(now)  // nobody waits: keep going
@@ -55,7 +55,7 @@ extension Lane {
     /// Takes a ticket and waits (sleeping) until it is served, the host goes, or the call timeout
     /// passes (then the ticket is abandoned: waiters skip it like a dead one's).
     mutating func acquireTurn(waitStart: inout UInt64) -> CallError? {
-        let quantum = strategy.turnQuantumNanoseconds
+        let quantum = strategy.turnPolicy.turnQuantumNanoseconds
         let staleAfter = 2 &* quantum &+ 1_000_000
         let start = CShm_monotonic_ns()
         let deadline = start &+ callTimeoutNanoseconds
@@ -100,7 +100,7 @@ extension Lane {
         return nil
     }
 
-    /// Moves this thread off its worker's CPU when it runs there (see ``WaitStrategy/avoidWorkerCPU``).
+    /// Moves this thread off its worker's CPU when it runs there (see ``TurnPolicy/avoidWorkerCPU``).
     mutating func keepOffWorkerCPU() {
         // A hint the worker refreshes; anything outside 0..<1024 is ignored.
         let worker = doorbell.workerCPU

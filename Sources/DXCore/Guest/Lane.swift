@@ -67,7 +67,7 @@ public struct Lane: ~Copyable {
         self.strategy = strategy
         self.claim = claim
         self.sequence = sequence
-        self.spin = AdaptiveSpin(strategy)
+        self.spin = AdaptiveSpin(strategy.spinPolicy)
     }
 
     /// Releases the lane: leaves the turn queue; then the claim frees the owner word (pid 0,
@@ -135,7 +135,7 @@ public struct Lane: ~Copyable {
         }
         // When this call began to wait (for a turn), or 0: the call timeout counts from there.
         var waitStart: UInt64 = 0
-        if strategy.turnCalls != 0 {
+        if strategy.turnPolicy.turnCalls != 0 {
             if callsUntilTurnCheck == 0 {
                 // Nothing is published yet: a turn that never came leaves the lane usable.
                 if let error = takeTurns(waitStart: &waitStart) { return .failure(error) }
@@ -195,7 +195,7 @@ public struct Lane: ~Copyable {
     /// the fast path reads no clock.
     @inlinable
     mutating func awaitResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
-        var wait = SpinWait(budget: spin.budget, strategy: strategy)
+        var wait = SpinWait(budget: spin.budget, policy: strategy.spinPolicy)
         var deadline: UInt64 = 0
         while true {
             // Acquire: makes the response length, status and payload visible.
@@ -247,7 +247,7 @@ public struct Lane: ~Copyable {
             let now = CShm_monotonic_ns()
             if now >= deadline { return view.responseSeq == seq ? nil : .timedOut }
             // Seq-cst re-check: pairs with the worker's seq-cst store of the response (see Parker).
-            let outcome = view.parker.park(timeoutNanoseconds: min(strategy.sleepTimeoutNanoseconds, deadline &- now)) {
+            let outcome = view.parker.park(timeoutNanoseconds: min(strategy.spinPolicy.sleepTimeoutNanoseconds, deadline &- now)) {
                 view.responseSeqSeqCst == seq
             }
             if outcome == .ready || view.responseSeq == seq { return nil }

@@ -22,9 +22,9 @@ import Synchronization
 public final class Host: ControlTarget, @unchecked Sendable {
     /// The region this host serves.
     public let region: Region
-    /// The wait strategy of the serving workers; ``setStrategy(_:)`` changes it while they run.
-    public var strategy: WaitStrategy { strategies.load() }
-    private let strategies: StrategyCell
+    /// The serving workers' spin policy; ``setSpinPolicy(_:)`` changes it while they run.
+    public var spinPolicy: SpinPolicy { policies.load() }
+    private let policies: SpinPolicyCell
     private let logger: Logger
     private let stopFlag = StopFlag()
     private var threads: [Thread] = []
@@ -40,11 +40,11 @@ public final class Host: ControlTarget, @unchecked Sendable {
 
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``. `logger` receives the host's few lifecycle messages (never one per call).
-    public init(name: String, configuration: RegionConfiguration, strategy: WaitStrategy = .auto,
+    public init(name: String, configuration: RegionConfiguration, spinPolicy: SpinPolicy = WaitStrategy.auto.spinPolicy,
                 counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
-        do { try strategy.validate() } catch { throw .invalidConfiguration(error.description) }
+        do { try spinPolicy.validate() } catch { throw .invalidConfiguration(error.description) }
         self.region = try Region.create(name: name, configuration: configuration)
-        self.strategies = StrategyCell(strategy)
+        self.policies = SpinPolicyCell(spinPolicy)
         self.counting = counting
         self.counters = HostCounters(laneCount: region.laneCount, workerCount: region.workerCount)
         self.logger = logger
@@ -52,11 +52,11 @@ public final class Host: ControlTarget, @unchecked Sendable {
 
     /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
     public func start<Handler: RequestHandler>(handler: Handler) throws(SystemError) {
-        let region = region, strategies = strategies, stop = stopFlag, counting = counting, counters = counters
+        let region = region, policies = policies, stop = stopFlag, counting = counting, counters = counters
         let cpus = workerCPUs, logger = logger
         do {
             for index in 0..<region.workerCount {
-                let worker = Worker(region: region, index: index, handler: handler, strategies: strategies,
+                let worker = Worker(region: region, index: index, handler: handler, policies: policies,
                                     stop: stop, counters: counters, counting: counting)
                 let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
                 threads.append(try Thread {
@@ -95,17 +95,17 @@ public final class Host: ControlTarget, @unchecked Sendable {
         }
         logger.info("serving", metadata: [
             "region": "\(Region.path(for: region.name))", "lanes": "\(region.laneCount)",
-            "slot": "\(region.slotCapacity)", "workers": "\(region.workerCount)", "wait": "\(strategies.load())",
+            "slot": "\(region.slotCapacity)", "workers": "\(region.workerCount)", "wait": "\(policies.load())",
             "pin": "\(cpus.isEmpty ? "none" : cpus.map(String.init).joined(separator: ","))",
         ])
     }
 
-    /// Changes the serving workers' wait strategy. They pick it up at their next idle moment or
+    /// Changes the serving workers' spin policy. They pick it up at their next idle moment or
     /// within 1024 polls; the call path takes no lock for it.
-    public func setStrategy(_ strategy: WaitStrategy) throws(WaitStrategyError) {
-        try strategy.validate()
-        strategies.store(strategy)
-        logger.info("wait strategy changed", metadata: ["wait": "\(strategy)"])
+    public func setSpinPolicy(_ policy: SpinPolicy) throws(WaitStrategyError) {
+        try policy.validate()
+        policies.store(policy)
+        logger.info("spin policy changed", metadata: ["wait": "\(policy)"])
     }
 
     /// What to do when a control client asks the host to shut down (for `dx-host`: signal the

@@ -15,8 +15,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     let region: Region
     let index: Int
     let handler: Handler
-    /// Where the wait strategy comes from; it may change while the worker runs.
-    let strategies: StrategyCell
+    /// Where the spin policy comes from; it may change while the worker runs.
+    let policies: SpinPolicyCell
     let stop: StopFlag
     /// Whether the worker updates its counters in shared memory (off only to measure their cost).
     let counting: Bool
@@ -32,12 +32,12 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     /// With a focus lane, every lane is scanned once per this many polls of the focus lane.
     static var scanEvery: Int { 8 }
 
-    init(region: Region, index: Int, handler: Handler, strategies: StrategyCell, stop: StopFlag,
+    init(region: Region, index: Int, handler: Handler, policies: SpinPolicyCell, stop: StopFlag,
          counters hostCounters: HostCounters, counting: Bool) {
         self.region = region
         self.index = index
         self.handler = handler
-        self.strategies = strategies
+        self.policies = policies
         self.stop = stop
         self.counting = counting
         self.counters = hostCounters.worker(index)
@@ -62,10 +62,10 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     /// Serves until the stop flag is set.
     func run() {
         let doorbell = region.doorbell(index)
-        var version = strategies.version
-        var strategy = strategies.load()
-        var spin = AdaptiveSpin(strategy)
-        var idle = SpinWait(budget: spin.budget, strategy: strategy)
+        var version = policies.version
+        var policy = policies.load()
+        var spin = AdaptiveSpin(policy)
+        var idle = SpinWait(budget: spin.budget, policy: policy)
         var rounds: UInt32 = 0
         // Focus: while one lane is the only busy one (the usual case with turns), poll it alone
         // and scan every lane only every `Worker.scanEvery` rounds. A scan that finds several busy
@@ -103,19 +103,19 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             if rounds & 0x3FF == 0 {
                 if stop.isSet { return }
                 publishCPU(doorbell, &publishedCPU)
-                if strategies.version != version {
-                    // A new strategy from the control plane: picked up between two polls.
-                    version = strategies.version
-                    strategy = strategies.load()
-                    spin = AdaptiveSpin(strategy)
-                    idle = SpinWait(budget: spin.budget, strategy: strategy)
+                if policies.version != version {
+                    // A new policy from the control plane: picked up between two polls.
+                    version = policies.version
+                    policy = policies.load()
+                    spin = AdaptiveSpin(policy)
+                    idle = SpinWait(budget: spin.budget, policy: policy)
                 }
             }
             if served {
                 if idle.spins != 0 {
                     spin.spinSucceeded()
                     if counting { bump(counters + HostCounters.Worker.spinWins) }
-                    idle = SpinWait(budget: spin.budget, strategy: strategy)
+                    idle = SpinWait(budget: spin.budget, policy: policy)
                 }
                 continue
             }
@@ -131,9 +131,9 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             spin.hadToSleep()
             if counting { bump(counters + HostCounters.Worker.sleeps) }
             defer { publishCPU(doorbell, &publishedCPU) }  // a wake-up may have moved us
-            let outcome = sleep(doorbell: doorbell, timeout: strategy.sleepTimeoutNanoseconds)
+            let outcome = sleep(doorbell: doorbell, timeout: policy.sleepTimeoutNanoseconds)
             if stop.isSet { return }
-            idle = SpinWait(budget: spin.budget, strategy: strategy)
+            idle = SpinWait(budget: spin.budget, policy: policy)
             // Nobody came for a whole sleep: poll once more and sleep again, without spinning
             // through the budget first (an idle host should cost next to nothing). Otherwise a
             // request is there or about to be: spin again.

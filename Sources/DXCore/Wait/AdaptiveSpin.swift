@@ -9,30 +9,30 @@ import CShm
 public struct AdaptiveSpin: Sendable, Equatable {
     @usableFromInline var _budget: UInt32
     /// The floor.
-    public let minSpins: UInt32
+    public let spinMin: UInt32
     /// The ceiling.
-    public let maxSpins: UInt32
+    public let spinMax: UInt32
 
     /// The spins the next wait may make before it sleeps.
     @inlinable public var budget: UInt32 { _budget }
 
-    /// A budget at the strategy's start value, clamped between its min and max.
-    public init(_ strategy: WaitStrategy) {
-        minSpins = strategy.minSpins
-        maxSpins = strategy.maxSpins
-        _budget = min(max(strategy.startSpins, strategy.minSpins), strategy.maxSpins)
+    /// A budget at the policy's start value, clamped between its min and max.
+    public init(_ policy: SpinPolicy) {
+        spinMin = policy.spinMin
+        spinMax = policy.spinMax
+        _budget = min(max(policy.spinStart, policy.spinMin), policy.spinMax)
     }
 
     /// The wait ended while spinning.
     @inlinable
     public mutating func spinSucceeded() {
-        if _budget < maxSpins { _budget += max((maxSpins - _budget) / 16, 1) }
+        if _budget < spinMax { _budget += max((spinMax - _budget) / 16, 1) }
     }
 
     /// The wait ran out of spins and slept.
     @inlinable
     public mutating func hadToSleep() {
-        _budget = max(_budget / 2, minSpins)
+        _budget = max(_budget / 2, spinMin)
     }
 }
 

@@ -10,7 +10,7 @@ import CShm
 /// (``Parker``). The guest's wait for a response and the worker's wait for requests both run it.
 ///
 /// ```swift
-/// var wait = SpinWait(budget: spin.budget, strategy: strategy)
+/// var wait = SpinWait(budget: spin.budget, policy: policy)
 /// while !ready() {
 ///     if wait.step() == .exhausted { /* park */ }
 /// }
@@ -29,11 +29,11 @@ struct SpinWait {
     enum Step { case spun, yielded, exhausted }
 
     @inlinable
-    init(budget: UInt32, strategy: WaitStrategy) {
+    init(budget: UInt32, policy: SpinPolicy) {
         self.budget = budget
-        self.yieldEvery = strategy.yieldEvery
-        self.relax = strategy.relax
-        self.untilYield = strategy.yieldEvery
+        self.yieldEvery = policy.yieldEvery
+        self.relax = policy.relax
+        self.untilYield = policy.yieldEvery
     }
 
     /// One idle step: relax (and yield every `yieldEvery` steps), or `.exhausted` when the
