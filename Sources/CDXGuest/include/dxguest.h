@@ -32,13 +32,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "dxlayout.h"  // DX_LAYOUT_VERSION, the layout this library implements, and the region's offsets
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/// The region layout this library implements. A region with another version is refused
-/// (DX_E_VERSION) before anything else in it is read.
-#define DX_LAYOUT_VERSION 2u
 
 enum dx_error {
     DX_OK = 0,
