@@ -1,23 +1,22 @@
 // The guest side of a dx region, written from docs/LAYOUT.md (layout version 2).
-// Section names below ("Validating", "Liveness", "The parker", "Claim and release", "One call",
-// "Turns") are that document's.
+// Section names below ("Validating", "Liveness", "Claim and release", "One call", "Turns") are that
+// document's; "The parker" and the spin step are in dxwait.c and dxwait.h, as in Sources/DXCore/Wait.
 #define _GNU_SOURCE
 #include "dxguest.h"
+#include "dxatomic.h"
+#include "dxwait.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,62 +27,9 @@ enum {
     CALLS_BETWEEN_TURN_CHECKS = 64,
 };
 
-// MARK: - Atomics on the mapping
-
-#define AT64(p) ((_Atomic uint64_t *)(void *)(p))
-#define AT32(p) ((_Atomic uint32_t *)(void *)(p))
-#define load64(p, order) atomic_load_explicit(AT64(p), order)
-#define load32(p, order) atomic_load_explicit(AT32(p), order)
-#define store64(p, v, order) atomic_store_explicit(AT64(p), (v), order)
-#define store32(p, v, order) atomic_store_explicit(AT32(p), (v), order)
-#define RELAXED memory_order_relaxed
-#define ACQUIRE memory_order_acquire
-#define RELEASE memory_order_release
-#define SEQ_CST memory_order_seq_cst
-
-static bool cas64(char *p, uint64_t expected, uint64_t desired, memory_order order) {
-    return atomic_compare_exchange_strong_explicit(AT64(p), &expected, desired, order, ACQUIRE);
-}
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
-}
-
-// MARK: - Small system helpers
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+// MARK: - Small helpers
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-
-static struct timespec timespec_of(uint64_t ns) {
-    return (struct timespec){(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-}
-
-/// One FUTEX_WAIT while the word holds `expected`, for at most `timeout_ns` (relative, so measured on
-/// CLOCK_MONOTONIC). The shared kind, without FUTEX_PRIVATE_FLAG: the word is in a mapping other
-/// processes share, and a private wait would never see their wakes. Returns 0 or the errno.
-static int futex_wait(void *word, uint32_t expected, uint64_t timeout_ns) {
-    struct timespec timeout = timespec_of(timeout_ns);
-    return syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, NULL, 0) == 0 ? 0 : errno;
-}
-
-static void futex_wake(void *word, int count) {
-    syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
-}
-
-/// Sleeps `ns` without a futex (resumed after a signal).
-static void sleep_ns(uint64_t ns) {
-    struct timespec request = timespec_of(ns), remaining;
-    while (nanosleep(&request, &remaining) != 0 && errno == EINTR) request = remaining;
-}
 
 /// Closes `fd` on an error path without losing the errno that DX_E_SYSTEM promises to keep.
 static void close_keeping_errno(int fd) {
@@ -126,66 +72,6 @@ static int reopen(int fd) {
     int claim;
     do { claim = open(path, O_RDWR | O_CLOEXEC); } while (claim < 0 && errno == EINTR);
     return claim;
-}
-
-// MARK: - The parker ("The parker: dx's semaphore")
-
-/// A binary semaphore of two u32 words in the region: the sleeping flag and the futex word. Garbage
-/// written into them costs at most one spurious return per sleep.
-typedef struct {
-    char *flag, *word;
-} parker;
-
-enum park_outcome { PARK_READY, PARK_POSTED, PARK_TIMED_OUT };
-
-/// The futex half of a sleep: until a post or `timeout_ns`, re-armed with what remains after a
-/// return that was no post. Never spins on a failing futex call.
-static enum park_outcome wait_for_post(char *word, uint64_t timeout_ns) {
-    uint64_t deadline = now_ns() + timeout_ns, remaining = timeout_ns;
-    for (;;) {
-        int rc = futex_wait(word, 0, remaining);
-        // Acquire: pairs with the poster's release store of 1.
-        if (load32(word, ACQUIRE) != 0) return PARK_POSTED;
-        if (rc == ETIMEDOUT) return PARK_TIMED_OUT;
-        if (rc != 0 && rc != EINTR && rc != EAGAIN) {
-            // EFAULT or anything else the kernel says about a word we cannot wait on: wait out the
-            // time without it, so that the caller's loop does not turn into a spin.
-            sleep_ns(remaining);
-            return PARK_TIMED_OUT;
-        }
-        uint64_t now = now_ns();  // woken without a post, a signal, or the word flipped back: sleep on
-        if (now >= deadline) return PARK_TIMED_OUT;
-        remaining = deadline - now;
-    }
-}
-
-/// Sleeper side: sleeps until the u64 at `watched` equals `value` (as the publisher stores it,
-/// seq-cst), a post, or `timeout_ns`. The caller checks its condition again afterwards (acquire),
-/// whatever the outcome.
-static enum park_outcome park(parker p, const char *watched, uint64_t value, uint64_t timeout_ns) {
-    // Relaxed: ordered before any publisher can see the flag by the seq-cst store below.
-    store32(p.word, 0, RELAXED);
-    // Seq-cst, as is the re-check: with the publisher's seq-cst store of what it publishes and its
-    // seq-cst load of this flag, either our re-check sees the publication or it sees the flag.
-    store32(p.flag, 1, SEQ_CST);
-    enum park_outcome outcome =
-        load64(watched, SEQ_CST) == value ? PARK_READY : wait_for_post(p.word, timeout_ns);
-    store32(p.flag, 0, RELAXED);  // a post that comes anyway costs the next sleep one spurious return
-    return outcome;
-}
-
-/// Publisher side, after the seq-cst store of what it publishes: posts when the sleeper announced a
-/// sleep. Returns whether it posted; of racing publishers only the one whose CAS clears the flag does.
-static bool unpark(parker p) {
-    // Seq-cst: pairs with the sleeper's seq-cst store of the flag (see park).
-    if (load32(p.flag, SEQ_CST) == 0) return false;
-    uint32_t one = 1;
-    // Acquire-release (failure acquire): one post per sleep.
-    if (!atomic_compare_exchange_strong_explicit(AT32(p.flag), &one, 0, memory_order_acq_rel, ACQUIRE)) return false;
-    // Release: pairs with the sleeper's acquire load of the word.
-    store32(p.word, 1, RELEASE);
-    futex_wake(p.word, 1);
-    return true;
 }
 
 // MARK: - Region
@@ -535,7 +421,7 @@ static char *wake_slot(dx_lane *l, uint64_t ticket) {
 static void wake(dx_lane *l, uint64_t ticket) {
     char *slot = wake_slot(l, ticket);
     atomic_fetch_add_explicit(AT32(slot), 1, SEQ_CST);  // first, so a waiter about to sleep does not
-    futex_wake(slot, INT_MAX);  // every waiter of the slot re-checks; those whose ticket it is not sleep again
+    dx_futex_wake(slot, INT_MAX);  // every waiter of the slot re-checks; those whose ticket it is not sleep again
 }
 
 static void renew_lease(dx_lane *l, uint64_t now) {
@@ -568,7 +454,7 @@ static int acquire_turn(dx_lane *l) {
             rc = DX_E_TIMEOUT;
             break;
         }
-        futex_wait(slot, seen, min64(stale_after, deadline - start));
+        dx_futex_wait(slot, seen, min64(stale_after, deadline - start));
         uint64_t holder = load64(serving, ACQUIRE);
         if (holder == l->ticket) break;
         uint64_t now = now_ns();
@@ -639,13 +525,13 @@ void dx_lane_release(dx_lane *l) {
 // MARK: - One call ("One call (guest)")
 
 /// The lane's parker: we sleep on it, the worker posts it after storing our response.
-static parker lane_parker(dx_lane *l) {
-    return (parker){l->base + DX_LANE_GUEST_SLEEPING, l->base + DX_LANE_GUEST_WORD};
+static dx_parker lane_parker(dx_lane *l) {
+    return (dx_parker){l->base + DX_LANE_GUEST_SLEEPING, l->base + DX_LANE_GUEST_WORD};
 }
 
 /// The worker's doorbell: it sleeps on it, guests post it after storing a request.
-static parker doorbell_parker(dx_lane *l) {
-    return (parker){l->doorbell + DX_DOORBELL_SLEEPING, l->doorbell + DX_DOORBELL_WORD};
+static dx_parker doorbell_parker(dx_lane *l) {
+    return (dx_parker){l->doorbell + DX_DOORBELL_SLEEPING, l->doorbell + DX_DOORBELL_WORD};
 }
 
 /// After the spin budget: bounded sleeps on the lane's parker, checking the host's lock and the
@@ -660,8 +546,8 @@ static int sleep_for_response(dx_lane *l, uint64_t seq) {
         if (now >= deadline) return load64(response_seq, ACQUIRE) == seq ? DX_OK : DX_E_TIMEOUT;
         // The parker's re-check is seq-cst: pairs with the worker's seq-cst store of the response
         // sequence, which it makes before its seq-cst load of our flag.
-        if (park(lane_parker(l), response_seq, seq, min64(l->wait.sleep_timeout_ns, deadline - now)) == PARK_READY)
-            return DX_OK;
+        uint64_t timeout = min64(l->wait.sleep_timeout_ns, deadline - now);
+        if (dx_park(lane_parker(l), response_seq, seq, timeout) == DX_PARK_READY) return DX_OK;
         if (load64(response_seq, ACQUIRE) == seq) return DX_OK;  // makes the response visible
         int problem = host_problem(l->region);
         if (problem != DX_OK) return load64(response_seq, ACQUIRE) == seq ? DX_OK : problem;
@@ -680,7 +566,7 @@ static int spin_check(dx_lane *l, uint64_t seq) {
 
 static int await_response(dx_lane *l, uint64_t seq) {
     char *response_seq = l->base + DX_LANE_RESPONSE_SEQ;
-    uint32_t budget = l->budget, yield_every = l->wait.yield_every, until_yield = yield_every, spins = 0;
+    dx_spin_wait spin = dx_spin_wait_start(l->budget, l->wait.yield_every);
     for (;;) {
         if (load64(response_seq, ACQUIRE) == seq) {  // pairs with the host's seq-cst store
             uint32_t max = l->wait.max_spins;
@@ -688,14 +574,10 @@ static int await_response(dx_lane *l, uint64_t seq) {
             bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_SPIN_WINS);
             return DX_OK;
         }
-        if (++spins >= budget) return sleep_for_response(l, seq);
-        cpu_relax();
-        if (until_yield != 0 && --until_yield == 0) {
-            until_yield = yield_every;
-            sched_yield();
-            bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_YIELDS);
-        }
-        if ((spins & 0xfffff) == 0) {
+        enum dx_spin_step step = dx_spin_step(&spin);
+        if (step == DX_SPIN_EXHAUSTED) return sleep_for_response(l, seq);
+        if (step == DX_SPIN_YIELDED) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_YIELDS);
+        if ((spin.spins & 0xfffff) == 0) {
             int problem = spin_check(l, seq);
             if (problem != DX_OK) return problem;
         }
@@ -719,9 +601,9 @@ int dx_lane_call(dx_lane *l, size_t request_length, size_t *response_length) {
     uint64_t seq = ++l->sequence;
     store32(l->base + DX_LANE_REQUEST_LENGTH, (uint32_t)request_length, RELAXED);
     // Seq-cst: publishes the request (the worker loads it with acquire) and orders it before the
-    // seq-cst load of the worker's sleeping flag in unpark, as the parker requires.
+    // seq-cst load of the worker's sleeping flag in dx_unpark, as the parker requires.
     store64(l->base + DX_LANE_REQUEST_SEQ, seq, SEQ_CST);
-    if (unpark(doorbell_parker(l))) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_DOORBELLS);
+    if (dx_unpark(doorbell_parker(l))) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_DOORBELLS);
     bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_CALLS);
     int rc = await_response(l, seq);
     if (rc != DX_OK) {

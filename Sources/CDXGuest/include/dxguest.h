@@ -7,7 +7,7 @@
 // threads of one serving worker take turns. The host's and every lane owner's liveness is a kernel
 // lock (an open-file-description lock on the region), never a pid. It needs only libc and pthreads:
 //
-//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c your.c
+//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c Sources/CDXGuest/dxwait.c your.c
 //
 // Example:
 //
