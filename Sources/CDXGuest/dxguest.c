@@ -1,114 +1,35 @@
 // The guest side of a dx region, written from docs/LAYOUT.md (layout version 2).
-// Section names below ("Validating", "Liveness", "The parker", "Claim and release", "One call",
-// "Turns") are that document's.
+// Section names below ("Validating", "Liveness", "Claim and release", "One call", "Turns") are that
+// document's; "The parker" and the spin step are in dxwait.c and dxwait.h, as in Sources/DXCore/Wait.
 #define _GNU_SOURCE
 #include "dxguest.h"
+#include "dxatomic.h"
+#include "dxwait.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
 #include <sched.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-// MARK: - The layout (docs/LAYOUT.md)
+// MARK: - Limits of our own (the region's offsets, sizes and limits are dxlayout.h's)
 
 enum {
-    HEADER_SIZE = 8192,
-    BLOCK = 128,
-    MAX_LANES = 1024,
-    MAX_SLOT = 16 * 1024 * 1024,
-    MAX_WORKERS = 16,
-    MAX_RAW = 16,
     MAX_NAME = 64,
-
-    H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_STRIDE = 16, H_LANES = 20, H_CAPACITY = 24,
-    H_WORKERS = 28, H_REGION_SIZE = 32, H_HANDLER = 44, H_STATE = 128, H_LANES_OFFSET = 256,
-    H_RAW_OFFSET = 264, H_RAW_COUNT = 272,
-    H_DOORBELLS = 1024, DOORBELL_SLEEPING = 0, DOORBELL_WORD = 8, DOORBELL_WORKER_CPU = 64,
-    H_TURNSTILES = 4096, TURNSTILE_STRIDE = 256, TURN_NEXT = 0, TURN_SERVING = 8, TURN_LEASE = 16,
-    TURN_WAKE = 128, TURN_WAKE_COUNT = 32,
-
-    L_REQ_SEQ = 0, L_REQ_LEN = 8, L_OWNER = 16, L_RESP_SEQ = 128, L_RESP_LEN = 136, L_STATUS = 140,
-    L_SLEEPING = 256, L_WORD = 264, L_COUNTERS = 512, L_PAYLOAD = 768,
-
-    C_CALLS = 0, C_SPIN_WINS = 8, C_YIELDS = 16, C_SLEEPS = 24, C_DOORBELLS = 32, C_ERRORS = 40,
-    C_TURN_WAITS = 48,
-
-    // "Liveness: kernel locks": the host's write lock on the magic, an owner's on its owner word.
-    HOST_LOCK_START = 0, HOST_LOCK_LENGTH = 8, OWNER_LOCK_LENGTH = 8,
-
-    STATE_STOPPING = 2,
     CALLS_BETWEEN_TURN_CHECKS = 64,
 };
-static const uint64_t MAGIC = 0x4E4F494745525844ull;  // "DXREGION" read as little-endian
 
-// MARK: - Atomics on the mapping
-
-#define AT64(p) ((_Atomic uint64_t *)(void *)(p))
-#define AT32(p) ((_Atomic uint32_t *)(void *)(p))
-#define load64(p, order) atomic_load_explicit(AT64(p), order)
-#define load32(p, order) atomic_load_explicit(AT32(p), order)
-#define store64(p, v, order) atomic_store_explicit(AT64(p), (v), order)
-#define store32(p, v, order) atomic_store_explicit(AT32(p), (v), order)
-#define RELAXED memory_order_relaxed
-#define ACQUIRE memory_order_acquire
-#define RELEASE memory_order_release
-#define SEQ_CST memory_order_seq_cst
-
-static bool cas64(char *p, uint64_t expected, uint64_t desired, memory_order order) {
-    return atomic_compare_exchange_strong_explicit(AT64(p), &expected, desired, order, ACQUIRE);
-}
-
-static inline void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__) || defined(__arm__)
-    __asm__ __volatile__("yield" ::: "memory");
-#endif
-}
-
-// MARK: - Small system helpers
-
-static uint64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+// MARK: - Small helpers
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
-
-static struct timespec timespec_of(uint64_t ns) {
-    return (struct timespec){(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
-}
-
-/// One FUTEX_WAIT while the word holds `expected`, for at most `timeout_ns` (relative, so measured on
-/// CLOCK_MONOTONIC). The shared kind, without FUTEX_PRIVATE_FLAG: the word is in a mapping other
-/// processes share, and a private wait would never see their wakes. Returns 0 or the errno.
-static int futex_wait(void *word, uint32_t expected, uint64_t timeout_ns) {
-    struct timespec timeout = timespec_of(timeout_ns);
-    return syscall(SYS_futex, word, FUTEX_WAIT, expected, &timeout, NULL, 0) == 0 ? 0 : errno;
-}
-
-static void futex_wake(void *word, int count) {
-    syscall(SYS_futex, word, FUTEX_WAKE, count, NULL, NULL, 0);
-}
-
-/// Sleeps `ns` without a futex (resumed after a signal).
-static void sleep_ns(uint64_t ns) {
-    struct timespec request = timespec_of(ns), remaining;
-    while (nanosleep(&request, &remaining) != 0 && errno == EINTR) request = remaining;
-}
 
 /// Closes `fd` on an error path without losing the errno that DX_E_SYSTEM promises to keep.
 static void close_keeping_errno(int fd) {
@@ -153,66 +74,6 @@ static int reopen(int fd) {
     return claim;
 }
 
-// MARK: - The parker ("The parker: dx's semaphore")
-
-/// A binary semaphore of two u32 words in the region: the sleeping flag and the futex word. Garbage
-/// written into them costs at most one spurious return per sleep.
-typedef struct {
-    char *flag, *word;
-} parker;
-
-enum park_outcome { PARK_READY, PARK_POSTED, PARK_TIMED_OUT };
-
-/// The futex half of a sleep: until a post or `timeout_ns`, re-armed with what remains after a
-/// return that was no post. Never spins on a failing futex call.
-static enum park_outcome wait_for_post(char *word, uint64_t timeout_ns) {
-    uint64_t deadline = now_ns() + timeout_ns, remaining = timeout_ns;
-    for (;;) {
-        int rc = futex_wait(word, 0, remaining);
-        // Acquire: pairs with the poster's release store of 1.
-        if (load32(word, ACQUIRE) != 0) return PARK_POSTED;
-        if (rc == ETIMEDOUT) return PARK_TIMED_OUT;
-        if (rc != 0 && rc != EINTR && rc != EAGAIN) {
-            // EFAULT or anything else the kernel says about a word we cannot wait on: wait out the
-            // time without it, so that the caller's loop does not turn into a spin.
-            sleep_ns(remaining);
-            return PARK_TIMED_OUT;
-        }
-        uint64_t now = now_ns();  // woken without a post, a signal, or the word flipped back: sleep on
-        if (now >= deadline) return PARK_TIMED_OUT;
-        remaining = deadline - now;
-    }
-}
-
-/// Sleeper side: sleeps until the u64 at `watched` equals `value` (as the publisher stores it,
-/// seq-cst), a post, or `timeout_ns`. The caller checks its condition again afterwards (acquire),
-/// whatever the outcome.
-static enum park_outcome park(parker p, const char *watched, uint64_t value, uint64_t timeout_ns) {
-    // Relaxed: ordered before any publisher can see the flag by the seq-cst store below.
-    store32(p.word, 0, RELAXED);
-    // Seq-cst, as is the re-check: with the publisher's seq-cst store of what it publishes and its
-    // seq-cst load of this flag, either our re-check sees the publication or it sees the flag.
-    store32(p.flag, 1, SEQ_CST);
-    enum park_outcome outcome =
-        load64(watched, SEQ_CST) == value ? PARK_READY : wait_for_post(p.word, timeout_ns);
-    store32(p.flag, 0, RELAXED);  // a post that comes anyway costs the next sleep one spurious return
-    return outcome;
-}
-
-/// Publisher side, after the seq-cst store of what it publishes: posts when the sleeper announced a
-/// sleep. Returns whether it posted; of racing publishers only the one whose CAS clears the flag does.
-static bool unpark(parker p) {
-    // Seq-cst: pairs with the sleeper's seq-cst store of the flag (see park).
-    if (load32(p.flag, SEQ_CST) == 0) return false;
-    uint32_t one = 1;
-    // Acquire-release (failure acquire): one post per sleep.
-    if (!atomic_compare_exchange_strong_explicit(AT32(p.flag), &one, 0, memory_order_acq_rel, ACQUIRE)) return false;
-    // Release: pairs with the sleeper's acquire load of the word.
-    store32(p.word, 1, RELEASE);
-    futex_wake(p.word, 1);
-    return true;
-}
-
 // MARK: - Region
 
 struct dx_region {
@@ -241,8 +102,6 @@ static bool valid_name(const char *name) {
     return true;
 }
 
-static uint64_t stride_for(uint64_t capacity) { return (L_PAYLOAD + capacity + BLOCK - 1) / BLOCK * BLOCK; }
-
 /// "Ownership (guest)", on the descriptor we opened, not the path, so that what we check is what we
 /// map: a name another user created first is refused, never followed.
 static int check_owner(int fd, uid_t host_uid, struct stat *info) {
@@ -255,31 +114,34 @@ static int check_owner(int fd, uid_t host_uid, struct stat *info) {
 /// The header's checks ("Validating (guest)"), on private copies.
 static int validate(dx_region *r, size_t object_size) {
     char *h = r->base;
-    uint64_t magic = load64(h + H_MAGIC, ACQUIRE);  // pairs with the host's release store, made last
+    uint64_t magic = load64(h + DX_HEADER_MAGIC, ACQUIRE);  // pairs with the host's release store, made last
     if (magic == 0) return DX_E_NOT_READY;
-    if (magic != MAGIC) return DX_E_NOT_DX;
-    uint32_t version = load32(h + H_VERSION, RELAXED);
+    if (magic != DX_MAGIC) return DX_E_NOT_DX;
+    uint32_t version = load32(h + DX_HEADER_VERSION, RELAXED);
     if (version != DX_LAYOUT_VERSION) {  // another layout: read nothing else
         found_version = version;
         return DX_E_VERSION;
     }
-    uint64_t lanes = load32(h + H_LANES, RELAXED), capacity = load32(h + H_CAPACITY, RELAXED);
-    uint64_t stride = load32(h + H_STRIDE, RELAXED), workers = load32(h + H_WORKERS, RELAXED);
-    uint64_t raw = load32(h + H_RAW_COUNT, RELAXED), size = load64(h + H_REGION_SIZE, RELAXED);
-    if (load32(h + H_HEADER_SIZE, RELAXED) != HEADER_SIZE) return DX_E_SIZE;
-    if (lanes < 1 || lanes > MAX_LANES || capacity < 1 || capacity > MAX_SLOT) return DX_E_SIZE;
-    if (stride != stride_for(capacity)) return DX_E_SIZE;
-    if (workers < 1 || workers > MAX_WORKERS || workers > lanes) return DX_E_SIZE;
-    if (raw > MAX_RAW || raw > lanes) return DX_E_SIZE;
-    uint64_t expected = HEADER_SIZE + (lanes + raw) * stride;
+    uint64_t lanes = load32(h + DX_HEADER_LANE_COUNT, RELAXED);
+    uint64_t capacity = load32(h + DX_HEADER_SLOT_CAPACITY, RELAXED);
+    uint64_t stride = load32(h + DX_HEADER_LANE_STRIDE, RELAXED);
+    uint64_t workers = load32(h + DX_HEADER_WORKER_COUNT, RELAXED);
+    uint64_t raw = load32(h + DX_HEADER_RAW_COUNT, RELAXED);
+    uint64_t size = load64(h + DX_HEADER_REGION_SIZE, RELAXED);
+    if (load32(h + DX_HEADER_HEADER_SIZE, RELAXED) != DX_HEADER_SIZE) return DX_E_SIZE;
+    if (lanes < 1 || lanes > DX_MAX_LANES || capacity < 1 || capacity > DX_MAX_SLOT_CAPACITY) return DX_E_SIZE;
+    if (stride != dx_lane_stride(capacity)) return DX_E_SIZE;
+    if (workers < 1 || workers > DX_MAX_WORKERS || workers > lanes) return DX_E_SIZE;
+    if (raw > DX_MAX_RAW_CHANNELS || raw > lanes) return DX_E_SIZE;
+    uint64_t expected = dx_region_size(lanes, capacity, raw);
     if (size != expected || expected > object_size) return DX_E_SIZE;
-    if (load64(h + H_LANES_OFFSET, RELAXED) != HEADER_SIZE) return DX_E_SIZE;
-    if (load64(h + H_RAW_OFFSET, RELAXED) != HEADER_SIZE + lanes * stride) return DX_E_SIZE;
+    if (load64(h + DX_HEADER_LANES_OFFSET, RELAXED) != DX_HEADER_SIZE) return DX_E_SIZE;
+    if (load64(h + DX_HEADER_RAW_OFFSET, RELAXED) != DX_HEADER_SIZE + lanes * stride) return DX_E_SIZE;
     r->lane_count = (uint32_t)lanes;
     r->capacity = (uint32_t)capacity;
     r->stride = (uint32_t)stride;
     r->workers = (uint32_t)workers;
-    r->handler = load32(h + H_HANDLER, RELAXED);
+    r->handler = load32(h + DX_HEADER_HANDLER, RELAXED);
     return DX_OK;
 }
 
@@ -288,9 +150,9 @@ static int validate(dx_region *r, size_t object_size) {
 /// "stopping" into the state fools nobody; the state only names why a free lock is free.
 /// A system call: for attach, claim and slow paths only.
 static int host_problem(const dx_region *r) {
-    if (lock_held(r->fd, HOST_LOCK_START, HOST_LOCK_LENGTH)) return DX_OK;
+    if (lock_held(r->fd, DX_LOCK_HOST_START, DX_LOCK_HOST_LENGTH)) return DX_OK;
     // Acquire: pairs with the host's release store of its state.
-    return load32(r->base + H_STATE, ACQUIRE) == STATE_STOPPING ? DX_E_SHUTDOWN : DX_E_HOST_GONE;
+    return load32(r->base + DX_HEADER_STATE, ACQUIRE) == DX_STATE_STOPPING ? DX_E_SHUTDOWN : DX_E_HOST_GONE;
 }
 
 /// Everything after shm_open; `r->fd` is the opened descriptor, which `r` owns from here.
@@ -298,7 +160,7 @@ static int attach_descriptor(dx_region *r, uid_t host_uid) {
     struct stat info;
     int rc = check_owner(r->fd, host_uid, &info);
     if (rc != DX_OK) return rc;
-    if (info.st_size < HEADER_SIZE) return DX_E_NOT_READY;  // the host is between shm_open and ftruncate
+    if (info.st_size < DX_HEADER_SIZE) return DX_E_NOT_READY;  // the host is between shm_open and ftruncate
     size_t size = (size_t)info.st_size;
     void *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, r->fd, 0);
     if (base == MAP_FAILED) return DX_E_SYSTEM;
@@ -444,7 +306,7 @@ static void bump(char *counter) {  // single writer: a relaxed load and store, n
 /// changed under us; DX_E_SYSTEM.
 static int claim_owner(dx_region *r, size_t owner_offset, int *fd, uint64_t *mine) {
     if (*fd < 0 && (*fd = reopen(r->fd)) < 0) return DX_E_SYSTEM;
-    int rc = ofd_lock(*fd, F_OFD_SETLK, F_WRLCK, (off_t)owner_offset, OWNER_LOCK_LENGTH, NULL);
+    int rc = ofd_lock(*fd, F_OFD_SETLK, F_WRLCK, (off_t)owner_offset, DX_LOCK_OWNER_LENGTH, NULL);
     if (rc == EAGAIN || rc == EACCES) return DX_E_NO_LANE;  // its owner lives
     if (rc != 0) {
         errno = rc;
@@ -458,7 +320,7 @@ static int claim_owner(dx_region *r, size_t owner_offset, int *fd, uint64_t *min
     // Acquire-release: the claim happens before our first request. A claimer racing us for a word
     // in the same state makes one of the two CASes fail.
     if (!cas64(owner, word, claimed, memory_order_acq_rel)) {
-        ofd_lock(*fd, F_OFD_SETLK, F_UNLCK, (off_t)owner_offset, OWNER_LOCK_LENGTH, NULL);
+        ofd_lock(*fd, F_OFD_SETLK, F_UNLCK, (off_t)owner_offset, DX_LOCK_OWNER_LENGTH, NULL);
         return DX_E_NO_LANE;
     }
     *mine = claimed;
@@ -481,9 +343,9 @@ static dx_lane *new_lane(dx_region *r, uint32_t index, const dx_wait *wait, int 
     if (!l) return NULL;
     uint32_t worker = index % r->workers;
     l->region = r;
-    l->base = r->base + HEADER_SIZE + (size_t)index * r->stride;
-    l->doorbell = r->base + H_DOORBELLS + worker * BLOCK;
-    l->turnstile = r->base + H_TURNSTILES + worker * TURNSTILE_STRIDE;
+    l->base = r->base + DX_HEADER_SIZE + (size_t)index * r->stride;
+    l->doorbell = r->base + DX_HEADER_DOORBELLS + worker * DX_BLOCK;
+    l->turnstile = r->base + DX_HEADER_TURNSTILES + worker * DX_TURNSTILE_STRIDE;
     l->wait = *wait;
     l->fd = fd;
     l->owner_word = mine;
@@ -504,28 +366,29 @@ int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     // Lanes whose word says free first; then the others: a lock we can take there means a dead owner.
     for (int dead_owners = 0; dead_owners <= 1; dead_owners++) {
         for (uint32_t index = 0; index < r->lane_count; index++) {
-            size_t offset = HEADER_SIZE + (size_t)index * r->stride;
+            size_t offset = DX_HEADER_SIZE + (size_t)index * r->stride;
             char *lane = r->base + offset;
             // Relaxed: only the order of the search; the lock and the CAS decide.
-            if ((load64(lane + L_OWNER, RELAXED) >> 32 != 0) != dead_owners) continue;
+            if ((load64(lane + DX_LANE_OWNER, RELAXED) >> 32 != 0) != dead_owners) continue;
             uint64_t mine = 0;
-            int rc = claim_owner(r, offset + L_OWNER, &fd, &mine);
+            int rc = claim_owner(r, offset + DX_LANE_OWNER, &fd, &mine);
             if (rc == DX_E_NO_LANE) continue;
             if (rc != DX_OK) {
                 if (fd >= 0) close_keeping_errno(fd);
                 return rc;
             }
             // Acquire: pairs with the worker's and the last owner's seq-cst stores.
-            uint64_t request = load64(lane + L_REQ_SEQ, ACQUIRE), response = load64(lane + L_RESP_SEQ, ACQUIRE);
+            uint64_t request = load64(lane + DX_LANE_REQUEST_SEQ, ACQUIRE);
+            uint64_t response = load64(lane + DX_LANE_RESPONSE_SEQ, ACQUIRE);
             if (request != response) {  // an earlier owner died mid-call and the host has not answered yet
-                release_owner(lane + L_OWNER, mine, fd);
+                release_owner(lane + DX_LANE_OWNER, mine, fd);
                 fd = -1;
                 continue;
             }
             dx_lane *l = new_lane(r, index, &chosen, fd, mine, response);
             if (!l) {
                 int error = errno;
-                release_owner(lane + L_OWNER, mine, fd);
+                release_owner(lane + DX_LANE_OWNER, mine, fd);
                 errno = error;
                 return DX_E_SYSTEM;
             }
@@ -537,7 +400,7 @@ int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     return DX_E_NO_LANE;
 }
 
-void *dx_lane_buffer(dx_lane *l) { return l->base + L_PAYLOAD; }
+void *dx_lane_buffer(dx_lane *l) { return l->base + DX_LANE_PAYLOAD; }
 uint32_t dx_lane_status(const dx_lane *l) { return l->status; }
 void dx_lane_set_timeout(dx_lane *l, uint64_t timeout_ns) { l->timeout_ns = timeout_ns; }
 
@@ -551,32 +414,34 @@ static uint64_t call_deadline(dx_lane *l, uint64_t now) {
 
 // MARK: - Turns ("Turns (guest-side scheduling)")
 
-static char *wake_slot(dx_lane *l, uint64_t ticket) { return l->turnstile + TURN_WAKE + (ticket % TURN_WAKE_COUNT) * 4; }
+static char *wake_slot(dx_lane *l, uint64_t ticket) {
+    return l->turnstile + DX_TURN_WAKE_SLOTS + (ticket % DX_TURN_WAKE_SLOT_COUNT) * sizeof(uint32_t);
+}
 
 static void wake(dx_lane *l, uint64_t ticket) {
     char *slot = wake_slot(l, ticket);
     atomic_fetch_add_explicit(AT32(slot), 1, SEQ_CST);  // first, so a waiter about to sleep does not
-    futex_wake(slot, INT_MAX);  // every waiter of the slot re-checks; those whose ticket it is not sleep again
+    dx_futex_wake(slot, INT_MAX);  // every waiter of the slot re-checks; those whose ticket it is not sleep again
 }
 
 static void renew_lease(dx_lane *l, uint64_t now) {
     l->lease_start = now;
     l->calls_in_turn = 0;
-    store64(l->turnstile + TURN_LEASE, now, RELAXED);
+    store64(l->turnstile + DX_TURN_LEASE, now, RELAXED);
 }
 
 static void pass_turn(dx_lane *l, uint64_t now) {
-    store64(l->turnstile + TURN_LEASE, now, RELAXED);  // the next holder's lease starts now
-    if (cas64(l->turnstile + TURN_SERVING, l->ticket, l->ticket + 1, SEQ_CST)) wake(l, l->ticket + 1);
+    store64(l->turnstile + DX_TURN_LEASE, now, RELAXED);  // the next holder's lease starts now
+    if (cas64(l->turnstile + DX_TURN_SERVING, l->ticket, l->ticket + 1, SEQ_CST)) wake(l, l->ticket + 1);
 }
 
 /// Takes a ticket and waits until it is served. Returns DX_OK with the turn, or why the call cannot
 /// go on: the call's deadline passed (the ticket is abandoned; waiters skip it like a dead one's)
 /// or the host is gone. Nothing is published yet either way, so the lane stays usable.
 static int acquire_turn(dx_lane *l) {
-    char *serving = l->turnstile + TURN_SERVING;
+    char *serving = l->turnstile + DX_TURN_SERVING;
     uint64_t stale_after = 2 * l->wait.turn_quantum_ns + 1000000;
-    l->ticket = atomic_fetch_add_explicit(AT64(l->turnstile + TURN_NEXT), 1, SEQ_CST);
+    l->ticket = atomic_fetch_add_explicit(AT64(l->turnstile + DX_TURN_NEXT), 1, SEQ_CST);
     char *slot = wake_slot(l, l->ticket);
     bool waited = false;
     int rc = DX_OK;
@@ -589,13 +454,13 @@ static int acquire_turn(dx_lane *l) {
             rc = DX_E_TIMEOUT;
             break;
         }
-        futex_wait(slot, seen, min64(stale_after, deadline - start));
+        dx_futex_wait(slot, seen, min64(stale_after, deadline - start));
         uint64_t holder = load64(serving, ACQUIRE);
         if (holder == l->ticket) break;
         uint64_t now = now_ns();
-        if (l->ticket - holder < (1ull << 62) && now - load64(l->turnstile + TURN_LEASE, RELAXED) > stale_after) {
+        if (l->ticket - holder < (1ull << 62) && now - load64(l->turnstile + DX_TURN_LEASE, RELAXED) > stale_after) {
             // The holder neither renewed nor passed its turn: move the turn on by one ticket.
-            store64(l->turnstile + TURN_LEASE, now, RELAXED);
+            store64(l->turnstile + DX_TURN_LEASE, now, RELAXED);
             if (cas64(serving, holder, holder + 1, SEQ_CST)) {
                 if (holder + 1 == l->ticket) break;
                 wake(l, holder + 1);
@@ -604,7 +469,7 @@ static int acquire_turn(dx_lane *l) {
         rc = host_problem(l->region);
         if (rc != DX_OK) break;
     }
-    if (waited) bump(l->base + L_COUNTERS + C_TURN_WAITS);
+    if (waited) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_TURN_WAITS);
     if (rc != DX_OK) return rc;
     l->holds_turn = true;
     renew_lease(l, now_ns());
@@ -613,8 +478,8 @@ static int acquire_turn(dx_lane *l) {
 
 /// A hint: moves this thread off its worker's CPU (published by the worker) while it holds the turn.
 static void keep_off_worker_cpu(dx_lane *l) {
-    uint32_t worker = load32(l->doorbell + DOORBELL_WORKER_CPU, RELAXED);
-    if (worker >= 1024 || sched_getcpu() != (int)worker) return;
+    uint32_t worker = load32(l->doorbell + DX_DOORBELL_WORKER_CPU, RELAXED);
+    if (worker >= CPU_SETSIZE || sched_getcpu() != (int)worker) return;
     if (!l->avoiding && pthread_getaffinity_np(pthread_self(), sizeof l->saved, &l->saved) != 0) return;
     cpu_set_t set = l->saved;
     CPU_CLR((int)worker, &set);
@@ -636,8 +501,8 @@ static int take_turns(dx_lane *l) {
         l->calls_in_turn += CALLS_BETWEEN_TURN_CHECKS;
         if (l->calls_in_turn < l->wait.turn_calls && now - l->lease_start < l->wait.turn_quantum_ns) return DX_OK;
         // Acquire: pairs with the seq-cst updates of other guests.
-        if (load64(l->turnstile + TURN_SERVING, ACQUIRE) == l->ticket) {
-            if (load64(l->turnstile + TURN_NEXT, ACQUIRE) == l->ticket + 1) {
+        if (load64(l->turnstile + DX_TURN_SERVING, ACQUIRE) == l->ticket) {
+            if (load64(l->turnstile + DX_TURN_NEXT, ACQUIRE) == l->ticket + 1) {
                 renew_lease(l, now);  // nobody waits: keep going
                 return DX_OK;
             }
@@ -653,34 +518,36 @@ void dx_lane_release(dx_lane *l) {
     if (!l) return;
     if (l->holds_turn) pass_turn(l, now_ns());  // hand-on: a holder that leaves passes its turn
     restore_affinity(l);
-    release_owner(l->base + L_OWNER, l->owner_word, l->fd);
+    release_owner(l->base + DX_LANE_OWNER, l->owner_word, l->fd);
     free(l);
 }
 
 // MARK: - One call ("One call (guest)")
 
 /// The lane's parker: we sleep on it, the worker posts it after storing our response.
-static parker lane_parker(dx_lane *l) { return (parker){l->base + L_SLEEPING, l->base + L_WORD}; }
+static dx_parker lane_parker(dx_lane *l) {
+    return (dx_parker){l->base + DX_LANE_GUEST_SLEEPING, l->base + DX_LANE_GUEST_WORD};
+}
 
 /// The worker's doorbell: it sleeps on it, guests post it after storing a request.
-static parker doorbell_parker(dx_lane *l) {
-    return (parker){l->doorbell + DOORBELL_SLEEPING, l->doorbell + DOORBELL_WORD};
+static dx_parker doorbell_parker(dx_lane *l) {
+    return (dx_parker){l->doorbell + DX_DOORBELL_SLEEPING, l->doorbell + DX_DOORBELL_WORD};
 }
 
 /// After the spin budget: bounded sleeps on the lane's parker, checking the host's lock and the
 /// call's deadline between them. A response that arrived meanwhile wins over either.
 static int sleep_for_response(dx_lane *l, uint64_t seq) {
-    char *response_seq = l->base + L_RESP_SEQ;
+    char *response_seq = l->base + DX_LANE_RESPONSE_SEQ;
     l->budget = l->budget / 2 > l->wait.min_spins ? l->budget / 2 : l->wait.min_spins;
-    bump(l->base + L_COUNTERS + C_SLEEPS);
+    bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_SLEEPS);
     for (;;) {
         uint64_t now = now_ns(), deadline = call_deadline(l, now);
         // Acquire: pairs with the worker's seq-cst store of the response sequence.
         if (now >= deadline) return load64(response_seq, ACQUIRE) == seq ? DX_OK : DX_E_TIMEOUT;
         // The parker's re-check is seq-cst: pairs with the worker's seq-cst store of the response
         // sequence, which it makes before its seq-cst load of our flag.
-        if (park(lane_parker(l), response_seq, seq, min64(l->wait.sleep_timeout_ns, deadline - now)) == PARK_READY)
-            return DX_OK;
+        uint64_t timeout = min64(l->wait.sleep_timeout_ns, deadline - now);
+        if (dx_park(lane_parker(l), response_seq, seq, timeout) == DX_PARK_READY) return DX_OK;
         if (load64(response_seq, ACQUIRE) == seq) return DX_OK;  // makes the response visible
         int problem = host_problem(l->region);
         if (problem != DX_OK) return load64(response_seq, ACQUIRE) == seq ? DX_OK : problem;
@@ -693,28 +560,24 @@ static int spin_check(dx_lane *l, uint64_t seq) {
     uint64_t now = now_ns();
     if (problem == DX_OK && now >= call_deadline(l, now)) problem = DX_E_TIMEOUT;
     // Acquire: take the response if it came meanwhile.
-    if (problem != DX_OK && load64(l->base + L_RESP_SEQ, ACQUIRE) == seq) return DX_OK;
+    if (problem != DX_OK && load64(l->base + DX_LANE_RESPONSE_SEQ, ACQUIRE) == seq) return DX_OK;
     return problem;
 }
 
 static int await_response(dx_lane *l, uint64_t seq) {
-    char *response_seq = l->base + L_RESP_SEQ;
-    uint32_t budget = l->budget, yield_every = l->wait.yield_every, until_yield = yield_every, spins = 0;
+    char *response_seq = l->base + DX_LANE_RESPONSE_SEQ;
+    dx_spin_wait spin = dx_spin_wait_start(l->budget, l->wait.yield_every);
     for (;;) {
         if (load64(response_seq, ACQUIRE) == seq) {  // pairs with the host's seq-cst store
             uint32_t max = l->wait.max_spins;
             if (l->budget < max) l->budget += (max - l->budget) / 16 > 1 ? (max - l->budget) / 16 : 1;
-            bump(l->base + L_COUNTERS + C_SPIN_WINS);
+            bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_SPIN_WINS);
             return DX_OK;
         }
-        if (++spins >= budget) return sleep_for_response(l, seq);
-        cpu_relax();
-        if (until_yield != 0 && --until_yield == 0) {
-            until_yield = yield_every;
-            sched_yield();
-            bump(l->base + L_COUNTERS + C_YIELDS);
-        }
-        if ((spins & 0xfffff) == 0) {
+        enum dx_spin_step step = dx_spin_step(&spin);
+        if (step == DX_SPIN_EXHAUSTED) return sleep_for_response(l, seq);
+        if (step == DX_SPIN_YIELDED) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_YIELDS);
+        if ((spin.spins & 0xfffff) == 0) {
             int problem = spin_check(l, seq);
             if (problem != DX_OK) return problem;
         }
@@ -736,22 +599,22 @@ int dx_lane_call(dx_lane *l, size_t request_length, size_t *response_length) {
         }
     }
     uint64_t seq = ++l->sequence;
-    store32(l->base + L_REQ_LEN, (uint32_t)request_length, RELAXED);
+    store32(l->base + DX_LANE_REQUEST_LENGTH, (uint32_t)request_length, RELAXED);
     // Seq-cst: publishes the request (the worker loads it with acquire) and orders it before the
-    // seq-cst load of the worker's sleeping flag in unpark, as the parker requires.
-    store64(l->base + L_REQ_SEQ, seq, SEQ_CST);
-    if (unpark(doorbell_parker(l))) bump(l->base + L_COUNTERS + C_DOORBELLS);
-    bump(l->base + L_COUNTERS + C_CALLS);
+    // seq-cst load of the worker's sleeping flag in dx_unpark, as the parker requires.
+    store64(l->base + DX_LANE_REQUEST_SEQ, seq, SEQ_CST);
+    if (dx_unpark(doorbell_parker(l))) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_DOORBELLS);
+    bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_CALLS);
     int rc = await_response(l, seq);
     if (rc != DX_OK) {
         l->failure = rc;  // the lane's sequence is now unknown: release it and claim another
-        bump(l->base + L_COUNTERS + C_ERRORS);
+        bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_ERRORS);
         return rc;
     }
-    l->status = load32(l->base + L_STATUS, RELAXED);  // ordered by the acquire that ended the wait
-    uint32_t length = load32(l->base + L_RESP_LEN, RELAXED);
+    l->status = load32(l->base + DX_LANE_STATUS, RELAXED);  // ordered by the acquire that ended the wait
+    uint32_t length = load32(l->base + DX_LANE_RESPONSE_LENGTH, RELAXED);
     if (l->status != 0 || length > l->region->capacity) {
-        bump(l->base + L_COUNTERS + C_ERRORS);
+        bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_ERRORS);
         return l->status != 0 ? DX_E_REJECTED : DX_E_BAD_RESPONSE;
     }
     if (response_length) *response_length = length;
@@ -762,12 +625,12 @@ int dx_call(dx_lane *l, const void *request, size_t request_length, void *respon
             size_t *response_length) {
     if (!l || (request_length && !request) || (response_capacity && !response)) return DX_E_ARGUMENT;
     if (request_length > l->region->capacity) return DX_E_TOO_LARGE;
-    if (request_length) memcpy(l->base + L_PAYLOAD, request, request_length);
+    if (request_length) memcpy(l->base + DX_LANE_PAYLOAD, request, request_length);
     size_t length = 0;
     int rc = dx_lane_call(l, request_length, &length);
     if (rc != DX_OK) return rc;
     size_t count = length < response_capacity ? length : response_capacity;
-    if (count) memcpy(response, l->base + L_PAYLOAD, count);
+    if (count) memcpy(response, l->base + DX_LANE_PAYLOAD, count);
     if (response_length) *response_length = count;
     return DX_OK;
 }

@@ -208,8 +208,12 @@ static int run_threads(void *(*body)(void *), const char *mode) {
 
 // MARK: - Forged regions
 
-static const uint64_t MAGIC = 0x4E4F494745525844ull;  // "DXREGION" read as little-endian
-enum { FORGED_LANES = 8, FORGED_CAPACITY = 64, FORGED_STRIDE = 896 };  // stride: round_up(768 + 64, 128)
+// Offsets, sizes and the magic are dxlayout.h's (which CGuestTests compares with Layout.swift).
+enum {
+    FORGED_LANES = 8,
+    FORGED_CAPACITY = 64,
+    FORGED_STRIDE = (DX_LANE_PAYLOAD + FORGED_CAPACITY + DX_BLOCK - 1) / DX_BLOCK * DX_BLOCK,  // dx_lane_stride
+};
 
 /// A region object the test makes as a host would, with header words of its choosing.
 typedef struct {
@@ -251,30 +255,32 @@ static forged_region forge(const char *name, const forgery *f) {
     if (r.fd < 0) die("shm_open");
     if (f->mode && fchmod(r.fd, f->mode) != 0) die("fchmod");
     if (f->empty) return r;
-    size_t region_size = 8192 + (size_t)f->lanes * FORGED_STRIDE;
-    r.size = f->sized ? region_size : 8192;
+    size_t region_size = DX_HEADER_SIZE + (size_t)f->lanes * FORGED_STRIDE;
+    r.size = f->sized ? region_size : DX_HEADER_SIZE;
     if (ftruncate(r.fd, (off_t)r.size) != 0) die("ftruncate");
     r.base = mmap(NULL, r.size, PROT_READ | PROT_WRITE, MAP_SHARED, r.fd, 0);
     if (r.base == MAP_FAILED) die("mmap");
-    put32(r.base, 8, f->version);
-    put32(r.base, 12, 8192);
-    put32(r.base, 20, f->lanes);
+    put32(r.base, DX_HEADER_VERSION, f->version);
+    put32(r.base, DX_HEADER_HEADER_SIZE, DX_HEADER_SIZE);
+    put32(r.base, DX_HEADER_LANE_COUNT, f->lanes);
     if (f->sized) {
-        put32(r.base, 16, FORGED_STRIDE);
-        put32(r.base, 24, FORGED_CAPACITY);
-        put32(r.base, 28, 1);  // workers
-        put64(r.base, 32, region_size);
-        put32(r.base, 44, 1);  // echo
-        put32(r.base, 128, f->state);
-        put64(r.base, 256, 8192);
-        put64(r.base, 264, region_size);  // raw offset, raw count 0
-        put32(r.base, 1024 + 64, 0xFFFFFFFFu);  // worker 0's CPU: not known
+        put32(r.base, DX_HEADER_LANE_STRIDE, FORGED_STRIDE);
+        put32(r.base, DX_HEADER_SLOT_CAPACITY, FORGED_CAPACITY);
+        put32(r.base, DX_HEADER_WORKER_COUNT, 1);
+        put64(r.base, DX_HEADER_REGION_SIZE, region_size);
+        put32(r.base, DX_HEADER_HANDLER, 1);  // echo
+        put32(r.base, DX_HEADER_STATE, f->state);
+        put64(r.base, DX_HEADER_LANES_OFFSET, DX_HEADER_SIZE);
+        put64(r.base, DX_HEADER_RAW_OFFSET, region_size);  // raw count 0
+        put32(r.base, DX_HEADER_DOORBELLS + DX_DOORBELL_WORKER_CPU, 0xFFFFFFFFu);  // worker 0's CPU: not known
     }
     if (f->host_lock) {
-        struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 8};
+        struct flock lock = {
+            .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = DX_LOCK_HOST_START, .l_len = DX_LOCK_HOST_LENGTH};
         if (fcntl(r.fd, F_OFD_SETLK, &lock) != 0) die("F_OFD_SETLK");
     }
-    atomic_store_explicit(word64(r.base), f->magic, memory_order_release);  // last, as a host publishes
+    // Last, as a host publishes.
+    atomic_store_explicit(word64(r.base + DX_HEADER_MAGIC), f->magic, memory_order_release);
     return r;
 }
 
@@ -303,33 +309,33 @@ static void expect(bool ok, const char *what, int rc) {
 
 static void refuse_forgeries(const char *name) {
     const forgery cases[] = {
-        {.what = "layout version 0", .magic = MAGIC, .version = 0, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
-        {.what = "layout version 1", .magic = MAGIC, .version = 1, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
-        {.what = "layout version 3", .magic = MAGIC, .version = 3, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
-        {.what = "layout version 0xFFFFFFFF", .magic = MAGIC, .version = 0xFFFFFFFFu, .lanes = 8, .sized = true,
+        {.what = "layout version 0", .magic = DX_MAGIC, .version = 0, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
+        {.what = "layout version 1", .magic = DX_MAGIC, .version = 1, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
+        {.what = "layout version 3", .magic = DX_MAGIC, .version = 3, .lanes = 8, .sized = true, .expected = DX_E_VERSION},
+        {.what = "layout version 0xFFFFFFFF", .magic = DX_MAGIC, .version = 0xFFFFFFFFu, .lanes = 8, .sized = true,
          .expected = DX_E_VERSION},
         {.what = "an object of 0 bytes", .empty = true, .expected = DX_E_NOT_READY},
         {.what = "magic not yet stored", .magic = 0, .version = 2, .lanes = 8, .sized = true, .host_lock = true,
          .expected = DX_E_NOT_READY},
         {.what = "another magic", .magic = 0x1122334455667788ull, .version = 2, .lanes = 8, .sized = true,
          .host_lock = true, .expected = DX_E_NOT_DX},
-        {.what = "version 2 with sizes that do not fit", .magic = MAGIC, .version = 2, .lanes = 8, .host_lock = true,
+        {.what = "version 2 with sizes that do not fit", .magic = DX_MAGIC, .version = 2, .lanes = 8, .host_lock = true,
          .expected = DX_E_SIZE},
-        {.what = "version 2 with 0 lanes", .magic = MAGIC, .version = 2, .lanes = 0, .sized = true, .host_lock = true,
+        {.what = "version 2 with 0 lanes", .magic = DX_MAGIC, .version = 2, .lanes = 0, .sized = true, .host_lock = true,
          .expected = DX_E_SIZE},
-        {.what = "valid sizes, no host lock", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1,
+        {.what = "valid sizes, no host lock", .magic = DX_MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1,
          .expected = DX_E_HOST_GONE},
-        {.what = "valid sizes, no host lock, state stopping", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true,
+        {.what = "valid sizes, no host lock, state stopping", .magic = DX_MAGIC, .version = 2, .lanes = 8, .sized = true,
          .state = 2, .expected = DX_E_SHUTDOWN},
-        {.what = "valid sizes, host lock held", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1,
+        {.what = "valid sizes, host lock held", .magic = DX_MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1,
          .host_lock = true, .expected = DX_OK},
-        {.what = "host lock held, state stopping (the lock wins)", .magic = MAGIC, .version = 2, .lanes = 8,
+        {.what = "host lock held, state stopping (the lock wins)", .magic = DX_MAGIC, .version = 2, .lanes = 8,
          .sized = true, .state = 2, .host_lock = true, .expected = DX_OK},
-        {.what = "mode 0666", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1, .host_lock = true,
+        {.what = "mode 0666", .magic = DX_MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1, .host_lock = true,
          .mode = 0666, .expected = DX_E_UNSAFE_MODE},
-        {.what = "mode 0620", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1, .host_lock = true,
+        {.what = "mode 0620", .magic = DX_MAGIC, .version = 2, .lanes = 8, .sized = true, .state = 1, .host_lock = true,
          .mode = 0620, .expected = DX_E_UNSAFE_MODE},
-        {.what = "another owner than the host's uid", .magic = MAGIC, .version = 2, .lanes = 8, .sized = true,
+        {.what = "another owner than the host's uid", .magic = DX_MAGIC, .version = 2, .lanes = 8, .sized = true,
          .state = 1, .host_lock = true, .other_owner = true, .expected = DX_E_WRONG_OWNER},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -342,9 +348,11 @@ static void refuse_forgeries(const char *name) {
 
 // MARK: - Claims and turns on a forged live region
 
-static unsigned char *lane_at(forged_region *r, int index) { return r->base + 8192 + (size_t)index * FORGED_STRIDE; }
+static unsigned char *lane_at(forged_region *r, int index) {
+    return r->base + DX_HEADER_SIZE + (size_t)index * FORGED_STRIDE;
+}
 static uint64_t owner_of(forged_region *r, int index) {
-    return atomic_load_explicit(word64(lane_at(r, index) + 16), memory_order_acquire);
+    return atomic_load_explicit(word64(lane_at(r, index) + DX_LANE_OWNER), memory_order_acquire);
 }
 
 /// Which lane of the forged region `lane` is: the guest maps the region elsewhere, so a marker written
@@ -354,7 +362,7 @@ static int index_of(forged_region *r, dx_lane *lane) {
     marker++;
     memcpy(dx_lane_buffer(lane), &marker, 8);
     for (int i = 0; i < FORGED_LANES; i++)
-        if (memcmp(lane_at(r, i) + 768, &marker, 8) == 0) return i;
+        if (memcmp(lane_at(r, i) + DX_LANE_PAYLOAD, &marker, 8) == 0) return i;
     return -1;
 }
 
@@ -369,19 +377,20 @@ static void *respond(void *argument) {
     while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
         for (int i = 0; i < FORGED_LANES; i++) {
             unsigned char *lane = lane_at(r->region, i);
-            uint64_t request = atomic_load_explicit(word64(lane), memory_order_acquire);
-            if (request == atomic_load_explicit(word64(lane + 128), memory_order_relaxed)) continue;
-            uint32_t length = atomic_load_explicit(word32(lane + 8), memory_order_relaxed);
-            atomic_store_explicit(word32(lane + 136), length, memory_order_relaxed);
-            atomic_store_explicit(word32(lane + 140), 0, memory_order_relaxed);
-            atomic_store_explicit(word64(lane + 128), request, memory_order_seq_cst);
+            uint64_t request = atomic_load_explicit(word64(lane + DX_LANE_REQUEST_SEQ), memory_order_acquire);
+            if (request == atomic_load_explicit(word64(lane + DX_LANE_RESPONSE_SEQ), memory_order_relaxed)) continue;
+            uint32_t length = atomic_load_explicit(word32(lane + DX_LANE_REQUEST_LENGTH), memory_order_relaxed);
+            atomic_store_explicit(word32(lane + DX_LANE_RESPONSE_LENGTH), length, memory_order_relaxed);
+            atomic_store_explicit(word32(lane + DX_LANE_STATUS), DX_STATUS_OK, memory_order_relaxed);
+            atomic_store_explicit(word64(lane + DX_LANE_RESPONSE_SEQ), request, memory_order_seq_cst);
             // Publishes to the guest's parker, as the host does.
             uint32_t one = 1;
-            if (atomic_load_explicit(word32(lane + 256), memory_order_seq_cst) == 1 &&
-                atomic_compare_exchange_strong_explicit(word32(lane + 256), &one, 0, memory_order_acq_rel,
+            unsigned char *sleeping = lane + DX_LANE_GUEST_SLEEPING, *word = lane + DX_LANE_GUEST_WORD;
+            if (atomic_load_explicit(word32(sleeping), memory_order_seq_cst) == 1 &&
+                atomic_compare_exchange_strong_explicit(word32(sleeping), &one, 0, memory_order_acq_rel,
                                                         memory_order_acquire)) {
-                atomic_store_explicit(word32(lane + 264), 1, memory_order_release);
-                syscall(SYS_futex, lane + 264, FUTEX_WAKE, 1, NULL, NULL, 0);
+                atomic_store_explicit(word32(word), 1, memory_order_release);
+                syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
             }
         }
         usleep(100);
@@ -399,7 +408,7 @@ static void check_claims(dx_region *region, forged_region *forged) {
     expect(owner_of(forged, 0) == mine, "owner word is pid << 32 | generation + 1", DX_OK);
 
     // A vandal frees lane 2's word: its owner's lock still keeps it.
-    atomic_store_explicit(word64(lane_at(forged, 2) + 16), 0, memory_order_relaxed);
+    atomic_store_explicit(word64(lane_at(forged, 2) + DX_LANE_OWNER), 0, memory_order_relaxed);
     dx_lane *extra = NULL;
     rc = dx_lane_claim(region, NULL, &extra);
     expect(rc == DX_E_NO_LANE, "a lane whose word was freed under its live owner is not taken", rc);
@@ -412,9 +421,10 @@ static void check_claims(dx_region *region, forged_region *forged) {
            DX_OK);
 
     // Lane 0: a dead owner's word (nobody holds its lock); lane 1: a call its dead owner left unanswered.
-    atomic_store_explicit(word64(lane_at(forged, 0) + 16), (uint64_t)12345 << 32 | 7, memory_order_relaxed);
-    atomic_store_explicit(word64(lane_at(forged, 1)), 5, memory_order_relaxed);
-    atomic_store_explicit(word64(lane_at(forged, 1) + 128), 4, memory_order_relaxed);
+    uint64_t dead_owner = (uint64_t)12345 << 32 | 7;
+    atomic_store_explicit(word64(lane_at(forged, 0) + DX_LANE_OWNER), dead_owner, memory_order_relaxed);
+    atomic_store_explicit(word64(lane_at(forged, 1) + DX_LANE_REQUEST_SEQ), 5, memory_order_relaxed);
+    atomic_store_explicit(word64(lane_at(forged, 1) + DX_LANE_RESPONSE_SEQ), 4, memory_order_relaxed);
     for (claimed = 0; claimed < FORGED_LANES && dx_lane_claim(region, NULL, &lanes[claimed]) == DX_OK;) claimed++;
     bool last_is_0 = claimed > 0 && index_of(forged, lanes[claimed - 1]) == 0;
     expect(claimed == FORGED_LANES - 1 && last_is_0, "free lanes first, then a dead owner's; not an unanswered one",
@@ -422,7 +432,7 @@ static void check_claims(dx_region *region, forged_region *forged) {
     expect(owner_of(forged, 0) == (mine & ~0xffffffffull) + 8, "a dead owner's word is taken over", DX_OK);
     expect(owner_of(forged, 1) >> 32 == 0, "the unanswered lane was given back", DX_OK);
     for (int i = 0; i < claimed; i++) dx_lane_release(lanes[i]);
-    atomic_store_explicit(word64(lane_at(forged, 1) + 128), 5, memory_order_relaxed);  // "answered"
+    atomic_store_explicit(word64(lane_at(forged, 1) + DX_LANE_RESPONSE_SEQ), 5, memory_order_relaxed);  // "answered"
 }
 
 /// A turn that never comes fails the call with DX_E_TIMEOUT before anything is published, and the
@@ -434,15 +444,15 @@ static void check_turn_timeout(dx_region *region, forged_region *forged) {
     int rc = dx_lane_claim(region, &wait, &lane);
     expect(rc == DX_OK && index_of(forged, lane) == 0, "claim lane 0 with turns", rc);
     if (rc != DX_OK) return;
-    unsigned char *turnstile = forged->base + 4096;
-    atomic_store_explicit(word64(turnstile + 8), 0, memory_order_seq_cst);  // serving
-    atomic_store_explicit(word64(turnstile + 0), 1000, memory_order_seq_cst);  // next: our ticket is 1000
-    atomic_store_explicit(word64(turnstile + 16), now_ns(), memory_order_relaxed);  // a live holder's lease
+    unsigned char *turnstile = forged->base + DX_HEADER_TURNSTILES;
+    atomic_store_explicit(word64(turnstile + DX_TURN_SERVING), 0, memory_order_seq_cst);
+    atomic_store_explicit(word64(turnstile + DX_TURN_NEXT), 1000, memory_order_seq_cst);  // our ticket is 1000
+    atomic_store_explicit(word64(turnstile + DX_TURN_LEASE), now_ns(), memory_order_relaxed);  // a live holder's
     dx_lane_set_timeout(lane, 100000000);
     double start = now_s();
     rc = dx_call(lane, "turn", 4, NULL, 0, NULL);
     double took = now_s() - start;
-    uint64_t published = atomic_load_explicit(word64(lane_at(forged, 0)), memory_order_acquire);
+    uint64_t published = atomic_load_explicit(word64(lane_at(forged, 0) + DX_LANE_REQUEST_SEQ), memory_order_acquire);
     expect(rc == DX_E_TIMEOUT && took >= 0.09 && took < 1.5 && published == 0,
            "a turn that never comes times out before publishing", rc);
 
@@ -464,7 +474,8 @@ static void check_turn_timeout(dx_region *region, forged_region *forged) {
 }
 
 static void check_live_forgery(const char *name) {
-    forgery live = {.magic = MAGIC, .version = 2, .lanes = FORGED_LANES, .sized = true, .state = 1, .host_lock = true};
+    forgery live = {
+        .magic = DX_MAGIC, .version = 2, .lanes = FORGED_LANES, .sized = true, .state = 1, .host_lock = true};
     forged_region forged = forge(name, &live);
     dx_region *region = NULL;
     int rc = dx_attach(name, &region);

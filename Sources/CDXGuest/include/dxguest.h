@@ -7,7 +7,7 @@
 // threads of one serving worker take turns. The host's and every lane owner's liveness is a kernel
 // lock (an open-file-description lock on the region), never a pid. It needs only libc and pthreads:
 //
-//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c your.c
+//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c Sources/CDXGuest/dxwait.c your.c
 //
 // Example:
 //
@@ -32,13 +32,11 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "dxlayout.h"  // DX_LAYOUT_VERSION, the layout this library implements, and the region's offsets
+
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-/// The region layout this library implements. A region with another version is refused
-/// (DX_E_VERSION) before anything else in it is read.
-#define DX_LAYOUT_VERSION 2u
 
 enum dx_error {
     DX_OK = 0,
