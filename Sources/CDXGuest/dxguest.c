@@ -249,25 +249,25 @@ static uint32_t spins_for(double ns) {
 dx_wait dx_wait_auto(void) {
     pthread_once(&calibrated, calibrate);
     dx_wait wait = dx_wait_fair();
-    wait.min_spins = spins_for(50000);
-    wait.max_spins = spins_for(500000);
-    wait.start_spins = spins_for(125000);
+    wait.spin_min = spins_for(50000);
+    wait.spin_max = spins_for(500000);
+    wait.spin_start = spins_for(125000);
     wait.avoid_worker_cpu = 1;
     return wait;
 }
 
 dx_wait dx_wait_fair(void) {
-    return (dx_wait){.min_spins = 2000, .max_spins = 20000, .start_spins = 5000, .yield_every = 128,
+    return (dx_wait){.spin_min = 2000, .spin_max = 20000, .spin_start = 5000, .yield_every = 128,
                      .sleep_timeout_ns = 50000000, .turn_calls = 4096, .turn_quantum_ns = 4000000};
 }
 
 dx_wait dx_wait_balanced(void) {
-    return (dx_wait){.min_spins = 100, .max_spins = 5000, .start_spins = 2000, .yield_every = 128,
+    return (dx_wait){.spin_min = 100, .spin_max = 5000, .spin_start = 2000, .yield_every = 128,
                      .sleep_timeout_ns = 50000000, .turn_calls = 0, .turn_quantum_ns = 4000000};
 }
 
 static bool valid_wait(const dx_wait *w) {
-    return w->min_spins <= w->max_spins && w->start_spins >= w->min_spins && w->start_spins <= w->max_spins &&
+    return w->spin_min <= w->spin_max && w->spin_start >= w->spin_min && w->spin_start <= w->spin_max &&
            w->sleep_timeout_ns >= 1000000 && w->sleep_timeout_ns <= 1000000000 && w->turn_quantum_ns >= 10000 &&
            w->turn_quantum_ns <= 1000000000;
 }
@@ -351,7 +351,7 @@ static dx_lane *new_lane(dx_region *r, uint32_t index, const dx_wait *wait, int 
     l->owner_word = mine;
     l->sequence = sequence;
     l->timeout_ns = 10000000000ull;
-    l->budget = wait->start_spins;
+    l->budget = wait->spin_start;
     return l;
 }
 
@@ -538,7 +538,7 @@ static dx_parker doorbell_parker(dx_lane *l) {
 /// call's deadline between them. A response that arrived meanwhile wins over either.
 static int sleep_for_response(dx_lane *l, uint64_t seq) {
     char *response_seq = l->base + DX_LANE_RESPONSE_SEQ;
-    l->budget = l->budget / 2 > l->wait.min_spins ? l->budget / 2 : l->wait.min_spins;
+    l->budget = l->budget / 2 > l->wait.spin_min ? l->budget / 2 : l->wait.spin_min;
     bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_SLEEPS);
     for (;;) {
         uint64_t now = now_ns(), deadline = call_deadline(l, now);
@@ -569,7 +569,7 @@ static int await_response(dx_lane *l, uint64_t seq) {
     dx_spin_wait spin = dx_spin_wait_start(l->budget, l->wait.yield_every);
     for (;;) {
         if (load64(response_seq, ACQUIRE) == seq) {  // pairs with the host's seq-cst store
-            uint32_t max = l->wait.max_spins;
+            uint32_t max = l->wait.spin_max;
             if (l->budget < max) l->budget += (max - l->budget) / 16 > 1 ? (max - l->budget) / 16 : 1;
             bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_SPIN_WINS);
             return DX_OK;

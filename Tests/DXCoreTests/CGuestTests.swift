@@ -18,8 +18,8 @@ import Testing
         #expect(c.avoid_worker_cpu == 1 && swift.turnPolicy.avoidWorkerCPU == (CPUAffinity.allowedCPUs > 1))
         #expect(c.turn_calls == swift.turnPolicy.turnCalls && c.turn_quantum_ns == swift.turnPolicy.turnQuantumNanoseconds)
         #expect(c.yield_every == swift.spinPolicy.yieldEvery && c.sleep_timeout_ns == swift.spinPolicy.sleepTimeoutNanoseconds)
-        #expect(c.max_spins >= 9 * c.min_spins && c.max_spins <= 11 * c.min_spins)
-        #expect(c.start_spins > 2 * c.min_spins && c.start_spins < 3 * c.min_spins)
+        #expect(c.spin_max >= 9 * c.spin_min && c.spin_max <= 11 * c.spin_min)
+        #expect(c.spin_start > 2 * c.spin_min && c.spin_start < 3 * c.spin_min)
     }
 
     @Test func cGuestRoundTripsAreChecked() throws {

@@ -63,9 +63,9 @@ enum dx_error {
 
 /// How a guest waits for its response. dx_wait_auto() is the default (NULL), as in the Swift guest.
 typedef struct dx_wait {
-    uint32_t min_spins;        ///< the adaptive spin budget never falls below this
-    uint32_t max_spins;        ///< ... nor grows above this
-    uint32_t start_spins;      ///< the budget of the first wait
+    uint32_t spin_min;        ///< the adaptive spin budget never falls below this
+    uint32_t spin_max;        ///< ... nor grows above this
+    uint32_t spin_start;      ///< the budget of the first wait
     uint32_t yield_every;      ///< sched_yield every this many spins; 0 never
     uint64_t sleep_timeout_ns; ///< the longest single sleep (1 ms ... 1 s)
     uint32_t turn_calls;       ///< calls per turn while other guests of the worker wait; 0: no turns
