@@ -95,6 +95,12 @@ public final class ControlServer: @unchecked Sendable {
         Self.removeSocketFile(path, identity)
     }
 
+    /// The quick way out, for a second stop signal: removes the socket file (if it is still this
+    /// server's) without waiting for the loop. The process should exit next.
+    public func abandon() {
+        Self.removeSocketFile(path, identity)
+    }
+
     /// Removes the socket file if it is still the one this server bound.
     private static func removeSocketFile(_ path: String, _ identity: (dev_t, ino_t)) {
         var info = stat()

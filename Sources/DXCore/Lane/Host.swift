@@ -108,8 +108,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
         logger.info("wait strategy changed", metadata: ["wait": "\(strategy)"])
     }
 
-    /// What to do when a control client asks the host to shut down (for `dx-host`: signal the
-    /// main thread). Without a handler such requests are logged and ignored.
+    /// What to do when a control client asks the host to shut down, or the housekeeping thread
+    /// finds the region truncated. ``HostService`` sets it to end its `run()`. Without a handler
+    /// such requests are logged and ignored.
     public func onShutdownRequest(_ handler: @escaping @Sendable () -> Void) {
         shutdownHandler.withLock { $0 = handler }
     }
