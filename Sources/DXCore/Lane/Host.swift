@@ -171,9 +171,8 @@ public final class Host: ControlTarget, @unchecked Sendable {
     }
 }
 
-/// Sleeps the calling thread (`nanosleep`), for setup and housekeeping threads only.
+/// Sleeps the calling thread (`nanosleep`, resumed with what remains after EINTR: the shim's
+/// rule), for setup and housekeeping threads only.
 func usleepNanoseconds(_ nanoseconds: UInt64) {
-    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) != 0 { request = remaining }
+    CShm_sleep_ns(nanoseconds)
 }

@@ -184,7 +184,8 @@ public final class Region: @unchecked Sendable {
         let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
         guard descriptor >= 0 else { return }
         var info = stat()
-        let same = fstat(descriptor, &info) == 0 && info.st_dev == identity.0 && info.st_ino == identity.1
+        let same = (try? retryingOnInterrupt("fstat") { fstat(descriptor, &info) }) != nil
+            && info.st_dev == identity.0 && info.st_ino == identity.1
         close(descriptor)
         if same { _ = CShm_shm_unlink(objectName) }
         hostLock?.release()
@@ -253,7 +254,7 @@ extension Region {
         for _ in 0..<3 where descriptor < 0 {
             descriptor = CShm_shm_open(objectName, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
             if descriptor >= 0 { break }
-            let code = errno
+            let code = -descriptor
             guard code == EEXIST else { throw .system(SystemError("shm_open", errno: code)) }
             try removeStale(objectName: objectName, name: name)
         }
@@ -292,12 +293,12 @@ extension Region {
     private static func removeStale(objectName: String, name: String) throws(RegionCreateError) {
         let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
         guard descriptor >= 0 else {
-            if errno == ENOENT { return }
-            throw .system(SystemError("shm_open", errno: errno))
+            if -descriptor == ENOENT { return }
+            throw .system(SystemError("shm_open", errno: -descriptor))
         }
         defer { close(descriptor) }
         var info = stat()
-        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        do { try retryingOnInterrupt("fstat") { fstat(descriptor, &info) } } catch { throw .system(error) }
         guard info.st_uid == getuid() else { throw .nameTaken(name: name, uid: info.st_uid) }
         if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
             throw .alreadyServed(name: name, pid: 0)
@@ -348,7 +349,7 @@ extension Region {
         guard isValidName(name) else { throw .invalidName(name) }
         let descriptor = CShm_shm_open(objectName(for: name), O_RDWR | O_CLOEXEC, 0)
         guard descriptor >= 0 else {
-            let code = errno
+            let code = -descriptor
             switch code {
             case ENOENT: throw .noSuchRegion(name: name)
             case EACCES, EPERM: throw .permissionDenied(name: name)
@@ -365,7 +366,7 @@ extension Region {
 
     private static func attach(name: String, descriptor: Int32, hostUID: uid_t) throws(RegionAttachError) -> Region {
         var info = stat()
-        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        do { try retryingOnInterrupt("fstat") { fstat(descriptor, &info) } } catch { throw .system(error) }
         guard info.st_uid == hostUID else { throw .wrongOwner(name: name, owner: info.st_uid, expected: hostUID) }
         guard info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o022 == 0 else {
             throw .unsafeMode(name: name, mode: info.st_mode & 0o7777)
