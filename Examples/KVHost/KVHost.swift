@@ -2,6 +2,7 @@ import ArgumentParser
 import DXCore
 import KVProtocol
 import Logging
+import ServiceLifecycle
 import Synchronization
 #if canImport(Glibc)
 import Glibc
@@ -10,7 +11,7 @@ import Glibc
 /// A key-value daemon that embeds a dx host: guests GET, PUT and DEL keys over shared memory.
 /// See README.md next to this file.
 @main
-struct KVHost: ParsableCommand {
+struct KVHost: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kv-host", abstract: "Serve a tiny key-value store to dx guests.")
 
@@ -23,33 +24,35 @@ struct KVHost: ParsableCommand {
     @Option(help: "The most keys the store holds.")
     var maxEntries = 100_000
 
-    func run() throws {
-        // Only the main thread takes the stop signals: block them before any thread starts.
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGINT)
-        sigaddset(&signals, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
+    func run() async throws {
+        let logger = Logger(label: "kv-host")
+        signal(SIGPIPE, SIG_IGN)
+        // Watch the stop signals before the region exists: the first stops the service group
+        // gracefully, a second exits at once, still removing the region and the socket.
+        let stopSignals = await StopSignals(logger: logger)
 
         let store = Store(maxEntries: maxEntries)
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: lanes, slotCapacity: slotSize))
         // The handler runs on the serving worker: it parses the request out of the lane, and
         // writes the response in place.
-        try host.start(handler: ClosureHandler { request, response in
+        let handler = ClosureHandler { request, response in
             guard let decoded = KV.decode(request: request) else {
                 return KV.encode(status: .badRequest, into: response)
             }
             let (status, value) = store.apply(decoded)
             return KV.encode(status: status, value: value, into: response)
-        })
+        }
         // `dx-host ctl stats --name <name>` works for this daemon too.
-        let control = try ControlServer(target: host, path: ControlPath.socket(for: name))
+        let service = HostService(host: host, handler: handler,
+                                  control: .init(path: ControlPath.socket(for: name)), logger: logger)
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: StopSignals.all, logger: logger))
         say("kv-host: serving '\(name)' (\(lanes) lanes, \(slotSize)-byte slots); Ctrl-C stops")
-
-        var signal: Int32 = 0
-        while sigwait(&signals, &signal) != 0 {}
-        control.stop()
-        host.stop()
+        try await stopSignals.run(group) {
+            service.abandon()
+            Glibc.exit(0)
+        }
         let stats = host.snapshot()
         say("kv-host: stopped after \(stats.roundTrips) requests; \(store.count) keys")
     }

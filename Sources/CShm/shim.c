@@ -91,11 +91,13 @@ int CShm_reopen(int fd) {
 }
 
 int CShm_shm_open(const char *name, int flags, mode_t mode) {
-    return shm_open(name, flags, mode);
+    int fd;
+    do { fd = shm_open(name, flags, mode); } while (fd < 0 && errno == EINTR);
+    return fd >= 0 ? fd : -errno;
 }
 
 int CShm_shm_unlink(const char *name) {
-    return shm_unlink(name);
+    return shm_unlink(name) == 0 ? 0 : errno;
 }
 
 /// Reads /proc/PID/stat and returns a pointer just past the ")" that closes the command
@@ -103,7 +105,8 @@ int CShm_shm_unlink(const char *name) {
 static char *proc_stat_fields(pid_t pid, char *buffer, size_t size) {
     char path[64];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd;
+    do { fd = open(path, O_RDONLY | O_CLOEXEC); } while (fd < 0 && errno == EINTR);
     if (fd < 0) return NULL;
     ssize_t n;
     do { n = read(fd, buffer, size - 1); } while (n < 0 && errno == EINTR);
@@ -233,16 +236,16 @@ struct CShm_Ring {
     struct io_uring ring;
 };
 
-CShm_Ring *CShm_ring_create(unsigned entries, int *error) {
+int CShm_ring_create(unsigned entries, CShm_Ring **out) {
     CShm_Ring *ring = calloc(1, sizeof *ring);
-    if (!ring) { *error = ENOMEM; return NULL; }
+    if (!ring) return ENOMEM;
     int rc = io_uring_queue_init(entries, &ring->ring, 0);
     if (rc < 0) {
         free(ring);
-        *error = -rc;
-        return NULL;
+        return -rc;
     }
-    return ring;
+    *out = ring;
+    return 0;
 }
 
 void CShm_ring_destroy(CShm_Ring *ring) {
@@ -262,7 +265,7 @@ static struct io_uring_sqe *next_sqe(CShm_Ring *ring) {
 
 int CShm_ring_accept(CShm_Ring *ring, int fd, uint64_t user_data, bool multishot) {
     struct io_uring_sqe *sqe = next_sqe(ring);
-    if (!sqe) return -EBUSY;
+    if (!sqe) return EBUSY;
     if (multishot) io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
     else io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_CLOEXEC);
     io_uring_sqe_set_data64(sqe, user_data);
@@ -271,7 +274,7 @@ int CShm_ring_accept(CShm_Ring *ring, int fd, uint64_t user_data, bool multishot
 
 int CShm_ring_recv(CShm_Ring *ring, int fd, void *buffer, size_t length, uint64_t user_data) {
     struct io_uring_sqe *sqe = next_sqe(ring);
-    if (!sqe) return -EBUSY;
+    if (!sqe) return EBUSY;
     io_uring_prep_recv(sqe, fd, buffer, length, 0);
     io_uring_sqe_set_data64(sqe, user_data);
     return 0;
@@ -279,7 +282,7 @@ int CShm_ring_recv(CShm_Ring *ring, int fd, void *buffer, size_t length, uint64_
 
 int CShm_ring_send(CShm_Ring *ring, int fd, const void *buffer, size_t length, uint64_t user_data) {
     struct io_uring_sqe *sqe = next_sqe(ring);
-    if (!sqe) return -EBUSY;
+    if (!sqe) return EBUSY;
     io_uring_prep_send(sqe, fd, buffer, length, MSG_NOSIGNAL);
     io_uring_sqe_set_data64(sqe, user_data);
     return 0;
@@ -292,17 +295,17 @@ int CShm_ring_submit_and_wait(CShm_Ring *ring, uint64_t timeout_ns) {
     };
     struct io_uring_cqe *cqe = NULL;
     int rc = io_uring_submit_and_wait_timeout(&ring->ring, &cqe, 1, &timeout, NULL);
-    return rc < 0 ? rc : 0;
+    return rc < 0 ? -rc : 0;
 }
 
-int CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags) {
+bool CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags) {
     struct io_uring_cqe *cqe = NULL;
-    if (io_uring_peek_cqe(&ring->ring, &cqe) != 0 || !cqe) return 0;
+    if (io_uring_peek_cqe(&ring->ring, &cqe) != 0 || !cqe) return false;
     *user_data = io_uring_cqe_get_data64(cqe);
     *result = cqe->res;
     *flags = cqe->flags;
     io_uring_cqe_seen(&ring->ring, cqe);
-    return 1;
+    return true;
 }
 
 bool CShm_ring_more(uint32_t flags) {
@@ -312,12 +315,14 @@ bool CShm_ring_more(uint32_t flags) {
 int64_t CShm_peer_uid(int fd) {
     struct ucred credentials;
     socklen_t length = sizeof credentials;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -1;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -errno;
     return (int64_t)credentials.uid;
 }
 
 int CShm_accept_nonblocking(int fd) {
-    return accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    int client;
+    do { client = accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); } while (client < 0 && errno == EINTR);
+    return client >= 0 ? client : -errno;
 }
 
 static int unix_address(const char *path, struct sockaddr_un *address) {
@@ -365,8 +370,8 @@ int CShm_socket_timeouts(int fd, uint64_t timeout_ns) {
         .tv_sec = (time_t)(timeout_ns / 1000000000ull),
         .tv_usec = (suseconds_t)((timeout_ns % 1000000000ull) / 1000),
     };
-    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0) return -errno;
-    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0) return -errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0) return errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout) != 0) return errno;
     return 0;
 }
 
@@ -421,7 +426,7 @@ int CShm_guard_truncation(void *base, size_t size) {
             return 0;
         }
     }
-    return -1;
+    return ENOSPC;
 }
 
 void CShm_unguard_truncation(void *base) {

@@ -39,30 +39,52 @@ extension ParsableCommand {
     /// Parses and runs the command. Usage errors print ArgumentParser's message and exit 2,
     /// failures print one line and exit with their code, and nothing prints a stack trace.
     public static func runAndExit(_ arguments: [String]? = nil) -> Never {
-        var command: any ParsableCommand
         do {
-            command = try parseAsRoot(arguments)
+            var command = try parseAsRoot(arguments)
             try command.run()
             Glibc.exit(DXExit.ok.rawValue)
-        } catch let failure as CommandFailure {
-            printError("\(commandName): \(failure.message)")
-            Glibc.exit(failure.exit.rawValue)
         } catch {
-            // --help and --version (which can surface from parsing or from a command group's
-            // run) exit 0 with their text; usage errors print ArgumentParser's message, exit 2.
-            let code = exitCode(for: error)
-            if code == .success { self.exit(withError: error) }
-            let message = fullMessage(for: error)
-            if code == .validationFailure {
-                printError(message.isEmpty ? "\(commandName): invalid arguments" : message)
-                Glibc.exit(DXExit.usage.rawValue)
-            }
-            printError("\(commandName): \(message.isEmpty ? "\(error)" : message)")
-            Glibc.exit(DXExit.failure.rawValue)
+            exit(reporting: error)
         }
     }
 
+    /// Prints `error` as ``runAndExit(_:)`` does and exits with its code.
+    static func exit(reporting error: any Error) -> Never {
+        if let failure = error as? CommandFailure {
+            printError("\(commandName): \(failure.message)")
+            Glibc.exit(failure.exit.rawValue)
+        }
+        // --help and --version (which can surface from parsing or from a command group's
+        // run) exit 0 with their text; usage errors print ArgumentParser's message, exit 2.
+        let code = exitCode(for: error)
+        if code == .success { self.exit(withError: error) }
+        let message = fullMessage(for: error)
+        if code == .validationFailure {
+            printError(message.isEmpty ? "\(commandName): invalid arguments" : message)
+            Glibc.exit(DXExit.usage.rawValue)
+        }
+        printError("\(commandName): \(message.isEmpty ? "\(error)" : message)")
+        Glibc.exit(DXExit.failure.rawValue)
+    }
+
     private static var commandName: String { configuration.commandName ?? "dx" }
+}
+
+extension AsyncParsableCommand {
+    /// ``ParsableCommand/runAndExit(_:)`` for a command tree with asynchronous subcommands.
+    public static func runAndExit(_ arguments: [String]? = nil) async -> Never {
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asynchronous = command as? any AsyncParsableCommand {
+                try await asynchronous.run()
+            } else {
+                try command.run()
+            }
+            Glibc.exit(DXExit.ok.rawValue)
+        } catch {
+            exit(reporting: error)
+        }
+    }
 }
 
 /// Writes one line to standard error (file descriptor 2, unbuffered).

@@ -3,20 +3,20 @@ import CShm
 import DXCommandLine
 import DXCore
 import Logging
-import Synchronization
+import ServiceLifecycle
 #if canImport(Glibc)
 import Glibc
 #endif
 
 @main
-struct DXHostCommand: ParsableCommand {
+struct DXHostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dx-host",
         abstract: "Serve a dx shared-memory region to guests.",
         subcommands: [Run.self, Ctl.self],
         defaultSubcommand: Run.self)
 
-    static func main() { runAndExit() }
+    static func main() async { await runAndExit() }
 }
 
 enum ControlBackendChoice: String, ExpressibleByArgument, CaseIterable {
@@ -28,10 +28,10 @@ enum HandlerChoice: String, ExpressibleByArgument, CaseIterable {
     case echo, checksum
 }
 
-struct Run: ParsableCommand {
+struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
-        abstract: "Create the region and serve it until SIGINT or SIGTERM (the default subcommand).")
+        abstract: "Create the region and serve it until SIGTERM, SIGINT or SIGHUP (the default subcommand).")
 
     @Option(help: "Region name: the region is /dev/shm/dx.<name>.")
     var name: String
@@ -99,7 +99,7 @@ struct Run: ParsableCommand {
         }
     }
 
-    func run() throws {
+    func run() async throws {
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -108,16 +108,11 @@ struct Run: ParsableCommand {
         }
         let logger = Logger(label: "dx-host")
 
-        // Block the stop signals before any thread starts, so that every thread inherits the
-        // mask and only the main thread's sigtimedwait sees them. SIGHUP (a closed terminal)
-        // stops cleanly like SIGTERM; SIGPIPE (a control client gone mid-reply) is ignored.
+        // SIGPIPE (a control client gone mid-reply) is ignored. The stop signals are watched from
+        // here on, before the region exists: the first stops the service group gracefully, a
+        // second exits at once (still removing the region, the socket and the lock file).
         signal(SIGPIPE, SIG_IGN)
-        var signals = sigset_t()
-        sigemptyset(&signals)
-        sigaddset(&signals, SIGINT)
-        sigaddset(&signals, SIGTERM)
-        sigaddset(&signals, SIGHUP)
-        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        let stopSignals = await StopSignals(logger: logger)
 
         let configuration = RegionConfiguration(
             laneCount: lanes, slotCapacity: slotSize, workerCount: workerCount, rawChannels: raw,
@@ -131,45 +126,26 @@ struct Run: ParsableCommand {
             throw CommandFailure("cannot create the region: \(error)", exit: .failure)
         }
         host.workerCPUs = pin ?? []
-        switch handler {
-        case .echo: try host.start(handler: EchoHandler())
-        case .checksum: try host.start(handler: ChecksumHandler())
+        let control = HostService.ControlSocket(
+            path: self.control ?? ControlPath.socket(for: name),
+            backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
+            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9))
+        let service = switch handler {
+        case .echo: HostService(host: host, handler: EchoHandler(), control: control, logger: logger)
+        case .checksum: HostService(host: host, handler: ChecksumHandler(), control: control, logger: logger)
         }
-        // A control client's shutdown arrives here as our own SIGTERM, like any other stop request.
-        host.onShutdownRequest { kill(getpid(), SIGTERM) }
-        let controlServer: ControlServer
+        // The host service ends the group when it stops by itself (a control client's shutdown,
+        // a truncated region), and a stop signal ends it through the group.
+        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: StopSignals.all, logger: logger))
         do {
-            controlServer = try ControlServer(
-                target: host, path: control ?? ControlPath.socket(for: name),
-                backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
-                idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9), logger: logger)
-        } catch {
-            host.stop()
+            try await stopSignals.run(group) {
+                service.abandon()
+                Glibc.exit(DXExit.ok.rawValue)
+            }
+        } catch let error as ControlError {
             throw CommandFailure("cannot serve the control socket: \(error)", exit: .failure)
         }
-        var received: Int32 = 0
-        while received <= 0 {
-            var timeout = timespec(tv_sec: 1, tv_nsec: 0)
-            received = sigtimedwait(&signals, nil, &timeout)
-        }
-        let signalName = received == SIGINT ? "SIGINT" : received == SIGHUP ? "SIGHUP" : "SIGTERM"
-        logger.info("signal received, stopping", metadata: ["signal": "\(signalName)"])
-        // Stop on another thread, so that a second signal can still cut the shutdown short.
-        let done = Atomic<Bool>(false)
-        let stopper = try DXCore.Thread {
-            controlServer.stop()
-            host.stop()
-            done.store(true, ordering: .releasing)
-        }
-        while !done.load(ordering: .acquiring) {
-            var timeout = timespec(tv_sec: 0, tv_nsec: 20_000_000)
-            if sigtimedwait(&signals, nil, &timeout) > 0 {
-                logger.warning("second signal: exiting at once")
-                host.abandon()
-                unlink(controlServer.path)
-                Glibc.exit(0)
-            }
-        }
-        stopper.join()
     }
 }

@@ -8,6 +8,22 @@
 // Every symbol is prefixed CShm_. The atomics are static inline so that the Swift
 // optimizer sees through them: the call path compiles to plain loads, stores and
 // locked instructions.
+//
+// One error convention, for every function below that can fail:
+//
+// - A function that returns a status returns 0 on success or a positive errno value.
+// - A function that returns a descriptor, a count or another non-negative value returns it,
+//   or -errno.
+// - errno itself is never part of a result: read nothing from it after a CShm_ call.
+// - EINTR never comes out of the shim: every call that can be interrupted is retried (a sleep
+//   with what remains of it), except the two bounded waits, CShm_futex_wait and
+//   CShm_ring_submit_and_wait, which make one attempt and return EINTR like any early wake-up;
+//   their callers loop on their own deadline anyway.
+// - A query that has no errno to give (/proc, CPU masks) returns the value its comment names
+//   for "unknown"; those functions say so.
+//
+// The Swift side follows the same rule for the system calls it makes itself: each goes through
+// `retryingOnInterrupt` in Sources/DXCore/System/SystemError.swift.
 #ifndef CSHM_H
 #define CSHM_H
 
@@ -112,7 +128,7 @@ uint64_t CShm_monotonic_ns(void);
 int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns);
 /// Wakes up to `count` threads sleeping on `address`. Returns how many woke, or -errno.
 int CShm_futex_wake(uint32_t *address, int count);
-/// Sleeps `ns` nanoseconds (nanosleep, resumed after EINTR).
+/// Sleeps `ns` nanoseconds (nanosleep, resumed with what remains after EINTR).
 void CShm_sleep_ns(uint64_t ns);
 
 // MARK: - Locks the kernel releases when their holder dies
@@ -138,22 +154,23 @@ int CShm_reopen(int fd);
 /// An io_uring instance; opaque to Swift.
 typedef struct CShm_Ring CShm_Ring;
 
-/// Creates a ring with `entries` submission entries. Returns NULL and sets `*error` (an errno,
-/// e.g. ENOSYS or EPERM when io_uring is unavailable or forbidden) on failure.
-CShm_Ring *CShm_ring_create(unsigned entries, int *error);
+/// Creates a ring with `entries` submission entries into `*out`. Returns 0 or an errno (ENOSYS
+/// or EPERM when io_uring is unavailable or forbidden).
+int CShm_ring_create(unsigned entries, CShm_Ring **out);
+/// Destroys a ring made by CShm_ring_create (NULL does nothing).
 void CShm_ring_destroy(CShm_Ring *ring);
-/// Queues an accept on `fd` (multishot when `multishot`). Returns 0, or -EBUSY when the
+/// Queues an accept on `fd` (multishot when `multishot`). Returns 0, or EBUSY when the
 /// submission queue is full.
 int CShm_ring_accept(CShm_Ring *ring, int fd, uint64_t user_data, bool multishot);
-/// Queues a recv of at most `length` bytes into `buffer`.
+/// Queues a recv of at most `length` bytes into `buffer`. Returns 0 or EBUSY.
 int CShm_ring_recv(CShm_Ring *ring, int fd, void *buffer, size_t length, uint64_t user_data);
-/// Queues a send of `length` bytes from `buffer` (MSG_NOSIGNAL).
+/// Queues a send of `length` bytes from `buffer` (MSG_NOSIGNAL). Returns 0 or EBUSY.
 int CShm_ring_send(CShm_Ring *ring, int fd, const void *buffer, size_t length, uint64_t user_data);
 /// Submits what is queued and waits up to `timeout_ns` for at least one completion.
-/// Returns 0, -ETIME on timeout, or another -errno.
+/// Returns 0, ETIME on timeout, EINTR, or another errno.
 int CShm_ring_submit_and_wait(CShm_Ring *ring, uint64_t timeout_ns);
-/// Takes the next completion, if any: returns 1 and fills the out-parameters, or 0.
-int CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags);
+/// Takes the next completion, if any: returns true and fills the out-parameters, or false.
+bool CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags);
 /// True when a completion says more will follow from the same request (multishot).
 bool CShm_ring_more(uint32_t flags);
 
@@ -161,7 +178,7 @@ bool CShm_ring_more(uint32_t flags);
 
 /// Guards [base, base + size): a SIGBUS inside it (someone truncated the shared-memory object
 /// under the mapping) maps a private zero page over the faulting page instead of killing the
-/// process, and counts the fault. Up to 16 ranges. Returns 0, or -1 when the table is full.
+/// process, and counts the fault. Up to 16 ranges. Returns 0, or ENOSPC when the table is full.
 int CShm_guard_truncation(void *base, size_t size);
 /// Removes a guard set by CShm_guard_truncation.
 void CShm_unguard_truncation(void *base);
@@ -170,23 +187,24 @@ uint64_t CShm_truncation_faults(void *base);
 
 // MARK: - Sockets
 
-/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`), or -1.
+/// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`), or -errno.
 int64_t CShm_peer_uid(int fd);
-/// `accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)`: a descriptor, or -1 with errno set.
+/// `accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)`: a descriptor, or -errno (-EAGAIN
+/// when no client is waiting).
 int CShm_accept_nonblocking(int fd);
 /// A non-blocking, close-on-exec Unix stream socket bound to `path` (mode 0600) and listening.
 /// Returns the descriptor, or -errno (ENAMETOOLONG when the path does not fit sockaddr_un).
 int CShm_unix_listen(const char *path, int backlog);
 /// A blocking, close-on-exec Unix stream socket connected to `path`, or -errno.
 int CShm_unix_connect(const char *path);
-/// Sets SO_RCVTIMEO and SO_SNDTIMEO. Returns 0 or -errno.
+/// Sets SO_RCVTIMEO and SO_SNDTIMEO. Returns 0 or an errno.
 int CShm_socket_timeouts(int fd, uint64_t timeout_ns);
 
 // MARK: - Shared memory objects
 
-/// `shm_open(name, flags, mode)`. Returns a descriptor or -1 with errno set.
+/// `shm_open(name, flags, mode)`. Returns a descriptor or -errno.
 int CShm_shm_open(const char *name, int flags, mode_t mode);
-/// `shm_unlink(name)`. Returns 0 or -1 with errno set.
+/// `shm_unlink(name)`. Returns 0 or an errno.
 int CShm_shm_unlink(const char *name);
 
 // MARK: - Processes and threads
@@ -195,9 +213,9 @@ int CShm_shm_unlink(const char *name);
 /// or 0 when the process does not exist or the file cannot be parsed.
 uint64_t CShm_process_start_time(pid_t pid);
 /// User plus system CPU time of process `pid` in nanoseconds (fields 14 and 15 of
-/// /proc/PID/stat), or -1 when it cannot be read.
+/// /proc/PID/stat), or -1 when it cannot be read (a query: no errno).
 int64_t CShm_process_cpu_ns(pid_t pid);
-/// CPU time of the calling process (all threads), in nanoseconds.
+/// CPU time of the calling process (all threads), in nanoseconds, or -1 when unknown.
 int64_t CShm_self_cpu_ns(void);
 /// True when process `pid` exists and is not a zombie: `kill(pid, 0)` succeeds (or fails
 /// with EPERM) and /proc/PID/stat does not show state Z or X.
@@ -214,7 +232,7 @@ int CShm_thread_start(uint64_t *out, void *(*body)(void *), void *context, size_
 int CShm_thread_join(uint64_t thread);
 /// Pins the calling thread to one CPU (`pthread_setaffinity_np`). Returns 0 or an errno value.
 int CShm_pin_self(int cpu);
-/// The CPU the calling thread runs on (`sched_getcpu`), or -1.
+/// The CPU the calling thread runs on (`sched_getcpu`), or -1 when unknown.
 int CShm_current_cpu(void);
 /// Moves the calling thread off `cpu`: its affinity becomes the mask it had before the first
 /// call minus `cpu` (kept per thread, so repeated calls do not narrow it further). Does nothing

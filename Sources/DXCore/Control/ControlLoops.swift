@@ -39,8 +39,9 @@ final class UringControlLoop: ControlLoop, @unchecked Sendable {
 
     /// Creates the ring, or throws the errno that says io_uring is unavailable.
     init() throws(SystemError) {
-        var error: Int32 = 0
-        guard let ring = CShm_ring_create(256, &error) else { throw SystemError("io_uring_queue_init", errno: error) }
+        var ring: OpaquePointer?
+        let rc = CShm_ring_create(256, &ring)
+        guard rc == 0, let ring else { throw SystemError("io_uring_queue_init", errno: rc) }
         self.ring = ring
     }
 
@@ -80,7 +81,7 @@ final class UringControlLoop: ControlLoop, @unchecked Sendable {
             }
             _ = CShm_ring_submit_and_wait(ring, controlTickNanoseconds)
             var data: UInt64 = 0, result: Int32 = 0, flags: UInt32 = 0
-            while CShm_ring_next(ring, &data, &result, &flags) == 1 {
+            while CShm_ring_next(ring, &data, &result, &flags) {
                 let tag = Tag(rawValue: data & 0xFF)
                 let connection = connections.connection(slot: Int((data >> 8) & 0xFF_FFFF), generation: UInt32(data >> 32))
                 switch tag {

@@ -95,6 +95,12 @@ public final class ControlServer: @unchecked Sendable {
         Self.removeSocketFile(path, identity)
     }
 
+    /// The quick way out, for a second stop signal: removes the socket file (if it is still this
+    /// server's) without waiting for the loop. The process should exit next.
+    public func abandon() {
+        Self.removeSocketFile(path, identity)
+    }
+
     /// Removes the socket file if it is still the one this server bound.
     private static func removeSocketFile(_ path: String, _ identity: (dev_t, ino_t)) {
         var info = stat()
@@ -124,6 +130,10 @@ public struct ControlClient: ~Copyable {
         }
         let expected = hostUID ?? getuid()
         let peer = CShm_peer_uid(fd)
+        guard peer >= 0 else {
+            close(fd)
+            throw .system(SystemError("getsockopt SO_PEERCRED", errno: Int32(-peer)))
+        }
         guard peer == Int64(expected) else {
             close(fd)
             throw .wrongOwner(path: path, owner: peer, expected: expected)
@@ -142,10 +152,13 @@ public struct ControlClient: ~Copyable {
         bytes.append(UInt8(ascii: "\n"))
         var offset = 0
         while offset < bytes.count {
-            let count = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw .system(SystemError("send", errno: errno))
+            let count: Int
+            do {
+                count = try retryingOnInterrupt("send") {
+                    bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+                }
+            } catch {
+                throw .system(error)
             }
             offset += count
         }
@@ -160,13 +173,14 @@ public struct ControlClient: ~Copyable {
                 pending.removeFirst(newline + 1)
                 return line
             }
-            let count = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if count == 0 { throw .badAnswer("the host closed the connection") }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN { throw .badAnswer("no answer within the timeout") }
-                throw .system(SystemError("recv", errno: errno))
+            let count: Int
+            do {
+                count = try retryingOnInterrupt("recv") { chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) } }
+            } catch {
+                if error.errno == EAGAIN { throw .badAnswer("no answer within the timeout") }
+                throw .system(error)
             }
+            if count == 0 { throw .badAnswer("the host closed the connection") }
             pending.append(contentsOf: chunk[0..<count])
         }
     }

@@ -108,8 +108,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
         logger.info("spin policy changed", metadata: ["wait": "\(policy)"])
     }
 
-    /// What to do when a control client asks the host to shut down (for `dx-host`: signal the
-    /// main thread). Without a handler such requests are logged and ignored.
+    /// What to do when a control client asks the host to shut down, or the housekeeping thread
+    /// finds the region truncated. ``HostService`` sets it to end its `run()`. Without a handler
+    /// such requests are logged and ignored.
     public func onShutdownRequest(_ handler: @escaping @Sendable () -> Void) {
         shutdownHandler.withLock { $0 = handler }
     }
@@ -164,9 +165,8 @@ public final class Host: ControlTarget, @unchecked Sendable {
     }
 }
 
-/// Sleeps the calling thread (`nanosleep`), for setup and housekeeping threads only.
+/// Sleeps the calling thread (`nanosleep`, resumed with what remains after EINTR: the shim's
+/// rule), for setup and housekeeping threads only.
 func usleepNanoseconds(_ nanoseconds: UInt64) {
-    var request = timespec(tv_sec: Int(nanoseconds / 1_000_000_000), tv_nsec: Int(nanoseconds % 1_000_000_000))
-    var remaining = timespec()
-    while nanosleep(&request, &remaining) != 0 { request = remaining }
+    CShm_sleep_ns(nanoseconds)
 }

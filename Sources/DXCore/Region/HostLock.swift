@@ -20,19 +20,21 @@ final class HostLock {
     init(name: String) throws(RegionCreateError) {
         let directory = ControlPath.directory()
         do { try ControlPath.prepareDirectory(directory) } catch { throw .unsafeRuntimeDirectory(error.description) }
-        path = directory + "/\(name).lock"
+        let path = directory + "/\(name).lock"
+        self.path = path
         for _ in 0..<8 {
-            let fd = open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw .system(SystemError("open \(path)", errno: errno)) }
+            let fd: Int32
+            do { fd = try retryingOnInterrupt("open \(path)") { open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600) } }
+            catch { throw .system(error) }
             var info = stat()
-            guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() else {
+            guard (try? retryingOnInterrupt("fstat") { fstat(fd, &info) }) != nil, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() else {
                 close(fd)
                 throw .unsafeRuntimeDirectory("\(path) is not a regular file of this user")
             }
             let rc = CShm_flock_exclusive(fd)
             if rc == EWOULDBLOCK {
                 var text = [UInt8](repeating: 0, count: 16)
-                let count = text.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 15, 0) }
+                let count = (try? retryingOnInterrupt("pread") { text.withUnsafeMutableBytes { pread(fd, $0.baseAddress, 15, 0) } }) ?? 0
                 close(fd)
                 let pid = count > 0 ? Int32(String(decoding: text[0..<count], as: UTF8.self)
                     .trimmingPrefix(" ").split(separator: "\n").first ?? "") ?? 0 : 0
@@ -51,8 +53,8 @@ final class HostLock {
             }
             // Informational: who holds it, for the "already served" message.
             let pid = Array("\(getpid())\n".utf8)
-            _ = ftruncate(fd, 0)
-            _ = pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) }
+            _ = try? retryingOnInterrupt("ftruncate") { ftruncate(fd, 0) }
+            _ = try? retryingOnInterrupt("pwrite") { pid.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
             descriptor = fd
             identity = (info.st_dev, info.st_ino)
             return

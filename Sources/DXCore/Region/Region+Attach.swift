@@ -18,7 +18,7 @@ extension Region {
         guard isValidName(name) else { throw .invalidName(name) }
         let descriptor = CShm_shm_open(objectName(for: name), O_RDWR | O_CLOEXEC, 0)
         guard descriptor >= 0 else {
-            let code = errno
+            let code = -descriptor
             switch code {
             case ENOENT: throw .noSuchRegion(name: name)
             case EACCES, EPERM: throw .permissionDenied(name: name)
@@ -35,7 +35,7 @@ extension Region {
 
     private static func attach(name: String, descriptor: Int32, hostUID: uid_t) throws(RegionAttachError) -> Region {
         var info = stat()
-        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        do { try retryingOnInterrupt("fstat") { fstat(descriptor, &info) } } catch { throw .system(error) }
         guard info.st_uid == hostUID else { throw .wrongOwner(name: name, owner: info.st_uid, expected: hostUID) }
         guard info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o022 == 0 else {
             throw .unsafeMode(name: name, mode: info.st_mode & 0o7777)

@@ -27,7 +27,7 @@ extension Region {
         for _ in 0..<3 where descriptor < 0 {
             descriptor = CShm_shm_open(objectName, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0o600)
             if descriptor >= 0 { break }
-            let code = errno
+            let code = -descriptor
             guard code == EEXIST else { throw .system(SystemError("shm_open", errno: code)) }
             try removeStale(objectName: objectName, name: name)
         }
@@ -66,12 +66,12 @@ extension Region {
     private static func removeStale(objectName: String, name: String) throws(RegionCreateError) {
         let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
         guard descriptor >= 0 else {
-            if errno == ENOENT { return }
-            throw .system(SystemError("shm_open", errno: errno))
+            if -descriptor == ENOENT { return }
+            throw .system(SystemError("shm_open", errno: -descriptor))
         }
         defer { close(descriptor) }
         var info = stat()
-        guard fstat(descriptor, &info) == 0 else { throw .system(SystemError("fstat", errno: errno)) }
+        do { try retryingOnInterrupt("fstat") { fstat(descriptor, &info) } } catch { throw .system(error) }
         guard info.st_uid == getuid() else { throw .nameTaken(name: name, uid: info.st_uid) }
         if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
             throw .alreadyServed(name: name, pid: 0)

@@ -145,7 +145,8 @@ public final class Region: @unchecked Sendable {
         let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
         guard descriptor >= 0 else { return }
         var info = stat()
-        let same = fstat(descriptor, &info) == 0 && info.st_dev == identity.0 && info.st_ino == identity.1
+        let same = (try? retryingOnInterrupt("fstat") { fstat(descriptor, &info) }) != nil
+            && info.st_dev == identity.0 && info.st_ino == identity.1
         close(descriptor)
         if same { _ = CShm_shm_unlink(objectName) }
         hostLock?.release()

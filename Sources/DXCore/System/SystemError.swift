@@ -25,8 +25,14 @@ public struct SystemError: Error, Equatable, Sendable, CustomStringConvertible {
 
 /// Runs a system call that returns `-1` and sets `errno` on failure, retrying on `EINTR`.
 ///
-/// Every setup-time system call in DXCore goes through this helper. The call path makes no
-/// system calls while the peer is awake, so it never needs it.
+/// Every system call that DXCore makes from Swift and that a signal can interrupt (`open`,
+/// `ftruncate`, `pread`, `pwrite`, `send`, `recv`; `fstat` and `fchmod` too, for one shape)
+/// goes through this helper. Calls made through the C shim follow its rule instead (CShm.h:
+/// the shim retries EINTR itself and returns 0/errno or a value/-errno). Not here: `close`
+/// (never retried on Linux: the descriptor is gone either way), `mmap`/`munmap` and
+/// `mkdir`/`lstat` (not interruptible), the control loop's `poll` and `MSG_DONTWAIT` socket
+/// calls (an interrupted tick is just a short one), and the call path, which makes no system
+/// calls while the peer is awake.
 @discardableResult
 func retryingOnInterrupt<T: FixedWidthInteger>(_ name: String, _ body: () -> T) throws(SystemError) -> T {
     while true {

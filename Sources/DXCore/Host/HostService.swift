@@ -1,0 +1,177 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Logging
+import ServiceLifecycle
+import Synchronization
+
+/// A ``Host`` as a swift-service-lifecycle `Service`: `run()` serves, with the control socket if
+/// one is configured, until the service group shuts down gracefully (or is cancelled), a control
+/// client sends `shutdown`, or the region is truncated under the host; then it stops cleanly.
+///
+/// ```swift
+/// let host = try Host(name: "demo", configuration: RegionConfiguration(laneCount: 8))
+/// let service = HostService(host: host, handler: EchoHandler(),
+///                           control: .init(path: ControlPath.socket(for: "demo")))
+/// let group = ServiceGroup(configuration: .init(
+///     services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+///     gracefulShutdownSignals: [.sigterm, .sigint, .sighup], logger: logger))
+/// try await group.run()
+/// ```
+///
+/// Stopping is ``Host/stop()``: it publishes `stopping`, joins the serving threads, lets go of the
+/// host lock, wakes sleeping guests and removes the region; the control server stops first and
+/// removes its socket. A stop the host asks for itself (``Host/requestShutdown()``) ends `run()`,
+/// so a group that holds the service with `successTerminationBehavior: .gracefullyShutdownGroup`
+/// shuts down the rest of its services too.
+///
+/// - Important: `run()` never blocks a Swift-concurrency thread: the serving threads are its
+///   own, it waits by suspending, and it starts, stops and joins on a dedicated thread. Run it
+///   once. ``abandon()`` may be called from any thread, at any time, for a second stop signal.
+public final class HostService: Service, CustomStringConvertible, @unchecked Sendable {
+    /// Where and how to serve the control socket (see ``ControlServer``).
+    public struct ControlSocket: Sendable {
+        /// The socket's path (usually ``ControlPath/socket(for:)``).
+        public var path: String
+        /// The event loop to use.
+        public var backend: ControlBackend
+        /// Connections idle (and not watching) for this long are closed.
+        public var idleTimeoutNanoseconds: UInt64
+
+        /// A control socket at `path`.
+        public init(path: String, backend: ControlBackend = .auto, idleTimeoutNanoseconds: UInt64 = 60_000_000_000) {
+            self.path = path
+            self.backend = backend
+            self.idleTimeoutNanoseconds = idleTimeoutNanoseconds
+        }
+    }
+
+    /// The host this service runs.
+    public let host: Host
+    private let startServing: @Sendable () throws(SystemError) -> Void
+    private let controlSocket: ControlSocket?
+    private let logger: Logger
+    private let stopRequest = StopRequest()
+    /// The running control server, also read by ``abandon()`` from another thread.
+    private let control = Mutex<ControlServer?>(nil)
+
+    /// A service that serves `host` with `handler` and, if `control` is given, a control socket.
+    /// Nothing starts before ``run()``. The service takes over `host`'s
+    /// ``Host/onShutdownRequest(_:)``.
+    public init<Handler: RequestHandler>(host: Host, handler: Handler, control: ControlSocket? = nil,
+                                         logger: Logger = Logger(label: "dx.host")) {
+        self.host = host
+        self.startServing = { () throws(SystemError) in try host.start(handler: handler) }
+        self.controlSocket = control
+        self.logger = logger
+    }
+
+    /// `HostService(<region name>)`, as the service group names it in its log.
+    public var description: String { "HostService(\(host.region.name))" }
+
+    /// Serves until a graceful shutdown, a cancellation or the host's own shutdown request; then
+    /// stops the control server and the host, and returns. Throws when serving cannot start
+    /// (threads, or the control socket: a ``ControlError``), after removing what it had made.
+    public func run() async throws {
+        host.onShutdownRequest { [stopRequest] in stopRequest.fire() }
+        try await onDedicatedThread { [self] () throws(any Error) in
+            try startServing()
+            guard let controlSocket else { return }
+            do {
+                let server = try ControlServer(
+                    target: host, path: controlSocket.path, backend: controlSocket.backend,
+                    idleTimeoutNanoseconds: controlSocket.idleTimeoutNanoseconds, logger: logger)
+                control.withLock { $0 = server }
+            } catch {
+                host.stop()
+                throw error
+            }
+        }
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await stopRequest.wait()
+        } onCancelOrGracefulShutdown: { [stopRequest] in
+            stopRequest.fire()
+        }
+        try await onDedicatedThread { [self] () throws(any Error) in
+            control.withLock { $0 }?.stop()
+            host.stop()
+        }
+    }
+
+    /// The quick way out, for a second stop signal: ``Host/abandon()`` (publish `stopping`, let
+    /// go of the host lock, wake sleeping guests, remove the region and the lock file) and remove
+    /// the control socket file, without waiting for any thread. The process should exit next.
+    public func abandon() {
+        host.abandon()
+        control.withLock { $0 }?.abandon()
+    }
+}
+
+/// A one-shot event that one task awaits: fired from any thread (a control thread, the
+/// housekeeping thread, a cancellation or graceful-shutdown handler), it resumes the waiter,
+/// or lets a later wait return at once.
+final class StopRequest: Sendable {
+    private enum State {
+        case idle
+        case waiting(CheckedContinuation<Void, Never>)
+        case fired
+    }
+
+    private let state = Mutex<State>(.idle)
+
+    /// Fires the event; firing it again does nothing.
+    func fire() {
+        let waiter: CheckedContinuation<Void, Never>? = state.withLock { state in
+            switch state {
+            case .idle:
+                state = .fired
+                return nil
+            case .waiting(let continuation):
+                state = .fired
+                return continuation
+            case .fired:
+                return nil
+            }
+        }
+        waiter?.resume()
+    }
+
+    /// Suspends until the event fires (returns at once if it has). One waiter at a time.
+    func wait() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let firedAlready = state.withLock { state in
+                switch state {
+                case .idle:
+                    state = .waiting(continuation)
+                    return false
+                case .waiting:
+                    preconditionFailure("StopRequest has one waiter")
+                case .fired:
+                    return true
+                }
+            }
+            if firedAlready { continuation.resume() }
+        }
+    }
+}
+
+/// Runs `body` on a dedicated thread and suspends until it returns, so that blocking work (thread
+/// joins, socket setup) never holds a Swift-concurrency thread. The join that follows returns
+/// at once: the thread has only to exit.
+func onDedicatedThread(_ body: @escaping @Sendable () throws(any Error) -> Void) async throws {
+    let box = Mutex<Thread?>(nil)
+    let result: Result<Void, any Error> = await withCheckedContinuation { continuation in
+        do {
+            let thread = try Thread(stackSize: 256 * 1024) {
+                continuation.resume(returning: Result { () throws(any Error) in try body() })
+            }
+            box.withLock { $0 = thread }
+        } catch {
+            continuation.resume(returning: .failure(error))
+        }
+    }
+    box.withLock { $0 }?.join()
+    try result.get()
+}
