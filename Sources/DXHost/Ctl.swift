@@ -14,8 +14,7 @@ struct Ctl: ParsableCommand {
 
 /// The flags every `ctl` command takes.
 struct CtlOptions: ParsableArguments {
-    @Option(help: "Region name of the host.")
-    var name: String
+    @OptionGroup var target: RegionNameOption
 
     @Option(help: "Control socket path (default: the one --name implies).")
     var control: String?
@@ -27,11 +26,8 @@ struct CtlOptions: ParsableArguments {
             help: "The uid the host runs as (default: this user's). A socket served by any other user is refused.")
     var hostUID: UInt32?
 
-    func validate() throws {
-        guard Region.isValidName(name) else {
-            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
-        }
-    }
+    /// The region name (`--name`).
+    var name: String { target.name }
 
     var path: String { control ?? ControlPath.socket(for: name) }
 
