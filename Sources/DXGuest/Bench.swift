@@ -15,16 +15,18 @@ struct Bench: ParsableCommand {
             each dx run, and the table shows dx as a ratio of it.
             """)
 
-    @Option(help: "Region name of the host.")
-    var name: String
+    /// Thread counts 1, 4 and 8 by default, 3 s each.
+    enum Defaults: LoadDefaults {
+        static let threads = [1, 4, 8]
+        static let threadLists = true
+        static let duration = 3.0
+        static let longestDuration = 3600.0
+        static let durationHelp = "Seconds per run."
+    }
+
+    @OptionGroup var load: LoadOptions<Defaults>
 
     @OptionGroup var owner: HostOwnerOptions
-
-    @Option(help: "Comma-separated thread counts.", transform: Bench.parseThreads)
-    var threads: [Int] = [1, 4, 8]
-
-    @Option(help: "Seconds per run.")
-    var duration: Double = 3
 
     @Option(help: "Request size in bytes (the host echoes it back).")
     var payload: Int = 64
@@ -64,23 +66,12 @@ struct Bench: ParsableCommand {
 
     /// The host's counters through its control socket, or nil when it has none.
     func hostView() -> StatsReply? {
-        guard var client = try? ControlClient(path: control ?? ControlPath.socket(for: name), timeoutNanoseconds: 1_000_000_000)
+        guard var client = try? ControlClient(path: control ?? ControlPath.socket(for: load.name), timeoutNanoseconds: 1_000_000_000)
         else { return nil }
         return try? client.call(ControlCommand("stats"), as: StatsReply.self)
     }
 
-    static func parseThreads(_ text: String) throws -> [Int] {
-        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
-        let values = parts.map { Int($0.filter { $0 != " " }) }
-        guard !values.isEmpty, values.allSatisfy({ ($0 ?? 0) >= 1 && ($0 ?? 0) <= Layout.maxLanes }) else {
-            throw ValidationError("--threads takes a comma-separated list of counts from 1 to \(Layout.maxLanes), like 1,4,8")
-        }
-        return values.map { $0! }
-    }
-
     func validate() throws {
-        try validateName(name)
-        guard duration > 0, duration <= 3600 else { throw ValidationError("--duration must be in (0, 3600] seconds") }
         guard payload >= 0, payload <= Layout.maxSlotCapacity else {
             throw ValidationError("--payload must be between 0 and \(Layout.maxSlotCapacity) bytes")
         }
@@ -93,7 +84,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         Interrupt.install()
         let strategy = try wait.strategy
-        let region = try attach(name: name, owner: owner)
+        let region = try attach(name: load.name, owner: owner)
         guard payload <= region.slotCapacity else {
             throw CommandFailure("--payload \(payload) is larger than the host's slot size \(region.slotCapacity)",
                                  exit: .usage)
@@ -104,7 +95,7 @@ struct Bench: ParsableCommand {
         var results: [BenchResult] = []
         func measure(_ mode: BenchMode, _ count: Int, round: Int) throws -> BenchResult {
             var run = BenchRun(region: region, mode: mode, threads: count, payload: payload,
-                               durationNanoseconds: UInt64(duration * 1e9), strategy: strategy)
+                               durationNanoseconds: load.durationNanoseconds, strategy: strategy)
             run.callsPerThread = calls
             run.varyPayload = varyPayload
             run.counting = !noCounters
@@ -133,7 +124,7 @@ struct Bench: ParsableCommand {
         }
         // The machine drifts (a VM's CPUs move), so each dx run is compared with the raw runs
         // just before it: raw at the same thread count, then raw at one thread, then dx.
-        for count in threads {
+        for count in load.threads {
             for _ in 0..<`repeat` {
                 var rawSame: BenchResult?, rawOne: BenchResult?
                 if baseline == .raw {

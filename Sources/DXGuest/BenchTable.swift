@@ -30,19 +30,7 @@ enum BenchTable {
                 ])
             }
         }
-        let widths = header.indices.map { column in
-            max(header[column].count, rows.map { $0[column].count }.max() ?? 0)
-        }
-        func line(_ cells: [String]) -> String {
-            cells.indices.map { column in
-                let cell = cells[column]
-                let pad = String(repeating: " ", count: widths[column] - cell.count)
-                return column < 2 ? cell + pad : pad + cell
-            }.joined(separator: "  ")
-        }
-        lines.append(line(header))
-        lines.append(widths.map { String(repeating: "-", count: $0) }.joined(separator: "  "))
-        for row in rows { lines.append(line(row)) }
+        lines.append(TextTable.render(header, rows, leftAligned: [0, 1]))
         if repeats > 1 {
             lines.append("(median of \(repeats) runs by round trips/s; ratios are medians of each dx run over the raw runs just before it)")
         }

@@ -6,8 +6,7 @@ struct Call: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Send one request and print the host's answer.")
 
-    @Option(help: "Region name of the host.")
-    var name: String
+    @OptionGroup var target: RegionNameOption
 
     @OptionGroup var owner: HostOwnerOptions
 
@@ -19,10 +18,8 @@ struct Call: ParsableCommand {
     @Argument(help: "The request, sent as UTF-8 bytes.")
     var message: String
 
-    func validate() throws { try validateName(name) }
-
     func run() throws {
-        let region = try attach(name: name, owner: owner)
+        let region = try attach(name: target.name, owner: owner)
         var lane: Lane
         do { lane = try region.claimLane(strategy: try wait.strategy) } catch {
             throw CommandFailure("\(error)", exit: .callFailed)

@@ -39,10 +39,3 @@ func attach(name: String, owner: HostOwnerOptions) throws -> Region {
         throw CommandFailure("\(error)", exit: .noHost)
     }
 }
-
-/// Validates a `--name` value the way the host does.
-func validateName(_ name: String) throws {
-    guard Region.isValidName(name) else {
-        throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
-    }
-}

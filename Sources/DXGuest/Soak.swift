@@ -11,30 +11,27 @@ import Glibc
 /// totals printed every second so that a guest killed on purpose leaves its counts behind.
 struct Soak: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Send checked traffic with random sizes for a while, printing totals every second (scripts/soak).")
+        abstract: "Send checked traffic with random sizes for a while, printing totals every second (scripts/soak).",
+        discussion: "The host must serve the echo handler.")
 
-    @Option(help: "Region name of the host (it must serve the echo handler).")
-    var name: String
+    /// Two threads for 20 s by default; a soak may run for up to a week.
+    enum Defaults: LoadDefaults {
+        static let threads = [2]
+        static let threadLists = false
+        static let duration = 20.0
+        static let longestDuration = 7 * 86_400.0
+        static let durationHelp = "Seconds to run."
+    }
+
+    @OptionGroup var load: LoadOptions<Defaults>
 
     @OptionGroup var owner: HostOwnerOptions
-
-    @Option(help: "Guest threads, each on its own lane.")
-    var threads: Int = 2
-
-    @Option(help: "Seconds to run.")
-    var duration: Double = 20
 
     @OptionGroup var wait: WaitOptions
 
     @Flag(name: .customLong("keep-going"),
           help: "After a failed call, release the lane, claim another and go on (for traffic beside a vandal); count what went wrong and exit 0.")
     var keepGoing = false
-
-    func validate() throws {
-        try validateName(name)
-        guard (1...Layout.maxLanes).contains(threads) else { throw ValidationError("--threads must be between 1 and \(Layout.maxLanes)") }
-        guard duration > 0 else { throw ValidationError("--duration must be positive") }
-    }
 
     /// Totals of one soak process, shared by its threads (relaxed counters, read by the reporter).
     final class Totals: Sendable {
@@ -52,13 +49,13 @@ struct Soak: ParsableCommand {
     }
 
     func run() throws {
-        let region = try attach(name: name, owner: owner)
+        let region = try attach(name: load.name, owner: owner)
         guard region.handler == .echo else { throw CommandFailure("soak needs a host serving the echo handler", exit: .usage) }
         let strategy = try wait.strategy
         let totals = Totals()
-        let end = CShm_monotonic_ns() + UInt64(duration * 1e9)
+        let end = CShm_monotonic_ns() + load.durationNanoseconds
         let timeout = owner.callTimeoutNanoseconds, keepGoing = keepGoing
-        let workers = try (0..<threads).map { index in
+        let workers = try (0..<load.threads[0]).map { index in  // one count: soak takes no list
             try DXCore.Thread {
                 repeat {
                     Soak.traffic(region: region, index: index, strategy: strategy, callTimeout: timeout, end: end, totals: totals)

@@ -28,8 +28,7 @@ struct Vandal: ParsableCommand {
         abstract: "Test tool: write garbage into the region while honest guests run.",
         shouldDisplay: false)
 
-    @Option(help: "Region name of the host.")
-    var name: String
+    @OptionGroup var target: RegionNameOption
 
     @OptionGroup var owner: HostOwnerOptions
 
@@ -46,9 +45,9 @@ struct Vandal: ParsableCommand {
     var truncate = false
 
     func run() throws {
-        let region = try attach(name: name, owner: owner)
+        let region = try attach(name: target.name, owner: owner)
         // Write through a mapping of our own, as any process of this user could.
-        let fd = open(Region.path(for: name), O_RDWR)
+        let fd = open(Region.path(for: target.name), O_RDWR)
         guard fd >= 0 else { throw CommandFailure("cannot open the region", exit: .failure) }
         defer { close(fd) }
         var info = stat()

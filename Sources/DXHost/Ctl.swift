@@ -14,8 +14,7 @@ struct Ctl: ParsableCommand {
 
 /// The flags every `ctl` command takes.
 struct CtlOptions: ParsableArguments {
-    @Option(help: "Region name of the host.")
-    var name: String
+    @OptionGroup var target: RegionNameOption
 
     @Option(help: "Control socket path (default: the one --name implies).")
     var control: String?
@@ -27,11 +26,8 @@ struct CtlOptions: ParsableArguments {
             help: "The uid the host runs as (default: this user's). A socket served by any other user is refused.")
     var hostUID: UInt32?
 
-    func validate() throws {
-        guard Region.isValidName(name) else {
-            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
-        }
-    }
+    /// The region name (`--name`).
+    var name: String { target.name }
 
     var path: String { control ?? ControlPath.socket(for: name) }
 
@@ -81,7 +77,7 @@ extension Ctl {
             print("worker sleeps \(stats.sleeps), wake-ups sent \(stats.wakes_sent), errors \(stats.errors), "
                 + "lanes reclaimed from dead guests \(stats.reclaimed_lanes)")
             print("")
-            print(Table.render(
+            print(TextTable.render(
                 ["lane", "owner", "state", "round trips", "ops/s", "wakes sent", "wakes skipped", "errors",
                  "guest: spin wins", "yields", "sleeps", "turn waits"],
                 stats.lanes.map { lane in
@@ -89,9 +85,9 @@ extension Ctl {
                      Table.grouped(lane.round_trips), Table.rate(lane.ops_per_sec), "\(lane.wakes_sent)",
                      "\(lane.wakes_skipped)", "\(lane.errors)", "\(lane.spin_wins)", "\(lane.yields)", "\(lane.sleeps)",
                      "\(lane.turn_waits)"]
-                }))
+                }, leftAligned: [0, 2]))
             print("")
-            print(Table.render(["worker", "spin wins", "yields", "sleeps"], stats.workers.map {
+            print(TextTable.render(["worker", "spin wins", "yields", "sleeps"], stats.workers.map {
                 ["\($0.worker)", "\($0.spin_wins)", "\($0.yields)", "\($0.sleeps)"]
             }))
         }
@@ -138,10 +134,10 @@ extension Ctl {
 
         func run() throws {
             guard let reply = try options.call(ControlCommand("lanes"), as: LanesReply.self) else { return }
-            print(Table.render(["lane", "owner", "state", "round trips", "last activity"], reply.lanes.map { lane in
+            print(TextTable.render(["lane", "owner", "state", "round trips", "last activity"], reply.lanes.map { lane in
                 ["\(lane.lane)", lane.owner_pid == 0 ? "-" : "\(lane.owner_pid)", lane.state, Table.grouped(lane.round_trips),
                  lane.last_activity_s.map { Table.seconds($0) + " ago" } ?? "never"]
-            }))
+            }, leftAligned: [0, 2]))
         }
     }
 
@@ -189,20 +185,8 @@ extension Ctl {
     }
 }
 
-/// Text tables for people.
+/// Cell formats for the ctl tables (rendered by ``TextTable``).
 enum Table {
-    static func render(_ header: [String], _ rows: [[String]]) -> String {
-        let widths = header.indices.map { column in max(header[column].count, rows.map { $0[column].count }.max() ?? 0) }
-        func line(_ cells: [String]) -> String {
-            cells.indices.map { column in
-                let pad = String(repeating: " ", count: widths[column] - cells[column].count)
-                return column == 0 || column == 2 ? cells[column] + pad : pad + cells[column]
-            }.joined(separator: "  ")
-        }
-        return ([line(header), widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")] + rows.map(line))
-            .joined(separator: "\n")
-    }
-
     static func grouped(_ value: UInt64) -> String { Format.grouped(value) }
 
     static func rate(_ value: Double) -> String { grouped(UInt64(max(0, value.rounded()))) }

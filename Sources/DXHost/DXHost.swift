@@ -33,8 +33,7 @@ struct Run: AsyncParsableCommand {
         commandName: "run",
         abstract: "Create the region and serve it until SIGTERM, SIGINT or SIGHUP (the default subcommand).")
 
-    @Option(help: "Region name: the region is /dev/shm/dx.<name>.")
-    var name: String
+    @OptionGroup var target: RegionNameOption
 
     @Option(help: "Number of lanes (one per concurrent guest thread), 1...\(Layout.maxLanes).")
     var lanes: Int = 8
@@ -74,10 +73,10 @@ struct Run: AsyncParsableCommand {
 
     var workerCount: Int { workers ?? max(1, CPUAffinity.allowedCPUs - 1) }
 
+    /// The region name (`--name`).
+    var name: String { target.name }
+
     func validate() throws {
-        guard Region.isValidName(name) else {
-            throw ValidationError("--name '\(name)' is not a valid region name: use 1 to \(Region.maxNameLength) letters, digits, '.', '_' or '-' (no '/')")
-        }
         guard (1...Layout.maxLanes).contains(lanes) else {
             throw ValidationError("--lanes must be between 1 and \(Layout.maxLanes), not \(lanes)")
         }

@@ -86,13 +86,26 @@ import Glibc
             let result = lane.call([1])
             outcome.withLock { $0 = result }
         }
-        while !entered.load(ordering: .relaxed) { usleep(1000) }
-        usleep(50_000)  // the caller is asleep on its semaphore by now
+        defer { release.store(true, ordering: .relaxed) }  // never leave the worker stuck if an expectation throws
+        // The caller is asleep once its lane's sleeping flag is set (the only lane: lane 0).
+        let laneBase = Layout.headerSize
+        let (asleep, sleeps) = try withRawRegion(name) { base, _, _ in
+            (waitUntil(seconds: 5) {
+                entered.load(ordering: .relaxed) && CShm_load_acquire_u32(base + laneBase + Layout.Lane.guestSleeping) != 0
+            }, CShm_load_relaxed_u64(base + laneBase + Layout.Lane.guestCounters + Layout.Counters.guestSleeps))
+        }
+        #expect(asleep, "the caller never went to sleep on its lane")
+        #expect(sleeps >= 1, "the caller's lane counts no sleep")
         let stopper = try DXCore.Thread { host.stop() }
-        usleep(20_000)
+        // The host is stopping (it then waits for its worker, stuck in the handler, before it wakes guests).
+        #expect(waitUntil(seconds: 5) { region.state == .stopping }, "stop() never marked the region stopping")
+        let released = CShm_monotonic_ns()
         release.store(true, ordering: .relaxed)
         stopper.join()
         caller.join()
+        // A bound on a hang: stop() wakes the caller at once (its own sleeps are 50 ms at most).
+        let wokeAfter = Double(CShm_monotonic_ns() - released) / 1e9
+        #expect(wokeAfter < 2, "the caller finished \(wokeAfter) s after the handler returned")
         // Either the worker answered before it stopped, or the caller was told of the shutdown.
         let result = outcome.withLock { $0 }
         switch result {
@@ -103,7 +116,9 @@ import Glibc
         #expect(throws: LaneClaimError.shutdown) { _ = try region.claimLane() }
     }
 
-    /// No lost wake-up: both sides sleep on (almost) every handoff, and every call completes.
+    /// No lost wake-up: both sides sleep on (almost) every handoff, and every call completes
+    /// promptly. A lost wake-up would leave its sleeper asleep for the whole 1 s sleep timeout, so
+    /// the slowest call is bounded well below that; the counters show that the sleeps happened.
     @Test func sleepingHandshakeLosesNoWakeUp() throws {
         let name = uniqueName()
         let sleepy = WaitStrategy(spinPolicy: SpinPolicy(spinMin: 1, spinMax: 1, spinStart: 1, yieldEvery: 0,
@@ -115,28 +130,45 @@ import Glibc
         let region = try Region.attach(name: name)
         let handoffs = Atomic<Int>(0)
         let failures = Atomic<Int>(0)
-        let perThread = 500_000
+        let slowestCall = Atomic<UInt64>(0)
+        let perThread = 40_000
         let threads = try (0..<2).map { index in
             try DXCore.Thread {
                 var lane = try! region.claimLane(strategy: sleepy, startingAt: index)
-                // A lost wake-up would stall a call for the full 1 s sleep timeout; 10 s total
-                // for the whole loop would then be exceeded by far, so bound the call itself.
                 lane.callTimeoutNanoseconds = 5_000_000_000
                 var value: UInt64 = 0
                 var response = [UInt8](repeating: 0, count: 8)
+                var slowest: UInt64 = 0
+                defer { slowestCall.max(slowest, ordering: .relaxed) }
                 for _ in 0..<perThread {
                     value &+= 1
+                    let start = CShm_monotonic_ns()
                     let ok = withUnsafeBytes(of: value) { request in
                         response.withUnsafeMutableBytes { out in
                             (try? lane.call(request, into: out).get()) == 8 && out.load(as: UInt64.self) == value
                         }
                     }
+                    slowest = max(slowest, CShm_monotonic_ns() - start)
                     if ok { handoffs.add(1, ordering: .relaxed) } else { failures.add(1, ordering: .relaxed); return }
                 }
             }
         }
         for thread in threads { thread.join() }
+        let calls = 2 * perThread
         #expect(failures.load(ordering: .relaxed) == 0)
-        #expect(handoffs.load(ordering: .relaxed) == 2 * perThread)
+        #expect(handoffs.load(ordering: .relaxed) == calls)
+        let slowest = Double(slowestCall.load(ordering: .relaxed)) / 1e9
+        #expect(slowest < 0.5, "a call took \(slowest) s: a wake-up was lost and the 1 s sleep timeout ended it")
+        // The handshake was exercised: the worker slept waiting for requests and woke guests that
+        // slept waiting for responses, on most handoffs.
+        let snapshot = host.snapshot()
+        let workerSleeps = snapshot.workers.reduce(0) { $0 + $1.sleeps }
+        let wakesSent = snapshot.lanes.reduce(0) { $0 + $1.wakesSent }
+        let guestSleeps = snapshot.lanes.reduce(0) { $0 + $1.sleeps }
+        print("sleeping handshake: \(calls) calls, worker sleeps \(workerSleeps), guest sleeps \(guestSleeps), "
+              + "wakes sent \(wakesSent), slowest call \(slowest * 1e6) µs")
+        #expect(workerSleeps > 0, "the worker never slept")
+        #expect(guestSleeps >= UInt64(calls / 2), "guests slept on only \(guestSleeps) of \(calls) calls")
+        #expect(wakesSent >= UInt64(calls / 2), "the worker woke sleeping guests on only \(wakesSent) of \(calls) calls")
     }
 }

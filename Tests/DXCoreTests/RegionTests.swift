@@ -198,22 +198,51 @@ import Glibc
         #expect(throws: RegionAttachError.notReady(name: name)) { try Region.attach(name: name) }
     }
 
+    /// Random header words: every attach either fails with a header error (never a system error
+    /// or a crash) or, by chance, returns a region whose every size is within the layout's limits
+    /// and agrees with the object's size. Half of the rounds keep magic and version, and those
+    /// must reach the size checks.
     @Test func randomHeadersNeverCrashTheGuest() throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
         defer { host.stop() }
         var generator = SystemRandomNumberGenerator()
+        var outcomes: [String: Int] = [:]
         for round in 0..<300 {
-            try withRawRegion(name) { base, _, _ in
-                // Keep magic and version half of the time so the deeper checks are reached.
+            let objectSize = try withRawRegion(name) { base, size, _ in
+                // Restore magic and version half of the time (an earlier round may have broken
+                // them) so the deeper checks are reached.
                 let start = round % 2 == 0 ? 0 : 12
                 for offset in stride(from: start, to: 280, by: 4) {
                     CShm_store_relaxed_u32(base + offset, UInt32.random(in: 0...UInt32.max, using: &generator))
                 }
-                if round % 2 == 1 { CShm_store_relaxed_u32(base + Layout.Header.version, Layout.version) }
+                if round % 2 == 1 {
+                    CShm_store_relaxed_u32(base + Layout.Header.version, Layout.version)
+                    CShm_store_release_u64(base + Layout.Header.magic, Layout.magic)
+                }
+                return size
             }
-            // Either a clear error or, by chance, a consistent header: never a crash.
-            _ = try? Region.attach(name: name)
+            do {
+                let region = try Region.attach(name: name)
+                outcomes["attached", default: 0] += 1
+                #expect((1...Layout.maxLanes).contains(region.laneCount))
+                #expect((1...Layout.maxSlotCapacity).contains(region.slotCapacity))
+                #expect(region.laneStride == Layout.laneStride(slotCapacity: region.slotCapacity))
+                #expect((1...min(Layout.maxWorkers, region.laneCount)).contains(region.workerCount))
+                #expect((0...min(Layout.maxRawChannels, region.laneCount)).contains(region.rawCount))
+                #expect(Layout.regionSize(laneCount: region.laneCount, slotCapacity: region.slotCapacity,
+                                          rawCount: region.rawCount) <= objectSize)
+            } catch {
+                switch error {
+                case .notReady: outcomes["notReady", default: 0] += 1
+                case .notADXRegion: outcomes["notADXRegion", default: 0] += 1
+                case .versionMismatch: outcomes["versionMismatch", default: 0] += 1
+                case .sizeMismatch: outcomes["sizeMismatch", default: 0] += 1
+                default: Issue.record("round \(round): an unexpected error: \(error)")
+                }
+            }
         }
+        // Rounds that kept magic and version got past them, to the size checks.
+        #expect(outcomes["sizeMismatch", default: 0] + outcomes["attached", default: 0] >= 150, "\(outcomes)")
     }
 }

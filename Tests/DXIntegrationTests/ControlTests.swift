@@ -65,8 +65,8 @@ func reply(_ line: String?) throws -> [String: Any] {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
         let socket = directory.appendingPathComponent("c.sock").path
         let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend])
-        let deadline = Date().addingTimeInterval(10)
-        while access(socket, F_OK) != 0, Date() < deadline { usleep(10_000) }
+        try #require(eventually(timeout: 10) { access(socket, F_OK) == 0 } != nil,
+                     "the host never created its control socket \(socket)")
         return Setup(host: host, socket: socket)
     }
 
@@ -209,7 +209,12 @@ func reply(_ line: String?) throws -> [String: Any] {
         guest.arguments = ["bench", "--name", name, "--threads", "8", "--duration", "3", "--json"]
         guest.standardOutput = FileHandle.nullDevice
         try guest.run()
-        usleep(1_000_000)
+        // Under load: all 8 lanes claimed and round trips counted over the last second.
+        let loaded = try eventually(timeout: 10) {
+            let stats = try hostStats(name, control: setup.socket)
+            return stats["lanes_claimed"] as? Int == 8 && (stats["ops_per_sec_last"] as? Double ?? 0) > 0
+        }
+        try #require(loaded != nil, "the guest never loaded all 8 lanes")
         let stats = try run(Binaries.host, ["ctl", "stats"] + control)
         #expect(stats.status == 0)
         #expect(stats.stdout.contains("8 of 8 lanes claimed"), "\(stats.stdout)")

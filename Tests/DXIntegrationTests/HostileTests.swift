@@ -117,6 +117,7 @@ func runtimeFiles(_ name: String) -> [String] {
         let reclaimedAfter = try eventually(timeout: 5) { try hostStats(host.name)["reclaimed_lanes"] as? Int == 2 }
         #expect(reclaimedAfter != nil)
         print("stalled then killed: lanes reclaimed \(String(format: "%.2f", reclaimedAfter ?? -1)) s after SIGKILL")
+        #expect((reclaimedAfter ?? .infinity) < 2, "a dead guest's lanes were reclaimed only after \(reclaimedAfter ?? -1) s")
         stats = try hostStats(host.name)
         #expect(stats["lanes_claimed"] as? Int == 0)
         try expectHostSurvived(host, "stalled guest")

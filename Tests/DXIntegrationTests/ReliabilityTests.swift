@@ -43,8 +43,8 @@ final class Background {
 }
 
 /// `dx-host ctl stats --json`, decoded.
-func hostStats(_ name: String) throws -> [String: Any] {
-    let outcome = try run(Binaries.host, ["ctl", "stats", "--name", name, "--json"])
+func hostStats(_ name: String, control: String? = nil) throws -> [String: Any] {
+    let outcome = try run(Binaries.host, ["ctl", "stats", "--name", name, "--json"] + (control.map { ["--control", $0] } ?? []))
     return try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
 }
 
@@ -72,6 +72,9 @@ func eventually(timeout: Double, _ condition: () throws -> Bool) rethrows -> Dou
         }
         #expect(reclaimedAfter != nil)
         print("dead guest: lanes reclaimed \(String(format: "%.2f", reclaimedAfter ?? -1)) s after SIGKILL")
+        // The host looks for dead owners every 100 ms: well within two seconds (each look here
+        // runs dx-host ctl, which takes part of that).
+        #expect((reclaimedAfter ?? .infinity) < 2, "a dead guest's lanes were reclaimed only after \(reclaimedAfter ?? -1) s")
         // The honest guest never noticed, and the reclaimed lanes can be claimed again.
         #expect(honest.wait(timeout: 30) != nil)
         #expect(honest.process.terminationStatus == 0, "\(honest.errors)")
@@ -92,6 +95,8 @@ func eventually(timeout: Double, _ condition: () throws -> Bool) rethrows -> Dou
         let failedAfter = guest.wait(timeout: 10)
         #expect(failedAfter != nil, "the guest hung after its host died")
         print("dead host (\(wait)): the guest failed \(String(format: "%.2f", failedAfter ?? -1)) s after SIGKILL")
+        // Waiting guests look at the host's lock between bounded sleeps (50 ms) or every 2²⁰ spins.
+        #expect((failedAfter ?? .infinity) < 2, "the guest failed only \(failedAfter ?? -1) s after its host died")
         #expect(guest.process.terminationStatus == 6)
         #expect(guest.errors.contains("the dx host is no longer running"), "\(guest.errors)")
         // The dead host's region is still there; a new host takes it over without --force.
@@ -132,15 +137,32 @@ func eventually(timeout: Double, _ condition: () throws -> Bool) rethrows -> Dou
     @Test func sigtermWakesWaitingGuestsAndCleansUp() throws {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-rel-\(getpid())-\(UUID().uuidString.prefix(6))")
         let socket = directory.appendingPathComponent("h.sock").path
-        let host = try RunningHost(arguments: ["--control", socket])
-        // One guest busy, one asleep in a call that the handler answers slowly: both must hear of the shutdown.
-        let guest = try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "2", "--duration", "60"])
-        usleep(500_000)
+        let host = try RunningHost(arguments: ["--control", socket, "--lanes", "2"])
+        // One guest busy (it spins for its responses), one that sleeps in (almost) every call: a
+        // spin budget of one, so it is asleep in a call most of the time. Both must hear of the shutdown.
+        let busy = try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "1", "--duration", "60"])
+        let sleepy = try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "1", "--duration", "60",
+                                                     "--wait", "low-cpu", "--spin-min", "1", "--spin-max", "1", "--spin-start", "1"])
+        func lane(of guest: Background, in stats: [String: Any]) -> [String: Any]? {
+            (stats["lanes"] as? [[String: Any]])?.first { $0["owner_pid"] as? Int == Int(guest.process.processIdentifier) }
+        }
+        var last: [String: Any] = [:]
+        let running = try eventually(timeout: 10) {
+            last = try hostStats(host.name, control: socket)
+            guard let busyLane = lane(of: busy, in: last), let sleepyLane = lane(of: sleepy, in: last) else { return false }
+            let sleepyCalls = sleepyLane["round_trips"] as? Int ?? 0
+            return (busyLane["round_trips"] as? Int ?? 0) > 0 && sleepyCalls > 100
+                && (sleepyLane["sleeps"] as? Int ?? 0) * 2 >= sleepyCalls
+        }
+        #expect(running != nil, "the guests never got going, or the sleepy one did not sleep on most calls: \(last)")
         #expect(try host.stop() == 0)
-        let failedAfter = guest.wait(timeout: 10)
-        #expect(failedAfter != nil)
-        print("shutdown: the guest stopped \(String(format: "%.2f", failedAfter ?? -1)) s after SIGTERM")
-        #expect(guest.errors.contains("shutting down") || guest.errors.contains("no longer running"), "\(guest.errors)")
+        for (guest, role) in [(busy, "busy"), (sleepy, "sleepy")] {
+            let failedAfter = guest.wait(timeout: 10)
+            #expect(failedAfter != nil, "the \(role) guest hung after SIGTERM")
+            print("shutdown: the \(role) guest stopped \(String(format: "%.2f", failedAfter ?? -1)) s after the host exited")
+            #expect((failedAfter ?? .infinity) < 2, "the \(role) guest stopped only \(failedAfter ?? -1) s after the host")
+            #expect(guest.errors.contains("shutting down") || guest.errors.contains("no longer running"), "\(role): \(guest.errors)")
+        }
         #expect(!regionExists(host.name))
         #expect(access(socket, F_OK) != 0)
         #expect((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [] == [])
