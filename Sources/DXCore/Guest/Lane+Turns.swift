@@ -74,7 +74,7 @@ extension Lane {
             waitStart = start
             let beforeWait = CShm_monotonic_ns()
             if beforeWait >= deadline { return .timedOut }
-            _ = CShm_futex_wait(word, seen, min(staleAfter, deadline &- beforeWait))
+            turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: min(staleAfter, deadline &- beforeWait))
             if turnstile.servingAcquire == ticket { break }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one

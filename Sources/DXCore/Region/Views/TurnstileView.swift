@@ -39,6 +39,12 @@ struct TurnstileView {
     /// Seq-cst: the waker changes the word before the waiter's re-check of serving can miss it.
     func seen(_ word: UnsafeMutablePointer<UInt32>) -> UInt32 { CShm_load_seqcst_u32(word) }
 
+    /// Sleeps on `word` while it still holds `seen`, for at most `timeoutNanoseconds` (a bounded
+    /// shared `FUTEX_WAIT`; any return is fine: the caller re-checks `serving`).
+    func sleep(on word: UnsafeMutablePointer<UInt32>, seen: UInt32, timeoutNanoseconds: UInt64) {
+        _ = CShm_futex_wait(word, seen, timeoutNanoseconds)
+    }
+
     /// Wakes whoever sleeps on the word of `ticket` (the word changes first, so a waiter about to
     /// sleep on its old value does not).
     func wake(_ ticket: UInt64) {
