@@ -49,7 +49,7 @@ let package = Package(
         .target(
             name: "DXCommandLine",
             dependencies: [
-                "DXCore",
+                "DXCore", "CShm",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -444,3 +444,7 @@ uint64_t CShm_truncation_faults(void *base) {
     }
     return 0;
 }
+
+void CShm_line_buffer_stdout(void) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+}

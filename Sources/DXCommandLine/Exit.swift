@@ -1,3 +1,4 @@
+import CShm
 import ArgumentParser
 #if canImport(Glibc)
 import Glibc
@@ -39,6 +40,7 @@ extension ParsableCommand {
     /// Parses and runs the command. Usage errors print ArgumentParser's message and exit 2,
     /// failures print one line and exit with their code, and nothing prints a stack trace.
     public static func runAndExit(_ arguments: [String]? = nil) -> Never {
+        lineBufferStandardOutput()
         do {
             var command = try parseAsRoot(arguments)
             try command.run()
@@ -73,6 +75,7 @@ extension ParsableCommand {
 extension AsyncParsableCommand {
     /// ``ParsableCommand/runAndExit(_:)`` for a command tree with asynchronous subcommands.
     public static func runAndExit(_ arguments: [String]? = nil) async -> Never {
+        lineBufferStandardOutput()
         do {
             var command = try parseAsRoot(arguments)
             if var asynchronous = command as? any AsyncParsableCommand {
@@ -99,4 +102,11 @@ public func printError(_ line: String) {
             offset += written
         }
     }
+}
+
+/// Makes standard output line-buffered also when it is a pipe or a file (C's default there is a
+/// 4 KiB block buffer), so that every line (`ctl watch`, `soak`'s totals, bench's JSON) reaches
+/// a reader as it is produced, and nothing is lost to a buffer when the process is interrupted.
+func lineBufferStandardOutput() {
+    CShm_line_buffer_stdout()
 }

@@ -344,6 +344,41 @@ func reply(_ line: String?) throws -> [String: Any] {
         #expect(try replacing.stop() == 0)
     }
 
+    /// `ctl watch` through a pipe (not a terminal): each line arrives as it is produced, not when a
+    /// buffer fills or the process ends. Two lines a second apart must arrive within 8 s; a 4 KiB
+    /// block buffer would hold them back for about 20 lines (20 s).
+    @Test func ctlWatchWritesLineByLineThroughAPipe() throws {
+        let setup = try start("auto")
+        let watch = Process()
+        watch.executableURL = Binaries.host
+        watch.arguments = ["ctl", "watch", "--name", setup.host.name, "--control", setup.socket, "--interval-ms", "1000",
+                           "--json"]
+        let pipe = Pipe()
+        watch.standardOutput = pipe
+        try watch.run()
+        defer {
+            if watch.isRunning { kill(watch.processIdentifier, SIGKILL) }
+            watch.waitUntilExit()
+        }
+        // Read two lines while the watcher keeps running (it has no --count: it never ends by itself).
+        let fd = pipe.fileHandleForReading.fileDescriptor
+        var text = [UInt8]()
+        let deadline = Date().addingTimeInterval(8)
+        while text.filter({ $0 == UInt8(ascii: "\n") }).count < 2, Date() < deadline {
+            var ready = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&ready, 1, 200) > 0 else { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count <= 0 { break }
+            text += chunk[0..<count]
+        }
+        #expect(watch.isRunning, "the watcher ended before its lines were read")
+        let lines = String(decoding: text, as: UTF8.self).split(separator: "\n")
+        #expect(lines.count >= 2, "got \(lines.count) lines within 8 s through a pipe")
+        for line in lines.prefix(2) { #expect(try reply(String(line))["cmd"] as? String == "watch") }
+        #expect(try setup.host.stop() == 0)
+    }
+
     @Test func ctlWithoutAHostSaysSo() throws {
         let name = uniqueName()
         let outcome = try run(Binaries.host, ["ctl", "stats", "--name", name])

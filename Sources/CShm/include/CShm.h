@@ -207,6 +207,12 @@ int CShm_shm_open(const char *name, int flags, mode_t mode);
 /// `shm_unlink(name)`. Returns 0 or an errno.
 int CShm_shm_unlink(const char *name);
 
+// MARK: - Standard output
+
+/// Makes stdout line-buffered (`setvbuf(stdout, NULL, _IOLBF, 0)`), also when it is a pipe or a
+/// file. Call it before anything is written. (Swift 6 cannot name C's `stdout` safely.)
+void CShm_line_buffer_stdout(void);
+
 // MARK: - Processes and threads
 
 /// The start time of process `pid` in clock ticks since boot (field 22 of /proc/PID/stat),
