@@ -254,23 +254,28 @@ class Sweep:
         one-thread runs differ by more than 25 %, the switch happened around the dx run and its
         ratios are left empty (the run still counts for its own figures)."""
         raw = [r for r in runs if r["mode"] == "raw"]
+        floor = next((r for r in runs if r["mode"] == "floor"), None)
         dx = next(r for r in runs if r["mode"] == "dx")
         same = raw[0] if raw[0]["threads"] == threads else None
         before = next(r for r in raw[:2] if r["threads"] == 1)
         after = raw[-1]
-        for role, run in [("raw-same", same), ("raw-1", None if threads == 1 else before), ("raw-1-after", after)]:
+        for role, run in [("floor-1", floor), ("raw-same", same), ("raw-1", None if threads == 1 else before),
+                          ("raw-1-after", after)]:
             if run is not None:
                 self.rows.append(self.row(experiment, payload, threads, repeat, role, run, None, None))
         steady = before["ops_per_sec"] > 0 and 0.8 <= after["ops_per_sec"] / before["ops_per_sec"] <= 1.25
         raw_one = (before["ops_per_sec"] + after["ops_per_sec"]) / 2
         ratio_same = dx["ops_per_sec"] / same["ops_per_sec"] if steady and same and same["ops_per_sec"] else None
         ratio_one = dx["ops_per_sec"] / raw_one if steady else None
+        # The floor (the bare exchange, untimed) is the hardware's limit: dx over it ranks experiments
+        # against the machine, not against another configuration.
+        ratio_floor = dx["ops_per_sec"] / floor["ops_per_sec"] if steady and floor and floor["ops_per_sec"] else None
         if not steady:
             self.unsteady += 1
-        self.rows.append(self.row(experiment, payload, threads, repeat, "dx", dx, ratio_same, ratio_one))
+        self.rows.append(self.row(experiment, payload, threads, repeat, "dx", dx, ratio_same, ratio_one, ratio_floor))
 
     @staticmethod
-    def row(experiment, payload, threads, repeat, role, run, ratio_same, ratio_one):
+    def row(experiment, payload, threads, repeat, role, run, ratio_same, ratio_one, ratio_floor=None):
         fairness = run["lane_min_ops"] / run["lane_max_ops"] if run["lane_max_ops"] else 0.0
         return {"experiment": experiment["name"], "payload": payload, "threads": threads, "repeat": repeat,
                 "role": role, "run_threads": run["threads"], "ops_per_sec": run["ops_per_sec"],
@@ -279,12 +284,14 @@ class Sweep:
                 "lane_max_ops": run["lane_max_ops"], "slowest_over_fastest": round(fairness, 4),
                 "cpu_us_per_op": run["cpu_us_per_op"], "errors": run["errors"],
                 "ratio_raw_same": round(ratio_same, 4) if ratio_same is not None else "",
-                "ratio_raw_1t": round(ratio_one, 4) if ratio_one is not None else ""}
+                "ratio_raw_1t": round(ratio_one, 4) if ratio_one is not None else "",
+                "ratio_floor_1t": round(ratio_floor, 4) if ratio_floor is not None else ""}
 
     def measure(self, index, experiment, threads, payload):
         """One repeat: raw against the reference host (the experiment's host is not running, so a
         worker that never sleeps cannot slow the baseline down), dx against a fresh host, raw again."""
-        runs = self.bench(self.reference, threads, payload, ["--baseline", "raw", "--baseline-only"])
+        runs = self.bench(self.reference, 1, payload, ["--baseline", "floor", "--baseline-only"])
+        runs += self.bench(self.reference, threads, payload, ["--baseline", "raw", "--baseline-only"])
         name = f"{self.prefix}-{index}"
         host = self.start_host(name, experiment, threads, payload)
         try:
@@ -356,14 +363,15 @@ def summarise(rows, experiments):
                     continue
 
                 def median(key):
-                    values = [r[key] for r in dx if r[key] != ""]
+                    values = [r[key] for r in dx if r.get(key, "") != ""]
                     return statistics.median(values) if values else None
                 summary.append({"experiment": experiment["name"], "payload": payload, "threads": threads,
                                 "runs": len(dx), "ops_per_sec": median("ops_per_sec"), "p999_ns": median("p999_ns"),
                                 "exchange_p999_ns": median("exchange_p999_ns"),
                                 "slowest_over_fastest": median("slowest_over_fastest"),
                                 "cpu_us_per_op": median("cpu_us_per_op"), "ratio_raw_same": median("ratio_raw_same"),
-                                "ratio_raw_1t": median("ratio_raw_1t"), "errors": sum(r["errors"] for r in dx)})
+                                "ratio_raw_1t": median("ratio_raw_1t"), "ratio_floor_1t": median("ratio_floor_1t"),
+                                "errors": sum(r["errors"] for r in dx)})
     return summary
 
 
@@ -376,8 +384,16 @@ def figure(summary, name, threads, payload):
                  and s["payload"] == payload), None)
 
 
+def ratio_key(summary):
+    """The ratio experiments are ranked by: to the floor (the hardware's limit) when the runs have
+    it, else to raw (sweeps written before the floor existed)."""
+    if any(s.get("ratio_floor_1t") is not None for s in summary):
+        return "ratio_floor_1t", "× floor 1T"
+    return "ratio_raw_1t", "× raw 1T"
+
+
 def ranking(summary, experiments, payload):
-    """The best experiments for latency (1T ratio to raw), throughput (8T) and fairness."""
+    """The best experiments for latency (1T ratio to the floor), throughput (8T) and fairness."""
     def best(threads, key, label):
         scored = [(figure(summary, e["name"], threads, payload), e["name"]) for e in experiments]
         scored = [(s[key], name, s) for s, name in scored if s and s[key] is not None]
@@ -385,32 +401,34 @@ def ranking(summary, experiments, payload):
         return label, threads, scored
     highest_threads = max((s["threads"] for s in summary if s["payload"] == payload), default=1)
     lowest_threads = min((s["threads"] for s in summary if s["payload"] == payload), default=1)
-    return [best(lowest_threads, "ratio_raw_1t", "latency"), best(highest_threads, "ratio_raw_1t", "throughput"),
+    key, _ = ratio_key(summary)
+    return [best(lowest_threads, key, "latency"), best(highest_threads, key, "throughput"),
             best(highest_threads, "slowest_over_fastest", "fairness")]
 
 
 def auto_comparison(summary, experiments, payload):
-    """Per thread count: auto's ratio to raw 1T against the best other experiment's, and against
+    """Per thread count: auto's ratio (to the floor, else raw) at 1T against the best other experiment's, and against
     the best other whose slowest lane got at least 0.8 x the fastest lane's round trips."""
     lines = []
+    key, _ = ratio_key(summary)
     if not any(e["name"] == "auto" for e in experiments):
         return lines
     for threads in sorted({s["threads"] for s in summary if s["payload"] == payload}):
         auto = figure(summary, "auto", threads, payload)
         others = [figure(summary, e["name"], threads, payload) for e in experiments if e["name"] != "auto"]
-        others = [o for o in others if o and o["ratio_raw_1t"] is not None]
-        if not auto or auto["ratio_raw_1t"] is None or not others:
+        others = [o for o in others if o and o[key] is not None]
+        if not auto or auto[key] is None or not others:
             continue
         cells = []
         for pool in (others, [o for o in others if (o["slowest_over_fastest"] or 0) >= 0.8]):
             if not pool:
                 cells += ["—", "—"]
                 continue
-            top = max(pool, key=lambda o: o["ratio_raw_1t"])
-            share = auto["ratio_raw_1t"] / top["ratio_raw_1t"]
-            cells += [f"{top['experiment']} {top['ratio_raw_1t']:.2f}",
+            top = max(pool, key=lambda o: o[key])
+            share = auto[key] / top[key]
+            cells += [f"{top['experiment']} {top[key]:.2f}",
                       f"{share:.2f} ({'within' if share >= 0.9 else 'more than'} 10 %)"]
-        lines.append(f"| {threads} | {auto['ratio_raw_1t']:.2f} (lanes {fmt(auto['slowest_over_fastest'])}) | "
+        lines.append(f"| {threads} | {auto[key]:.2f} (lanes {fmt(auto['slowest_over_fastest'])}) | "
                      + " | ".join(cells) + " |")
     return lines
 
@@ -429,13 +447,13 @@ def write_report(out, source, options, experiments, rows, summary, failures, sec
     for payload in sorted({p for e in experiments for p in e["payloads"]}):
         lines += [f"## Ranking ({payload}-byte payload)", ""]
         for label, threads, scored in ranking(summary, experiments, payload):
-            key = "slowest/fastest lane" if label == "fairness" else "× raw 1T"
+            key = "slowest/fastest lane" if label == "fairness" else ratio_key(summary)[1]
             podium = ", ".join(f"**{name}** {value:.2f}" if rank == 0 else f"{name} {value:.2f}"
                                for rank, (value, name, _) in enumerate(scored[:3]))
             lines.append(f"- Best for {label} ({threads}T, {key}): {podium or '—'}")
         comparison = auto_comparison(summary, experiments, payload)
         if comparison:
-            lines += ["", "`auto` against the best hand-tuned experiment (× raw 1T), and against the best one whose "
+            lines += ["", f"`auto` against the best hand-tuned experiment ({ratio_key(summary)[1]}), and against the best one whose "
                       "slowest lane got at least 0.8 × the fastest lane's round trips:", "",
                       "| threads | auto | best other | auto / best | best fair other | auto / best fair |",
                       "|---:|---:|---|---|---|---|"] + comparison
@@ -457,7 +475,8 @@ def write_report(out, source, options, experiments, rows, summary, failures, sec
                 if s is None:
                     parts.append(f"{threads}T failed")
                     continue
-                parts.append(f"{threads}T={s['ops_per_sec'] / 1e6:.2f}M ({fmt(s['ratio_raw_1t'])}× raw 1T, "
+                parts.append(f"{threads}T={s['ops_per_sec'] / 1e6:.2f}M ({fmt(s['ratio_floor_1t'])}× floor 1T, "
+                             f"{fmt(s['ratio_raw_1t'])}× raw 1T, "
                              f"p99.9 {fmt(s['p999_ns'] / 1000, 1)} µs, lanes {fmt(s['slowest_over_fastest'])}, "
                              f"{fmt(s['cpu_us_per_op'], 3)} CPU µs/op)")
             lines.append(f"- **Result** ({payload} B): " + "; ".join(parts) + ".")
@@ -466,12 +485,12 @@ def write_report(out, source, options, experiments, rows, summary, failures, sec
                 lines.append(f"- **Failed** ({payload} B, {threads}T): {message}")
         lines.append("")
     lines += ["## All figures", "",
-              "| experiment | payload | threads | round trips/s | × raw same T | × raw 1T | p99.9 µs | exch p99.9 µs "
-              "| slowest/fastest | CPU µs/op | errors |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "| experiment | payload | threads | round trips/s | × floor 1T | × raw same T | × raw 1T | p99.9 µs "
+              "| exch p99.9 µs | slowest/fastest | CPU µs/op | errors |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summary:
         lines.append(f"| {s['experiment']} | {s['payload']} | {s['threads']} | {s['ops_per_sec']:,.0f} | "
-                     f"{fmt(s['ratio_raw_same'])} | {fmt(s['ratio_raw_1t'])} | {fmt(s['p999_ns'] / 1000, 1)} | "
+                     f"{fmt(s['ratio_floor_1t'])} | {fmt(s['ratio_raw_same'])} | {fmt(s['ratio_raw_1t'])} | {fmt(s['p999_ns'] / 1000, 1)} | "
                      f"{fmt(s['exchange_p999_ns'] / 1000, 1)} | {fmt(s['slowest_over_fastest'])} | "
                      f"{fmt(s['cpu_us_per_op'], 3)} | {s['errors']} |")
     lines += ["", f"Raw data: `runs.csv` ({len(rows)} runs), `summary.csv`."]

@@ -27,6 +27,27 @@ uint64_t CShm_monotonic_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+bool CShm_ticks_usable(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    FILE *file = fopen("/proc/cpuinfo", "re");
+    if (!file) return false;
+    char line[4096];
+    bool constant = false, nonstop = false;
+    while (fgets(line, sizeof line, file)) {
+        if (strncmp(line, "flags", 5) != 0) continue;
+        constant = strstr(line, " constant_tsc") != NULL;
+        nonstop = strstr(line, " nonstop_tsc") != NULL;
+        break;
+    }
+    fclose(file);
+    return constant && nonstop;
+#elif defined(__aarch64__)
+    return true;
+#else
+    return false;
+#endif
+}
+
 int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns) {
     struct timespec timeout = {
         .tv_sec = (time_t)(timeout_ns / 1000000000ull),

@@ -2,8 +2,15 @@ import ArgumentParser
 import DXCommandLine
 import DXCore
 
+/// What a dx run is compared with, over a raw channel of the host (`dx-host --raw`).
 enum Baseline: String, ExpressibleByArgument, CaseIterable {
+    /// The bare exchange, timed per call as dx is.
     case raw
+    /// The bare exchange, untimed: the hardware's limit for one lane (dx's store kinds, every
+    /// response checked, no library and no per-call clock).
+    case floor
+
+    var mode: BenchMode { self == .raw ? .raw : .floor }
 }
 
 struct Bench: ParsableCommand {
@@ -11,8 +18,10 @@ struct Bench: ParsableCommand {
         abstract: "Measure round trips per second, latency and fairness at each thread count.",
         discussion: """
             Each thread claims its own lane and makes round trips with unique, checked payloads. \
-            With --baseline raw, a bare spin ping-pong between the same two processes runs before \
-            each dx run, and the table shows dx as a ratio of it.
+            With --baseline floor (or raw), a bare exchange between the same two processes runs \
+            before each dx run, and the table shows dx as a ratio of it: floor has no per-call \
+            clock, so it is the hardware's limit; raw is timed like dx. Calls are timed with the \
+            CPU's counter where it is steady (else clock_gettime); --no-latency times none.
             """)
 
     /// Thread counts 1, 4 and 8 by default, 3 s each.
@@ -34,8 +43,11 @@ struct Bench: ParsableCommand {
     @Option(help: "Runs per thread count; dx and raw alternate, and the table shows the median.")
     var `repeat`: Int = 1
 
-    @Option(help: "Also measure a baseline: raw (a bare spin ping-pong).")
+    @Option(help: "Also measure a baseline over the host's raw channels (dx-host --raw): floor (the bare exchange, untimed: the hardware's limit) or raw (the same, timed per call).")
     var baseline: Baseline?
+
+    @Flag(name: .customLong("no-latency"), help: "Do not time calls (pure throughput; the latency columns stay empty).")
+    var noLatency = false
 
     @Flag(name: .customLong("baseline-only"), help: "Measure only the baseline (for sweeps that run dx against another host).")
     var baselineOnly = false
@@ -78,7 +90,7 @@ struct Bench: ParsableCommand {
         guard (1...100).contains(`repeat`) else { throw ValidationError("--repeat must be between 1 and 100") }
         if let calls { guard calls >= 1 else { throw ValidationError("--calls must be at least 1") } }
         if let idle { guard idle > 0, idle <= 3600 else { throw ValidationError("--idle must be in (0, 3600] seconds") } }
-        if baselineOnly, baseline == nil { throw ValidationError("--baseline-only needs --baseline raw") }
+        if baselineOnly, baseline == nil { throw ValidationError("--baseline-only needs --baseline floor or raw") }
     }
 
     func run() throws {
@@ -100,6 +112,7 @@ struct Bench: ParsableCommand {
             run.varyPayload = varyPayload
             run.counting = !noCounters
             run.cpus = pin ?? []
+            run.timed = !noLatency
             let before = mode == .dx ? hostView() : nil
             var result = try run.run()
             result.round = round
@@ -112,11 +125,11 @@ struct Bench: ParsableCommand {
             results.append(result)
             if json { print(result.json) }
             if let failure = result.failure {
-                if !json { print(BenchTable.render(results, repeats: `repeat`)) }
+                if !json { print(BenchTable.render(results, repeats: `repeat`, baseline: baseline)) }
                 throw CommandFailure("\(mode) run with \(count) threads failed: \(failure)", exit: .verificationFailed)
             }
             if Interrupt.requested {
-                if !json { print(BenchTable.render(results, repeats: `repeat`)) }
+                if !json { print(BenchTable.render(results, repeats: `repeat`, baseline: baseline)) }
                 throw CommandFailure("interrupted; the table shows what was measured so far (the last run is partial)",
                                      exit: .interrupted)
             }
@@ -127,9 +140,9 @@ struct Bench: ParsableCommand {
         for count in load.threads {
             for _ in 0..<`repeat` {
                 var rawSame: BenchResult?, rawOne: BenchResult?
-                if baseline == .raw {
-                    rawSame = try measure(.raw, count, round: count)
-                    rawOne = count == 1 ? rawSame : try measure(.raw, 1, round: count)
+                if let baseline {
+                    rawSame = try measure(baseline.mode, count, round: count)
+                    rawOne = count == 1 ? rawSame : try measure(baseline.mode, 1, round: count)
                 }
                 if baselineOnly { continue }
                 var dx = try measure(.dx, count, round: count)
@@ -139,7 +152,11 @@ struct Bench: ParsableCommand {
             }
         }
         if !json {
-            print(BenchTable.render(results, repeats: `repeat`))
+            print(BenchTable.render(results, repeats: `repeat`, baseline: baseline))
+            if !noLatency {
+                let clock = BenchClock.shared
+                print("latency timed with \(clock.name); timing cost ≈ \(format(clock.costNanoseconds, 1)) ns per call (two reads and a record), included in dx's timed runs")
+            }
         }
         if let idle {
             let report = try IdleCheck(region: region, strategy: strategy, seconds: idle).run()

@@ -7,14 +7,18 @@ import Synchronization
 import Glibc
 #endif
 
-/// What is measured: dx's lanes, or the raw ping-pong baseline.
+/// What is measured: dx's lanes, or a baseline over a raw channel (no library around it):
+/// `raw`, timed per call like dx, or `floor`, the bare exchange with no per-call clock, the
+/// hardware's limit for one lane.
 enum BenchMode: String, Sendable {
-    case dx, raw
+    case dx, raw, floor
 }
 
 /// The outcome of one timed run at one thread count.
 struct BenchResult: Sendable {
     var mode: BenchMode
+    /// Whether each call was timed (the latency fields are 0 when not).
+    var timed: Bool
     var threads: Int
     var payload: Int
     var durationSeconds: Double
@@ -47,7 +51,7 @@ struct BenchResult: Sendable {
 
     /// One JSON object with exactly the documented fields.
     var json: String {
-        "{\"mode\":\"\(mode.rawValue)\",\"threads\":\(threads),\"payload\":\(payload),"
+        "{\"mode\":\"\(mode.rawValue)\",\"timed\":\(timed),\"threads\":\(threads),\"payload\":\(payload),"
             + "\"duration_s\":\(format(durationSeconds, 3)),\"ops\":\(ops),\"ops_per_sec\":\(format(opsPerSecond, 1)),"
             + "\"p50_ns\":\(p50),\"p99_ns\":\(p99),\"p999_ns\":\(p999),\"max_ns\":\(max),"
             + "\"exchange_p999_ns\":\(exchangeP999),"
@@ -61,7 +65,9 @@ final class ThreadRecord: @unchecked Sendable {
     var ops: UInt64 = 0
     var errors: UInt64 = 0
     var failure: String?
-    var histogram = ThreadRecord.newHistogram()
+    /// Call latencies, in ``BenchClock`` units.
+    var histogram = BenchClock.shared.newHistogram()
+    /// Exchange latencies, in nanoseconds.
     var exchanges = ThreadRecord.newHistogram()
 
     static func newHistogram() -> Histogram<UInt64> {
@@ -86,6 +92,9 @@ struct BenchRun {
     var counting = true
     /// CPUs to pin the threads to (thread t on `cpus[t % count]`); empty: no pinning.
     var cpus: [Int] = []
+    /// Whether each call is timed (``BenchClock``); a floor run never is, and `--no-latency`
+    /// turns it off for dx.
+    var timed = true
 
     func run() throws -> BenchResult {
         let records = (0..<threads).map { _ in ThreadRecord() }
@@ -122,11 +131,14 @@ struct BenchRun {
         if gate.arrived < threads, failure == nil {
             throw BenchFailure("not every thread could start within 5 s")
         }
+        let clock = BenchClock.shared
+        let timedHere = timed && mode != .floor
+        func percentile(_ value: Double) -> UInt64 { timedHere ? clock.nanoseconds(histogram.valueAtPercentile(value)) : 0 }
         return BenchResult(
-            mode: mode, threads: threads, payload: payload, durationSeconds: Double(elapsed) / 1e9, ops: ops,
-            p50: histogram.valueAtPercentile(50), p99: histogram.valueAtPercentile(99),
-            p999: histogram.valueAtPercentile(99.9), max: histogram.max,
-            exchangeP999: mode == .raw ? histogram.valueAtPercentile(99.9) : exchanges.valueAtPercentile(99.9),
+            mode: mode, timed: timedHere, threads: threads, payload: payload, durationSeconds: Double(elapsed) / 1e9,
+            ops: ops, p50: percentile(50), p99: percentile(99), p999: percentile(99.9),
+            max: timedHere ? clock.nanoseconds(histogram.max) : 0,
+            exchangeP999: mode != .dx ? percentile(99.9) : exchanges.valueAtPercentile(99.9),
             laneMinOps: records.map(\.ops).min() ?? 0, laneMaxOps: records.map(\.ops).max() ?? 0,
             cpuMicrosecondsPerOp: ops > 0 ? Double(guestCPU + hostCPU) / 1000 / Double(ops) : 0,
             errors: records.reduce(0) { $0 + $1.errors }, failure: failure)
@@ -162,7 +174,7 @@ struct BenchRun {
                     loop(record: record, request: whole, sizes: sizes, end: end) { request, exchange in
                         let payload = request.count
                         calls &+= 1
-                        let timed = calls & 15 == 0
+                        let timed = timed && calls & 15 == 0
                         lane.timeNextExchange = timed
                         let result = lane.call(UnsafeRawBufferPointer(request), into: responseBuffer)
                         if timed { exchange = lane.lastExchangeNanoseconds }
@@ -179,7 +191,7 @@ struct BenchRun {
                             return .failed("\(error)")
                         }
                     }
-                case .raw:
+                case .raw, .floor:
                     guard var channel = try? region.claimRawChannel(index) else {
                         record.failure = "raw channel \(index) is not available (the host serves \(region.rawCount))"
                         gate.arrive()
@@ -199,8 +211,9 @@ struct BenchRun {
         }
     }
 
-    /// The timed loop: stamp the sequence number, time one round trip, check it. A failed call
-    /// ends the loop (the lane cannot be trusted after it); a wrong response is counted.
+    /// The loop: stamp the sequence number, time one round trip (unless untimed), check it. A failed
+    /// call ends the loop (the lane cannot be trusted after it); a wrong response is counted. An
+    /// untimed loop reads the clock only every 256 calls, to see the end.
     ///
     /// Everything the loop updates is local (histograms included) and stored into the record at
     /// the end: the record is a class, and touching its properties per call costs exclusivity
@@ -211,10 +224,18 @@ struct BenchRun {
         var seq: UInt64 = 0
         var ops: UInt64 = 0
         var errors: UInt64 = 0
-        var histogram = ThreadRecord.newHistogram()
+        let clock = BenchClock.shared
+        var histogram = clock.newHistogram()
         var exchanges = ThreadRecord.newHistogram()
         var failure: String?
         let limit = callsPerThread ?? .max
+        let timed = timed && mode != .floor
+        let useTicks = clock.usesTicks
+        // The end in the clock's units, for the timed loop's per-call check.
+        let nowNanoseconds = CShm_monotonic_ns(), nowUnits = clock.now()
+        let endUnits = end > nowNanoseconds
+            ? nowUnits &+ UInt64(Double(end &- nowNanoseconds) / clock.nanosecondsPerUnit) : nowUnits
+        var pastEnd = false
         var next = 0
         while true {
             seq &+= 1
@@ -226,11 +247,17 @@ struct BenchRun {
                 if stamp > 0 { request.baseAddress!.copyMemory(from: bytes.baseAddress!, byteCount: stamp) }
             }
             var exchange: UInt64 = 0
-            let t0 = CShm_monotonic_ns()
-            let outcome = roundTrip(request, &exchange)
-            let t1 = CShm_monotonic_ns()
-            _ = histogram.record(t1 &- t0)
-            if exchange != 0 { _ = exchanges.record(exchange) }
+            let outcome: Outcome
+            if timed {
+                let t0 = useTicks ? CShm_ticks() : CShm_monotonic_ns()
+                outcome = roundTrip(request, &exchange)
+                let t1 = useTicks ? CShm_ticks() : CShm_monotonic_ns()
+                _ = histogram.record(t1 &- t0)
+                pastEnd = t1 >= endUnits
+                if exchange != 0 { _ = exchanges.record(exchange) }
+            } else {
+                outcome = roundTrip(request, &exchange)
+            }
             switch outcome {
             case .ok: ops &+= 1
             case .wrong: errors &+= 1
@@ -239,7 +266,9 @@ struct BenchRun {
                 failure = text
             }
             if failure != nil { break }
-            if seq >= limit || (callsPerThread == nil && t1 >= end) || Interrupt.requested { break }
+            if seq >= limit { break }
+            if callsPerThread == nil, timed ? pastEnd : seq & 255 == 0 && CShm_monotonic_ns() >= end { break }
+            if seq & 255 == 0, Interrupt.requested { break }
         }
         record.ops = ops
         record.errors = errors

@@ -57,13 +57,45 @@ import Testing
         let runs = try jsonLines(outcome.stdout)
         #expect(runs.map { $0["mode"] as? String } == ["raw", "dx", "raw", "raw", "dx"])
         #expect(runs.map { $0["threads"] as? Int } == [1, 1, 2, 1, 2])
-        let fields: Set = ["mode", "threads", "payload", "duration_s", "ops", "ops_per_sec", "p50_ns", "p99_ns",
+        let fields: Set = ["mode", "timed", "threads", "payload", "duration_s", "ops", "ops_per_sec", "p50_ns", "p99_ns",
                            "p999_ns", "max_ns", "exchange_p999_ns", "lane_min_ops", "lane_max_ops", "cpu_us_per_op", "errors"]
         for run in runs {
             #expect(Set(run.keys) == fields)
             #expect((run["ops"] as? Int ?? 0) > 0)
             #expect(run["errors"] as? Int == 0)
         }
+        #expect(try host.stop() == 0)
+    }
+
+    /// `--baseline floor`: the bare exchange, untimed (no latency figures), every response checked,
+    /// before each dx run; `--no-latency` times no dx call either; the table names the floor and the
+    /// timing cost.
+    @Test func benchMeasuresTheFloorAndCanSkipLatency() throws {
+        let host = try RunningHost(arguments: ["--lanes", "4", "--raw"])
+        let timed = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "1,2", "--duration", "0.3", "--baseline", "floor", "--json",
+        ])
+        #expect(timed.status == 0, "\(timed.stderr)")
+        let runs = try jsonLines(timed.stdout)
+        #expect(runs.map { $0["mode"] as? String } == ["floor", "dx", "floor", "floor", "dx"])
+        for run in runs {
+            #expect((run["ops"] as? Int ?? 0) > 0 && run["errors"] as? Int == 0)
+            let isFloor = run["mode"] as? String == "floor"
+            #expect(run["timed"] as? Bool == !isFloor)
+            #expect(((run["p50_ns"] as? Int ?? 0) > 0) == !isFloor, "\(run)")
+        }
+        let untimed = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "1", "--duration", "0.3", "--no-latency", "--json",
+        ])
+        #expect(untimed.status == 0, "\(untimed.stderr)")
+        let dx = try #require(try jsonLines(untimed.stdout).first)
+        #expect(dx["timed"] as? Bool == false && dx["p999_ns"] as? Int == 0 && (dx["ops"] as? Int ?? 0) > 0)
+        let table = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "1", "--duration", "0.2", "--baseline", "floor",
+        ])
+        #expect(table.status == 0, "\(table.stderr)")
+        #expect(table.stdout.contains("vs floor (same T)") && table.stdout.contains("floor  1"), "\(table.stdout)")
+        #expect(table.stdout.contains("timing cost ≈"), "\(table.stdout)")
         #expect(try host.stop() == 0)
     }
 

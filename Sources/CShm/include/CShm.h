@@ -120,6 +120,24 @@ static inline void CShm_fence_seqcst(void) {
 /// CLOCK_MONOTONIC in nanoseconds (a vDSO call, no system call on x86_64 and aarch64).
 uint64_t CShm_monotonic_ns(void);
 
+/// The CPU's free-running counter: `rdtsc` on x86, `cntvct_el0` on aarch64, 0 elsewhere. Cheaper
+/// than a clock call; its rate is calibrated by the caller (see CShm_ticks_usable).
+static inline uint64_t CShm_ticks(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    return __builtin_ia32_rdtsc();
+#elif defined(__aarch64__)
+    uint64_t value;
+    __asm__ __volatile__("mrs %0, cntvct_el0" : "=r"(value));
+    return value;
+#else
+    return 0;
+#endif
+}
+
+/// Whether CShm_ticks is a steady clock here: on x86 an invariant TSC (`constant_tsc` and
+/// `nonstop_tsc` in /proc/cpuinfo), on aarch64 always; false elsewhere.
+bool CShm_ticks_usable(void);
+
 // MARK: - Futex (process-shared: no FUTEX_PRIVATE_FLAG)
 
 /// Sleeps while the 32-bit word at `address` holds `expected`, for at most `timeout_ns`, measured

@@ -33,7 +33,7 @@ package struct RawChannel: ~Copyable {
         if count > 0 { payload.copyMemory(from: request.baseAddress!, byteCount: count) }
         let seq = sequence &+ 1
         sequence = seq
-        channel.ping(seq)  // release: publishes the payload
+        channel.ping(seq)  // seq-cst, like dx's request: publishes the payload
         var spins: UInt32 = 0
         while channel.pong != seq {  // acquire
             CShm_cpu_relax()

@@ -57,7 +57,7 @@ final class RawServer: @unchecked Sendable {
             let value = channel.ping  // acquire: the payload is visible
             if value != last {
                 last = value
-                channel.pong(value)  // release
+                channel.pong(value)  // seq-cst, like dx's response
                 idle = 0
                 continue
             }

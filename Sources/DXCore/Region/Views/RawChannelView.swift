@@ -9,12 +9,13 @@ struct RawChannelView {
 
     var payload: UnsafeMutableRawPointer { base + Layout.Raw.payload }
 
-    /// Release: publishes the payload; pairs with the server's acquire load.
-    func ping(_ value: UInt64) { CShm_store_release_u64(base + Layout.Raw.ping, value) }
+    /// Seq-cst, as dx stores its request sequence (the floor pays what dx pays): publishes the
+    /// payload; pairs with the server's acquire load.
+    func ping(_ value: UInt64) { CShm_store_seqcst_u64(base + Layout.Raw.ping, value) }
     /// Acquire: pairs with the guest's release store; the payload is visible.
     var ping: UInt64 { CShm_load_acquire_u64(base + Layout.Raw.ping) }
-    /// Release: pairs with the guest's acquire load of pong.
-    func pong(_ value: UInt64) { CShm_store_release_u64(base + Layout.Raw.pong, value) }
+    /// Seq-cst, as dx's worker stores its response sequence: pairs with the guest's acquire load.
+    func pong(_ value: UInt64) { CShm_store_seqcst_u64(base + Layout.Raw.pong, value) }
     /// Acquire: pairs with the server's release store of pong.
     var pong: UInt64 { CShm_load_acquire_u64(base + Layout.Raw.pong) }
 
