@@ -180,7 +180,7 @@ class Sweep:
         """Regions, control sockets and lock files of this sweep's names (its own prefix) only."""
         runtime = os.path.join(os.environ["XDG_RUNTIME_DIR"], "dx") if os.environ.get("XDG_RUNTIME_DIR") \
             else f"/tmp/dx-{os.getuid()}"
-        for directory, strip in (("/dev/shm", "dx."), (runtime, "")):
+        for directory, strip in (("/dev/shm", "dx."), ("/dev/shm", "dx-lock."), (runtime, "")):
             try:
                 entries = os.listdir(directory)
             except OSError:

@@ -273,6 +273,28 @@ func reply(_ line: String?) throws -> [String: Any] {
         #expect(try setup.host.stop() == 0)
     }
 
+    /// A client that asks for more than the kernel buffers and then stops reading (less than the
+    /// output cap) is closed once its output has not moved for the idle timeout, so such clients
+    /// cannot fill the connection table; a client that reads is not.
+    @Test(arguments: ["uring", "poll"])
+    func aClientThatStopsReadingIsClosedAfterTheIdleTimeout(backend: String) throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
+        let socket = directory.appendingPathComponent("c.sock").path
+        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend, "--control-idle-timeout", "0.5"])
+        let stalled = try RawControlSocket(socket)
+        // 2 KB a reply: 115 replies (230 KB) are more than the kernel buffers, less than the cap.
+        stalled.write(String(repeating: #"{"v":1,"cmd":"stats"}"# + "\n", count: 115))
+        let start = Date()
+        let dropped = eventually(timeout: 10) {
+            (try? reply(try RawControlSocket(socket).request(#"{"v":1,"cmd":"stats"}"#)))?["control_dropped"] as? Int == 1
+        }
+        #expect(dropped != nil, "a client that stopped reading was never closed")
+        #expect(Date().timeIntervalSince(start) < 5)
+        // Its connection is gone: reading now ends in EOF after the replies that were buffered.
+        #expect(stalled.closedByHost())
+        #expect(try host.stop() == 0)
+    }
+
     /// A client that connects and says nothing is closed after the idle timeout; a watcher is not.
     @Test(arguments: ["uring", "poll"])
     func idleConnectionsAreClosed(backend: String) throws {

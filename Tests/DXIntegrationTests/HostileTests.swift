@@ -15,9 +15,9 @@ func residentKiB(_ pid: Int32) -> Int {
     return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
 }
 
-/// The files a host of `name` keeps in the runtime directory (its control socket and lock file).
+/// The files a host of `name` keeps besides its region: its control socket and its lock file.
 func runtimeFiles(_ name: String) -> [String] {
-    [ControlPath.socket(for: name), ControlPath.directory() + "/\(name).lock"].filter { access($0, F_OK) == 0 }
+    [ControlPath.socket(for: name), "/dev/shm/dx-lock.\(name)"].filter { access($0, F_OK) == 0 }
 }
 
 /// A guest that writes anything anywhere in its region, against the real binaries. After each
@@ -124,13 +124,19 @@ func runtimeFiles(_ name: String) -> [String] {
     }
 
     /// Two hosts started at once under one name, 100 times: exactly one serves each time, and the
-    /// other refuses with "already running" (exit 4).
+    /// other refuses with "already running" (exit 4). Every other try the second host runs in
+    /// another environment (its own `XDG_RUNTIME_DIR`, as from another session), which must not
+    /// give it a lock of its own.
     @Test func twoHostsRacingForANameNeverBothServe() throws {
         let name = uniqueName()
+        let otherRuntime = FileManager.default.temporaryDirectory.appendingPathComponent("dx-xdg-\(getpid())-\(UUID().uuidString.prefix(6))").path
+        #expect(mkdir(otherRuntime, 0o700) == 0)
+        defer { try? FileManager.default.removeItem(atPath: otherRuntime) }
         var outcomes = [Int32: Int]()
-        for _ in 0..<100 {
+        for attempt in 0..<100 {
             let first = try Background(Binaries.host, ["--name", name, "--log-level", "error", "--lanes", "1"])
-            let second = try Background(Binaries.host, ["--name", name, "--log-level", "error", "--lanes", "1"])
+            let second = try Background(Binaries.host, ["--name", name, "--log-level", "error", "--lanes", "1"],
+                                        environment: attempt % 2 == 1 ? ["XDG_RUNTIME_DIR": otherRuntime] : [:])
             // One of them refuses at once; wait for that.
             let loserGone = eventually(timeout: 10) { !first.process.isRunning || !second.process.isRunning }
             #expect(loserGone != nil)
@@ -180,7 +186,7 @@ func runtimeFiles(_ name: String) -> [String] {
         #expect(stat("/dev/shm/dx.\(name)", &info) == 0)
         let refusedHost = try run(Binaries.host, ["--name", name, "--log-level", "error"], timeout: 10)
         #expect(refusedHost.status == 1)
-        #expect(refusedHost.stderr.contains("belongs to uid \(info.st_uid), not to this user"), "\(refusedHost.stderr)")
+        #expect(refusedHost.stderr.contains("is taken by uid \(info.st_uid)"), "\(refusedHost.stderr)")
         #expect(regionExists(name))  // not removed
         #expect(runtimeFiles(name) == [], "the refused host left \(runtimeFiles(name))")
         let call = try run(Binaries.guest, ["call", "--name", name, "hi"])

@@ -9,7 +9,7 @@ final class Background {
     let stdout: URL
     let stderr: URL
 
-    init(_ binary: URL, _ arguments: [String]) throws {
+    init(_ binary: URL, _ arguments: [String], environment: [String: String] = [:]) throws {
         let token = UUID().uuidString
         stdout = FileManager.default.temporaryDirectory.appendingPathComponent("dx-bg-\(token).out")
         stderr = FileManager.default.temporaryDirectory.appendingPathComponent("dx-bg-\(token).err")
@@ -17,6 +17,9 @@ final class Background {
         _ = FileManager.default.createFile(atPath: stderr.path, contents: nil)
         process.executableURL = binary
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = try FileHandle(forWritingTo: stdout)
         process.standardError = try FileHandle(forWritingTo: stderr)
         try process.run()

@@ -20,6 +20,8 @@ final class ControlConnection {
     var nextWatch: UInt64 = 0
     /// When the client last sent a request line (CLOCK_MONOTONIC ns), for the idle timeout.
     var lastRequest = CShm_monotonic_ns()
+    /// When the client last took some of its output (or had none pending), for the stall timeout.
+    var lastDrained = CShm_monotonic_ns()
     // io_uring only: the buffers the kernel reads into and sends from, and what is in flight.
     var receiveBuffer: UnsafeMutableRawBufferPointer?
     var sendBuffer: UnsafeMutableRawBufferPointer?
@@ -49,7 +51,8 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     /// `watch` it never reads, on top of what the kernel buffers) is closed and counted. One reply
     /// may exceed it (a `lanes` reply of a large host); the next request is not answered then.
     static let maxPendingOutput = 256 * 1024
-    /// A client that sends no request for this long, and is not watching, is closed and counted.
+    /// A client that sends no request for this long, and is not watching, is closed and counted;
+    /// so is any client (watching or not) whose pending output has not moved for this long.
     let idleTimeoutNanoseconds: UInt64
 
     let service: ControlService
@@ -140,6 +143,7 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     /// `count` bytes of the connection's output were sent.
     func didSend(_ connection: ControlConnection, _ count: Int) {
         connection.sent += count
+        if count > 0 { connection.lastDrained = CShm_monotonic_ns() }
         if connection.sent == connection.output.count {
             connection.output.removeAll(keepingCapacity: true)
             connection.sent = 0
@@ -154,6 +158,14 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     func tick(now: UInt64) {
         service.tick(now: now)
         for connection in live where !connection.dead {
+            // A client that stopped reading: its replies sit between the kernel's buffer and the
+            // cap. Without this, 64 of them would lock everyone out of the control socket.
+            if connection.pendingOutput == 0 {
+                connection.lastDrained = now
+            } else if now &- connection.lastDrained > idleTimeoutNanoseconds {
+                drop(connection)
+                continue
+            }
             if connection.watchInterval == 0 {
                 if now &- connection.lastRequest > idleTimeoutNanoseconds, connection.pendingOutput == 0 { drop(connection) }
                 continue

@@ -6,8 +6,7 @@ import CShm
 /// Where the control socket of a region lives.
 ///
 /// `$XDG_RUNTIME_DIR/dx/<name>.sock`, or `/tmp/dx-<uid>/<name>.sock` when `XDG_RUNTIME_DIR` is
-/// unset. The directory is created with mode 0700 and must belong to the current user. It also
-/// holds each host's per-name lock file (`<name>.lock`).
+/// unset. The directory is created with mode 0700 and must belong to the current user.
 public enum ControlPath {
     /// The directory of control sockets: `$XDG_RUNTIME_DIR/dx`, or `/tmp/dx-<uid>`.
     public static func directory() -> String {

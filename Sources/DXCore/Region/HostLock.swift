@@ -4,32 +4,46 @@ import Glibc
 import Musl
 #endif
 import CShm
+import Synchronization
 
 /// The lock that makes one host the only one for a name: an exclusive `flock` on
-/// `<runtime directory>/<name>.lock`, taken before the host touches `shm_open` and held for its
-/// whole life. The kernel drops it when the host dies, so a second host neither trusts a pid in
-/// the region nor races the first between `shm_open` and its first store.
+/// `/dev/shm/dx-lock.<name>`, taken before the host touches `shm_open` and held for its whole life.
+/// The kernel drops it when the host dies, so a second host neither trusts a pid in the region nor
+/// races the first between `shm_open` and its first store. It sits beside the region, in the same
+/// mount namespace, whatever the environment says (a lock in `$XDG_RUNTIME_DIR` would let two
+/// hosts started from different sessions each hold their own), and its prefix cannot be a region's
+/// (`dx.<name>`).
 final class HostLock {
     let path: String
     private let descriptor: Int32
     private let identity: (dev_t, ino_t)
-    private var released = false
+    private let released = Atomic<Bool>(false)
 
     /// Takes the lock for `name`, or throws ``RegionCreateError/alreadyServed(name:pid:)`` while
     /// another host holds it.
+    /// Where the lock of `name` lives.
+    static func path(for name: String) -> String { "/dev/shm/dx-lock.\(name)" }
+
     init(name: String) throws(RegionCreateError) {
-        let directory = ControlPath.directory()
-        do { try ControlPath.prepareDirectory(directory) } catch { throw .unsafeRuntimeDirectory(error.description) }
-        let path = directory + "/\(name).lock"
+        let path = HostLock.path(for: name)
         self.path = path
         for _ in 0..<8 {
             let fd: Int32
             do { fd = try retryingOnInterrupt("open \(path)") { open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o600) } }
-            catch { throw .system(error) }
+            catch {
+                // Another user's file there (the kernel refuses O_CREAT on it in a sticky
+                // directory): the name is taken.
+                var info = stat()
+                if error.errno == EACCES || error.errno == EPERM, lstat(path, &info) == 0, info.st_uid != getuid() {
+                    throw .nameTaken(name: name, uid: info.st_uid)
+                }
+                throw .system(error)
+            }
             var info = stat()
-            guard (try? retryingOnInterrupt("fstat") { fstat(fd, &info) }) != nil, info.st_mode & S_IFMT == S_IFREG, info.st_uid == getuid() else {
+            guard (try? retryingOnInterrupt("fstat") { fstat(fd, &info) }) != nil, info.st_mode & S_IFMT == S_IFREG,
+                  info.st_uid == getuid() else {
                 close(fd)
-                throw .unsafeRuntimeDirectory("\(path) is not a regular file of this user")
+                throw .nameTaken(name: name, uid: info.st_uid)
             }
             let rc = CShm_flock_exclusive(fd)
             if rc == EWOULDBLOCK {
@@ -68,8 +82,8 @@ final class HostLock {
     /// Removes the lock file (while still holding the lock, so no host can be between open and
     /// lock on it) and lets go.
     func release() {
-        if released { return }
-        released = true
+        // Once, whichever thread comes first (a second signal's abandon races the clean stop).
+        guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
         var current = stat()
         if stat(path, &current) == 0, current.st_dev == identity.0, current.st_ino == identity.1 { unlink(path) }
         close(descriptor)

@@ -15,8 +15,6 @@ public enum RegionCreateError: Error, Equatable, Sendable {
     case alreadyServed(name: String, pid: Int32)
     /// Another user's object holds the region's name; it is never followed or removed.
     case nameTaken(name: String, uid: uid_t)
-    /// The runtime directory that holds the host's lock and control socket is not safe to use.
-    case unsafeRuntimeDirectory(String)
     /// A system call failed.
     case system(SystemError)
 }
@@ -60,9 +58,7 @@ extension RegionCreateError: CustomStringConvertible {
         case .alreadyServed(let name, let pid):
             return "a dx host\(pid > 0 ? " (pid \(pid))" : "") already serves '\(name)'; stop it first or choose another --name"
         case .nameTaken(let name, let uid):
-            return "\(Region.path(for: name)) belongs to uid \(uid), not to this user; dx will not use or remove it: choose another --name"
-        case .unsafeRuntimeDirectory(let text):
-            return "unsafe runtime directory: \(text)"
+            return "the name '\(name)' is taken by uid \(uid) (\(Region.path(for: name)) or its lock \(HostLock.path(for: name))), not by this user; dx will not use or remove it: choose another --name"
         case .system(let error):
             return "\(error)"
         }
