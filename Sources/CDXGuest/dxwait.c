@@ -39,13 +39,15 @@ static enum dx_park_outcome wait_for_post(char *word, uint64_t timeout_ns) {
         // Acquire: pairs with the poster's release store of 1.
         if (load32(word, ACQUIRE) != 0) return DX_PARK_POSTED;
         if (rc == ETIMEDOUT) return DX_PARK_TIMED_OUT;
-        if (rc != 0 && rc != EINTR && rc != EAGAIN) {
+        // The word was not 0 when the kernel looked: a post happened (and was flipped back).
+        if (rc == EAGAIN) return DX_PARK_POSTED;
+        if (rc != 0 && rc != EINTR) {
             // EFAULT or anything else the kernel says about a word we cannot wait on: wait out the
             // time without it, so that the caller's loop does not turn into a spin.
             dx_sleep_ns(remaining);
             return DX_PARK_TIMED_OUT;
         }
-        uint64_t now = now_ns();  // woken without a post, a signal, or the word flipped back: sleep on
+        uint64_t now = now_ns();  // woken without a post, or a signal: sleep on
         if (now >= deadline) return DX_PARK_TIMED_OUT;
         remaining = deadline - now;
     }

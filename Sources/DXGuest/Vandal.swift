@@ -19,6 +19,9 @@ enum VandalMode: String, ExpressibleByArgument, CaseIterable {
     case fields
     /// Takes the turn of worker 0's turnstile and never passes it, renewing its lease.
     case turn
+    /// Claims raw channel 0 for real (lock and owner word) and posts its server's parker every
+    /// 50 ms without ever pinging.
+    case rawPosts = "raw-posts"
 }
 
 /// A hostile guest, for tests: it writes whatever it likes into the region (as any process of the
@@ -65,6 +68,7 @@ struct Vandal: ParsableCommand {
         case .random: scribble(base, size, end, &attacks)
         case .fields: fields(region, base, end, &attacks)
         case .turn: holdTurn(region, base, end, &attacks)
+        case .rawPosts: try postRaw(region, end, &attacks)
         }
         if truncate {
             ftruncate(fd, off_t(size / 2))
@@ -213,6 +217,19 @@ struct Vandal: ParsableCommand {
             CShm_store_relaxed_u64(base + lease.offset, CShm_monotonic_ns())
             attacks["lease renewals", default: 0] += 1
             usleep(1000)
+        }
+    }
+
+    private func postRaw(_ region: Region, _ end: UInt64, _ attacks: inout [String: Int]) throws {
+        guard let channel = try region.claimRawChannel(0) else {
+            throw CommandFailure("raw channel 0 is not available (start the host with --raw)", exit: .failure)
+        }
+        print("posting")
+        fflush(nil)
+        while CShm_monotonic_ns() < end {
+            channel.postServer()
+            attacks["posts", default: 0] += 1
+            usleep(50_000)
         }
     }
 }

@@ -15,6 +15,22 @@ func residentKiB(_ pid: Int32) -> Int {
     return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
 }
 
+/// A field of the region of `name`, read through a read-only mapping of our own (the field table
+/// of a host with `lanes` lanes, one worker, 4 KiB slots and `raw` raw channels).
+func regionField(_ name: String, _ field: String, index: Int, lanes: Int, raw: Int) throws -> UInt64 {
+    let fields = Layout.fields(laneCount: lanes, workerCount: 1, rawCount: raw, slotCapacity: 4096)
+    let wanted = try #require(fields.first { $0.name == field && $0.index == index })
+    let fd = open("/dev/shm/dx.\(name)", O_RDONLY)
+    guard fd >= 0 else { throw SystemError("open", errno: errno) }
+    defer { close(fd) }
+    let size = Layout.regionSize(laneCount: lanes, slotCapacity: 4096, rawCount: raw)
+    guard let base = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), base != MAP_FAILED else {
+        throw SystemError("mmap", errno: errno)
+    }
+    defer { munmap(base, size) }
+    return wanted.width == 8 ? CShm_load_acquire_u64(base + wanted.offset) : UInt64(CShm_load_acquire_u32(base + wanted.offset))
+}
+
 /// The files a host of `name` keeps besides its region: its control socket and its lock file.
 func runtimeFiles(_ name: String) -> [String] {
     [ControlPath.socket(for: name), "/dev/shm/dx-lock.\(name)"].filter { access($0, F_OK) == 0 }
@@ -65,15 +81,21 @@ func runtimeFiles(_ name: String) -> [String] {
     }
 
     /// A guest killed during a raw baseline run leaves its channel owned; the raw server finds the
-    /// owner's lock free, reclaims the channel and goes back to sleep instead of spinning forever.
+    /// owner's lock free, reclaims the channel (its owner word goes back to free, which only a
+    /// reclaim does: the guest is dead) and goes back to sleep instead of spinning forever.
     @Test func killedRawGuestDoesNotLeaveTheServerSpinning() throws {
         let host = try RunningHost(arguments: ["--lanes", "2", "--raw"])
         let guest = try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "1", "--duration", "60",
                                                     "--baseline", "raw"])
         // The raw run comes first; the host burns a CPU on it while it runs.
         #expect(eventually(timeout: 5) { hostCPU(host, over: 0.2) > 0.5 } != nil)
+        #expect(try regionField(host.name, "raw owner", index: 0, lanes: 2, raw: 2) >> 32 != 0)
         kill(guest.process.processIdentifier, SIGKILL)
         guest.process.waitUntilExit()
+        let reclaimedAfter = try eventually(timeout: 5) {
+            try regionField(host.name, "raw owner", index: 0, lanes: 2, raw: 2) >> 32 == 0
+        }
+        #expect(reclaimedAfter != nil, "the dead guest's raw channel was never reclaimed")
         let quietAfter = eventually(timeout: 5) { hostCPU(host, over: 0.5) < 0.10 }
         #expect(quietAfter != nil, "the raw server kept spinning for a dead guest")
         // The channel is free again.
@@ -81,6 +103,20 @@ func runtimeFiles(_ name: String) -> [String] {
                                              "--baseline", "raw", "--json"])
         #expect(again.status == 0, "\(again.stderr)")
         try expectHostSurvived(host, "raw guest killed")
+    }
+
+    /// A raw-baseline guest that claims a channel and then only posts the server's parker, never
+    /// pinging, buys no spinning: a session ends ~200 µs after the last ping, and only a new ping
+    /// starts one again (the review's attack: a post every 0.9 s kept half a CPU busy).
+    @Test func postsWithoutPingsBuyNoSpinning() throws {
+        let host = try RunningHost(arguments: ["--lanes", "2", "--raw"])
+        let vandal = try Background(Binaries.guest, ["vandal", "--name", host.name, "--mode", "raw-posts", "--duration", "4"])
+        #expect(eventually(timeout: 5) { vandal.output.contains("posting") } != nil)
+        let cpu = hostCPU(host, over: 2)
+        print("raw posts without pings: host CPU \(String(format: "%.1f", cpu * 100)) % of a CPU")
+        #expect(cpu < 0.10, "each post bought a spinning session")
+        #expect(vandal.wait(timeout: 10) != nil)
+        try expectHostSurvived(host, "raw posts")
     }
 
     /// A turn held forever by a vandal: an honest call fails at its timeout, it does not hang.

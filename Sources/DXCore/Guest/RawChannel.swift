@@ -25,6 +25,10 @@ package struct RawChannel: ~Copyable {
         channel.ping(sequence)
     }
 
+    /// Posts the server's parker whatever its flag says (the vandal's raw-posts mode: a post
+    /// without a ping must buy no spinning).
+    package func postServer() { channel.parker.post() }
+
     /// One bare round trip: copy the request in, ping, spin for the pong, copy the response out.
     /// Returns false when no pong came within about a second of spinning, or the host is gone.
     package mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
@@ -38,11 +42,13 @@ package struct RawChannel: ~Copyable {
         while channel.pong != seq {  // acquire
             CShm_cpu_relax()
             spins &+= 1
-            if spins & 0xFFFFF == 0 {
-                // A long wait: the server may have parked after a pause of ours; post it.
+            if spins & 0xFFF == 0 {
+                // ~100 µs without a pong: the server may have parked after a pause of ours (it
+                // does after ~200 µs without a ping); post it. Seq-cst fence: the ping is
+                // visible before we load its sleeping flag.
                 CShm_fence_seqcst()
                 _ = channel.parker.unpark()
-                if region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
+                if spins & 0xFFFFF == 0, region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
             }
         }
         let out = min(count, response.count)

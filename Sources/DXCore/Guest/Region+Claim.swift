@@ -17,7 +17,7 @@ extension Region {
         var lock: OwnerLock?
         for deadOwners in [false, true] {
             for step in 0..<laneCount {
-                let index = (max(hint, 0) + step) % laneCount
+                let index = (max(hint, 0) % laneCount + step) % laneCount
                 let lane = lane(index)
                 // A hint for the order; the claim itself is the lock and the CAS.
                 guard (lane.owner.hint >> 32 != 0) == deadOwners else { continue }

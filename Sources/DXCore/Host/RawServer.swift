@@ -32,23 +32,25 @@ final class RawServer: @unchecked Sendable {
         while !stop.isSet {
             // A claim or a stalled guest posts the parker, and so does the host's stop: the timeout
             // is a backstop (and the pace of the dead-owner check below).
-            let outcome = parker.park(timeoutNanoseconds: 1_000_000_000) {
-                // Acquire, after the flag's seq-cst store; the guest's claim is an acquire-release
-                // CAS followed by a seq-cst fence before it loads the flag.
+            _ = parker.park(timeoutNanoseconds: 1_000_000_000) {
+                // Acquire loads, after the flag's seq-cst store; the guest's claim (or ping) is
+                // followed by a seq-cst fence before it loads the flag.
                 let word = owner.value
-                return stop.isSet || (word >> 32 != 0 && word != idleOwner)
+                return stop.isSet || (word >> 32 != 0 && (word != idleOwner || channel.ping != channel.pong))
             }
             let word = owner.value
             guard word >> 32 != 0, !stop.isSet else { continue }
             if region.reclaimOwner(owner, word: word) { continue }  // its owner died
-            // An owner that stopped pinging gets a session again only when it posts.
-            if word == idleOwner, outcome != .posted { continue }
+            // An owner whose last session ended without pings gets a new one only for a new ping:
+            // a post alone buys no spinning.
+            if word == idleOwner, channel.ping == channel.pong { continue }
             idleOwner = session() ? 0 : word
         }
     }
 
-    /// Answers pings until the guest releases the channel, the host stops, or a second passes
-    /// without a ping. Returns false when it ended for want of pings.
+    /// Answers pings until the guest releases the channel, the host stops, or about 200 µs pass
+    /// without a ping (a guest that pings again posts the parker). Returns false when it ended for
+    /// want of pings.
     private func session() -> Bool {
         var last = channel.pong
         var idle: UInt32 = 0
@@ -63,11 +65,11 @@ final class RawServer: @unchecked Sendable {
             }
             CShm_cpu_relax()
             idle &+= 1
-            if idle & 0xFFFF == 0 {
+            if idle & 0xFFF == 0 {
                 let now = CShm_monotonic_ns()
-                if idle == 0x10000 { lastProgress = now }  // the first check since the last ping
+                if idle == 0x1000 { lastProgress = now }  // the first check since the last ping
                 if stop.isSet || channel.owner.value >> 32 == 0 { return true }
-                if now - lastProgress > 1_000_000_000 { return false }
+                if now &- lastProgress > 200_000 { return false }
             }
         }
     }

@@ -55,8 +55,13 @@ package struct Parker {
             // Acquire: pairs with the poster's release store of 1.
             if CShm_load_acquire_u32(word) != 0 { return .posted }
             switch result {
-            case 0, EINTR, EAGAIN:
-                break  // a wake without a post, a signal, or a word flipped back: sleep on
+            case EAGAIN:
+                // The word was not 0 when the kernel looked: a post (or a forged one) happened and
+                // was flipped back since. Count it as the post it was, so that a peer toggling the
+                // word costs a spurious return each time, never a loop of futex calls.
+                return .posted
+            case 0, EINTR:
+                break  // a wake without a post, or a signal: sleep on
             case ETIMEDOUT:
                 return .timedOut
             default:
