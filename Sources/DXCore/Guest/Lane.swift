@@ -127,7 +127,7 @@ public struct Lane: ~Copyable {
 
     /// The exchange itself, once the request is in the buffer: publish it, wait, and check the
     /// response's status and length. Returns the response length.
-    @inlinable
+    @inlinable @inline(__always)
     mutating func exchange(length: Int) -> Result<Int, CallError> {
         if let failure { return .failure(failure) }
         guard length >= 0, length <= capacity else {
@@ -193,7 +193,7 @@ public struct Lane: ~Copyable {
     /// when the response arrived. The call timeout counts from `waitStart` (when the call began to
     /// wait for its turn), or from the first slow check of a long spin, or from the first sleep:
     /// the fast path reads no clock.
-    @inlinable
+    @inlinable @inline(__always)
     mutating func awaitResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
         var wait = SpinWait(budget: spin.budget, policy: strategy.spinPolicy)
         var deadline: UInt64 = 0
