@@ -127,7 +127,7 @@ public struct Lane: ~Copyable {
 
     /// The exchange itself, once the request is in the buffer: publish it, wait, and check the
     /// response's status and length. Returns the response length.
-    @inlinable
+    @inlinable @inline(__always)
     mutating func exchange(length: Int) -> Result<Int, CallError> {
         if let failure { return .failure(failure) }
         guard length >= 0, length <= capacity else {
@@ -193,15 +193,35 @@ public struct Lane: ~Copyable {
     /// when the response arrived. The call timeout counts from `waitStart` (when the call began to
     /// wait for its turn), or from the first slow check of a long spin, or from the first sleep:
     /// the fast path reads no clock.
-    @inlinable
+    ///
+    /// The first check is inlined into the call; the spin loop is not: its set-up and its frame
+    /// are paid only when the response is not there yet, that is while the worker is still at work.
+    @inlinable @inline(__always)
     mutating func awaitResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
+        // Acquire: makes the response length, status and payload visible.
+        if view.responseSeq == seq {
+            spinWon()
+            return nil
+        }
+        return spinForResponse(seq, waitStart: waitStart)
+    }
+
+    /// The wait ended while spinning (or before it began).
+    @inlinable @inline(__always)
+    mutating func spinWon() {
+        spin.spinSucceeded()
+        if counting { view.bump(.spinWins) }
+    }
+
+    /// The spin loop of ``awaitResponse(_:waitStart:)``, then the sleep.
+    @usableFromInline @inline(never)
+    mutating func spinForResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
         var wait = SpinWait(budget: spin.budget, policy: strategy.spinPolicy)
         var deadline: UInt64 = 0
         while true {
             // Acquire: makes the response length, status and payload visible.
             if view.responseSeq == seq {
-                spin.spinSucceeded()
-                if counting { view.bump(.spinWins) }
+                spinWon()
                 return nil
             }
             switch wait.step() {
@@ -217,7 +237,7 @@ public struct Lane: ~Copyable {
 
     /// Every 2²⁰ spins of a wait that does not sleep (the `spin` preset): the host's health and the
     /// call timeout.
-    @usableFromInline
+    @usableFromInline @inline(never)
     func longSpinCheck(waitStart: UInt64, deadline: inout UInt64) -> CallError? {
         if let problem = slowCheck() { return problem }
         let now = CShm_monotonic_ns()
