@@ -61,10 +61,10 @@ func reply(_ line: String?) throws -> [String: Any] {
         let socket: String
     }
 
-    func start(_ backend: String) throws -> Setup {
+    func start(_ backend: String, _ extra: [String] = []) throws -> Setup {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
         let socket = directory.appendingPathComponent("c.sock").path
-        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend])
+        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend] + extra)
         try #require(eventually(timeout: 10) { access(socket, F_OK) == 0 } != nil,
                      "the host never created its control socket \(socket)")
         return Setup(host: host, socket: socket)
@@ -278,9 +278,8 @@ func reply(_ line: String?) throws -> [String: Any] {
     /// cannot fill the connection table; a client that reads is not.
     @Test(arguments: ["uring", "poll"])
     func aClientThatStopsReadingIsClosedAfterTheIdleTimeout(backend: String) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
-        let socket = directory.appendingPathComponent("c.sock").path
-        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend, "--control-idle-timeout", "0.5"])
+        let setup = try start(backend, ["--control-idle-timeout", "0.5"])
+        let host = setup.host, socket = setup.socket
         let stalled = try RawControlSocket(socket)
         // 2 KB a reply: 115 replies (230 KB) are more than the kernel buffers, less than the cap.
         stalled.write(String(repeating: #"{"v":1,"cmd":"stats"}"# + "\n", count: 115))
@@ -298,9 +297,8 @@ func reply(_ line: String?) throws -> [String: Any] {
     /// A client that connects and says nothing is closed after the idle timeout; a watcher is not.
     @Test(arguments: ["uring", "poll"])
     func idleConnectionsAreClosed(backend: String) throws {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("dx-ctl-\(getpid())-\(UUID().uuidString.prefix(8))")
-        let socket = directory.appendingPathComponent("c.sock").path
-        let host = try RunningHost(arguments: ["--control", socket, "--control-backend", backend, "--control-idle-timeout", "0.3"])
+        let setup = try start(backend, ["--control-idle-timeout", "0.3"])
+        let host = setup.host, socket = setup.socket
         let idle = try RawControlSocket(socket)
         let watcher = try RawControlSocket(socket)
         watcher.write(#"{"v":1,"cmd":"watch","interval_ms":100}"# + "\n")
