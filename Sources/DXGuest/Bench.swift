@@ -49,6 +49,10 @@ struct Bench: ParsableCommand {
     @Flag(name: .customLong("no-latency"), help: "Do not time calls (pure throughput; the latency columns stay empty).")
     var noLatency = false
 
+    @Option(name: .customLong("latency-sample"),
+            help: "Time one call in N (a power of two, 1...1024), chosen at random (default 1: every call; a sample's percentiles are not yet shown to match).")
+    var latencySample: UInt32 = 1
+
     @Flag(name: .customLong("baseline-only"), help: "Measure only the baseline (for sweeps that run dx against another host).")
     var baselineOnly = false
 
@@ -90,6 +94,9 @@ struct Bench: ParsableCommand {
         guard (1...100).contains(`repeat`) else { throw ValidationError("--repeat must be between 1 and 100") }
         if let calls { guard calls >= 1 else { throw ValidationError("--calls must be at least 1") } }
         if let idle { guard idle > 0, idle <= 3600 else { throw ValidationError("--idle must be in (0, 3600] seconds") } }
+        guard (1...1024).contains(latencySample), latencySample & (latencySample - 1) == 0 else {
+            throw ValidationError("--latency-sample must be a power of two from 1 to 1024, not \(latencySample)")
+        }
         if baselineOnly, baseline == nil { throw ValidationError("--baseline-only needs --baseline floor or raw") }
     }
 
@@ -113,6 +120,7 @@ struct Bench: ParsableCommand {
             run.counting = !noCounters
             run.cpus = pin ?? []
             run.timed = !noLatency
+            run.sampleEvery = latencySample
             let before = mode == .dx ? hostView() : nil
             var result = try run.run()
             result.round = round
@@ -155,7 +163,9 @@ struct Bench: ParsableCommand {
             print(BenchTable.render(results, repeats: `repeat`, baseline: baseline))
             if !noLatency {
                 let clock = BenchClock.shared
-                print("latency timed with \(clock.name); timing cost ≈ \(format(clock.costNanoseconds, 1)) ns per call (two reads and a record), included in dx's timed runs")
+                print("latency: 1 call in \(latencySample) timed (chosen at random) with \(clock.name); timing costs ≈ "
+                      + "\(format(clock.costNanoseconds, 1)) ns per timed call (two reads and a record), ≈ "
+                      + "\(format(clock.costNanoseconds / Double(latencySample), 1)) ns per call on average, included in dx's runs")
             }
         }
         if let idle {

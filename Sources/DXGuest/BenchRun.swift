@@ -95,6 +95,9 @@ struct BenchRun {
     /// Whether each call is timed (``BenchClock``); a floor run never is, and `--no-latency`
     /// turns it off for dx.
     var timed = true
+    /// One call in this many (a power of two) is timed, chosen at random per call, so that the
+    /// sample is not in step with anything periodic (turn checks every 64 calls); 1 times every call.
+    var sampleEvery: UInt32 = 1
 
     func run() throws -> BenchResult {
         let records = (0..<threads).map { _ in ThreadRecord() }
@@ -211,9 +214,9 @@ struct BenchRun {
         }
     }
 
-    /// The loop: stamp the sequence number, time one round trip (unless untimed), check it. A failed
-    /// call ends the loop (the lane cannot be trusted after it); a wrong response is counted. An
-    /// untimed loop reads the clock only every 256 calls, to see the end.
+    /// The loop: stamp the sequence number, make one round trip (timed when it is in the sample),
+    /// check it. A failed call ends the loop (the lane cannot be trusted after it); a wrong response
+    /// is counted. Untimed calls read no clock; the end is checked on timed calls and every 256 calls.
     ///
     /// Everything the loop updates is local (histograms included) and stored into the record at
     /// the end: the record is a class, and touching its properties per call costs exclusivity
@@ -237,6 +240,9 @@ struct BenchRun {
             ? nowUnits &+ UInt64(Double(end &- nowNanoseconds) / clock.nanosecondsPerUnit) : nowUnits
         var pastEnd = false
         var next = 0
+        // The sample: xorshift32, seeded per thread and run.
+        var random = UInt32(truncatingIfNeeded: CShm_ticks() ^ UInt64(UInt(bitPattern: ObjectIdentifier(record).hashValue))) | 1
+        let sampleMask = sampleEvery &- 1
         while true {
             seq &+= 1
             let size = sizes[next]
@@ -248,7 +254,10 @@ struct BenchRun {
             }
             var exchange: UInt64 = 0
             let outcome: Outcome
-            if timed {
+            random ^= random << 13
+            random ^= random >> 17
+            random ^= random << 5
+            if timed, random & sampleMask == 0 {
                 let t0 = useTicks ? CShm_ticks() : CShm_monotonic_ns()
                 outcome = roundTrip(request, &exchange)
                 let t1 = useTicks ? CShm_ticks() : CShm_monotonic_ns()
@@ -267,7 +276,7 @@ struct BenchRun {
             }
             if failure != nil { break }
             if seq >= limit { break }
-            if callsPerThread == nil, timed ? pastEnd : seq & 255 == 0 && CShm_monotonic_ns() >= end { break }
+            if callsPerThread == nil, pastEnd || (seq & 255 == 0 && CShm_monotonic_ns() >= end) { break }
             if seq & 255 == 0, Interrupt.requested { break }
         }
         record.ops = ops

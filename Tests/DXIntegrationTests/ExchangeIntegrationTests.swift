@@ -90,12 +90,20 @@ import Testing
         #expect(untimed.status == 0, "\(untimed.stderr)")
         let dx = try #require(try jsonLines(untimed.stdout).first)
         #expect(dx["timed"] as? Bool == false && dx["p999_ns"] as? Int == 0 && (dx["ops"] as? Int ?? 0) > 0)
+        let sampled = try run(Binaries.guest, [
+            "bench", "--name", host.name, "--threads", "1", "--duration", "0.3", "--latency-sample", "4", "--json",
+        ])
+        #expect(sampled.status == 0, "\(sampled.stderr)")
+        let some = try #require(try jsonLines(sampled.stdout).first)
+        #expect(some["timed"] as? Bool == true && (some["p50_ns"] as? Int ?? 0) > 0 && some["errors"] as? Int == 0)
+        let odd = try run(Binaries.guest, ["bench", "--name", host.name, "--latency-sample", "3"])
+        #expect(odd.status == 2 && odd.stderr.contains("must be a power of two"), "\(odd.stderr)")
         let table = try run(Binaries.guest, [
             "bench", "--name", host.name, "--threads", "1", "--duration", "0.2", "--baseline", "floor",
         ])
         #expect(table.status == 0, "\(table.stderr)")
         #expect(table.stdout.contains("vs floor (same T)") && table.stdout.contains("floor  1"), "\(table.stdout)")
-        #expect(table.stdout.contains("timing cost ≈"), "\(table.stdout)")
+        #expect(table.stdout.contains("timing costs ≈"), "\(table.stdout)")
         #expect(try host.stop() == 0)
     }
 
