@@ -18,7 +18,7 @@ import CShm
 /// - Important: A lane belongs to one thread at a time; it is `~Copyable` and not `Sendable`
 ///   across threads while in use. Calls allocate nothing, take no lock, and make no system
 ///   call unless the host worker sleeps (a futex wake) or the response is slow enough that this
-///   thread sleeps itself (a bounded futex wait; see ``Parker``).
+///   thread sleeps itself (a bounded futex wait; see `Parker` (Wait/Parker.swift)).
 public struct Lane: ~Copyable {
     /// The region this lane belongs to; the lane keeps it mapped.
     public let region: Region
@@ -255,7 +255,7 @@ public struct Lane: ~Copyable {
         }
     }
 
-    /// Parks on the lane's futex word in bounded steps (``Parker``), checking the host's health
+    /// Parks on the lane's futex word in bounded steps (`Parker` (Wait/Parker.swift)), checking the host's health
     /// and the call timeout between them.
     @usableFromInline
     mutating func sleepForResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {

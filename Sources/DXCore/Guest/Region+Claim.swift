@@ -4,7 +4,7 @@ extension Region {
     /// Claims a free lane for the calling thread.
     ///
     /// The claim takes the lane's owner lock first, then CASes the owner word to
-    /// `pid << 32 | generation + 1` (see ``Region/claimOwner(at:lock:)``). Lanes whose owner word
+    /// `pid << 32 | generation + 1` (see `claimOwner` in Region/OwnerLock.swift). Lanes whose owner word
     /// says free are tried first; then lanes whose owner died (their lock is free). A lane whose
     /// last request is still unanswered (its owner died mid-call) is skipped until the host has
     /// answered it.

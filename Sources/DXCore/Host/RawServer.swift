@@ -10,7 +10,7 @@ import CShm
 /// The guest writes a payload and a ping number; the host's raw server spins with the CPU-relax
 /// hint until it sees the ping and answers with the same pong number (the payload is echoed in
 /// place). This is the machine's limit for one lane, against which dx's overhead is measured.
-/// The server parks on its channel (``Parker``) between sessions. A session starts when a guest
+/// The server parks on its channel (`Parker` (Wait/Parker.swift)) between sessions. A session starts when a guest
 /// claims the channel and posts it, and ends when the guest releases the channel, when its owner
 /// dies (its owner lock is free: the server reclaims the channel), or after a second without a
 /// ping; a live owner that pings again after that posts the server. So a raw server never spins

@@ -184,7 +184,7 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         }
     }
 
-    /// Parks on the doorbell (``Parker``) for at most the strategy's sleep timeout, unless a lane
+    /// Parks on the doorbell (`Parker` (Wait/Parker.swift)) for at most the strategy's sleep timeout, unless a lane
     /// has a request by the time the sleep is announced, or the host stops.
     private func sleep(doorbell: DoorbellView, timeout: UInt64) -> Parker.Outcome {
         doorbell.parker.park(timeoutNanoseconds: timeout) {

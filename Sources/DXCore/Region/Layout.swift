@@ -31,7 +31,7 @@
 /// └──────────────────────────────────────────────────────────────────────────────────────┘
 /// ```
 ///
-/// Version 2 keeps no libc object in the region: every semaphore is a ``Parker`` (a sleeping
+/// Version 2 keeps no libc object in the region: every semaphore is a `Parker` (Wait/Parker.swift) (a sleeping
 /// flag and a futex word), and liveness comes from kernel locks (``Layout/Locks``), never from
 /// a pid or a state word a guest could forge.
 ///
@@ -96,10 +96,10 @@ public enum Layout {
         public static let doorbells = 1024
         /// Within a doorbell block.
         public static let doorbellSleeping = 0
-        /// The offset of the doorbell's futex word, within a doorbell block (see ``Parker``).
+        /// The offset of the doorbell's futex word, within a doorbell block (see `Parker` (Wait/Parker.swift)).
         public static let doorbellWord = 8
         /// The CPU the worker last ran on (u32, written by the worker when it changes; 0xFFFFFFFF
-        /// until known), within a doorbell block. Guests with ``WaitStrategy/avoidWorkerCPU`` read it.
+        /// until known), within a doorbell block. Guests with ``TurnPolicy/avoidWorkerCPU`` read it.
         public static let doorbellWorkerCPU = 64
         /// Worker w's turnstile: 256 bytes at `turnstiles + 256 · w`.
         public static let turnstiles = 4096
@@ -154,7 +154,7 @@ public enum Layout {
         public static let status = 140
         /// The offset of the guest sleeping flag u32.
         public static let guestSleeping = 256
-        /// The offset of the guest's futex word (the host posts it; see ``Parker``).
+        /// The offset of the guest's futex word (the host posts it; see `Parker` (Wait/Parker.swift)).
         public static let guestWord = 264
         /// The offset of the guest counters (``Layout/Counters``).
         public static let guestCounters = 512
@@ -174,7 +174,7 @@ public enum Layout {
         public static let pong = 128
         /// The offset of the server sleeping flag u32.
         public static let serverSleeping = 256
-        /// The offset of the server's futex word (see ``Parker``).
+        /// The offset of the server's futex word (see `Parker` (Wait/Parker.swift)).
         public static let serverWord = 264
         /// The offset of the payload: slot capacity bytes.
         public static let payload = 768

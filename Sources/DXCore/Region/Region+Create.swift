@@ -8,7 +8,7 @@ import CShm
 extension Region {
     /// Creates, initialises and publishes a region (host side).
     ///
-    /// First the host takes its per-name lock (``HostLock``): while another host holds it, this
+    /// First the host takes its per-name lock (`HostLock`, a flock on /dev/shm/dx-lock.<name>): while another host holds it, this
     /// one refuses. Holding it, the host replaces an object left by a dead host (after checking
     /// that it is this user's and taking its header lock itself, so that no live host can hold
     /// it), creates the object with `shm_open(O_CREAT | O_EXCL)` and mode 0600, locks its header

@@ -8,7 +8,7 @@ import CShm
 /// A mapped dx region: the header, the lanes and the raw baseline channels.
 ///
 /// The host makes one with ``create(name:configuration:)``; guests attach to it with
-/// ``attach(name:)``. Both keep private copies of every size they validated, and never read
+/// ``attach(name:hostUID:)``. Both keep private copies of every size they validated, and never read
 /// a size from shared memory again.
 ///
 /// ```swift
@@ -105,7 +105,7 @@ public final class Region: @unchecked Sendable {
     @inlinable
     func worker(forLane index: Int) -> Int { index % workerCount }
 
-    /// The host's published state (informational: see ``hostProblem()``).
+    /// The host's published state (informational: liveness is the host lock).
     public var state: HostState? { header.state }
 
     /// The host's last heartbeat, CLOCK_MONOTONIC nanoseconds (informational).

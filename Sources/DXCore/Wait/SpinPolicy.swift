@@ -3,7 +3,7 @@
 ///
 /// A wait spins with a CPU-relax hint up to an adaptive budget of spins (``AdaptiveSpin``,
 /// between ``spinMin`` and ``spinMax``, starting at ``spinStart``), calls `sched_yield` every
-/// ``yieldEvery`` spins, and then parks (``Parker``) for at most ``sleepTimeoutNanoseconds`` at a
+/// ``yieldEvery`` spins, and then parks (`Parker` (Wait/Parker.swift)) for at most ``sleepTimeoutNanoseconds`` at a
 /// time, re-checking the peer's health between sleeps.
 ///
 /// Each setting has one name: `spinMin` here, `--spin-min` on the command line, `spin_min` in

@@ -7,7 +7,7 @@ import CShm
 
 /// The spin half of every wait: one step per unsuccessful check, with the CPU-relax hint, a
 /// `sched_yield` every `yieldEvery` steps, until the budget is spent; then the caller parks
-/// (``Parker``). The guest's wait for a response and the worker's wait for requests both run it.
+/// (`Parker` (Wait/Parker.swift)). The guest's wait for a response and the worker's wait for requests both run it.
 ///
 /// ```swift
 /// var wait = SpinWait(budget: spin.budget, policy: policy)

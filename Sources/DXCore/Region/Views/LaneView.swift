@@ -58,7 +58,7 @@ struct LaneView {
         Parker(flag: base + Layout.Lane.guestSleeping, word: base + Layout.Lane.guestWord)
     }
 
-    /// The owner word (claimed and released through ``Region/claimOwner(at:lock:)``).
+    /// The owner word (claimed through `Region.claimOwner`, released by `OwnerClaim`).
     var owner: OwnerWordView { OwnerWordView(base + Layout.Lane.owner) }
 
     /// The guest's counters (``Layout/Counters``).
