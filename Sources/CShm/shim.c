@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/ioctl.h>
+#include <linux/sockios.h>
 #include <sys/mman.h>
 #include <liburing.h>
 #include <linux/futex.h>
@@ -468,4 +470,9 @@ uint64_t CShm_truncation_faults(void *base) {
 
 void CShm_line_buffer_stdout(void) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+}
+
+int CShm_socket_unread(int fd) {
+    int queued = 0;
+    return ioctl(fd, SIOCOUTQ, &queued) == 0 ? queued : -errno;
 }

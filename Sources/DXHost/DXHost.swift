@@ -146,5 +146,10 @@ struct Run: AsyncParsableCommand {
         } catch let error as ControlError {
             throw CommandFailure("cannot serve the control socket: \(error)", exit: .failure)
         }
+        // A stop no one asked for: a supervisor should see it (and may restart the host).
+        if host.region.truncationFaults > 0 {
+            throw CommandFailure("stopped because a guest truncated the region; the guests must attach again",
+                                 exit: .failure)
+        }
     }
 }

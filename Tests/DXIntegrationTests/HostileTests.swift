@@ -119,6 +119,15 @@ func runtimeFiles(_ name: String) -> [String] {
         try expectHostSurvived(host, "raw posts")
     }
 
+    /// Someone removes the region's name while the host serves: the host still stops cleanly and
+    /// lets go of its lock file (found by the second review: the lock stayed behind).
+    @Test func aRemovedRegionNameStillLetsTheHostCleanUp() throws {
+        let host = try RunningHost()
+        #expect(unlink("/dev/shm/dx.\(host.name)") == 0)
+        #expect(try host.stop() == 0)
+        #expect(runtimeFiles(host.name) == [], "left \(runtimeFiles(host.name))")
+    }
+
     /// A turn held forever by a vandal: an honest call fails at its timeout, it does not hang.
     @Test func aTurnHeldForeverFailsTheCallAtItsTimeout() throws {
         let host = try RunningHost(arguments: ["--lanes", "2"])

@@ -133,8 +133,10 @@ func eventually(timeout: Double, _ condition: () throws -> Bool) rethrows -> Dou
         let stoppedAfter = eventually(timeout: 10) { !host.process.isRunning }
         #expect(stoppedAfter != nil, "the host did not stop after its region was truncated")
         #expect(host.process.terminationReason == .exit)  // not killed by SIGBUS
-        #expect(host.process.terminationStatus == 0)
+        // A stop nobody asked for exits 1, so that a supervisor notices; everything is removed.
+        #expect(host.process.terminationStatus == 1)
         #expect(!regionExists(host.name))
+        #expect(runtimeFiles(host.name) == [])
     }
 
     @Test func sigtermWakesWaitingGuestsAndCleansUp() throws {

@@ -215,6 +215,8 @@ int CShm_accept_nonblocking(int fd);
 int CShm_unix_listen(const char *path, int backlog);
 /// A blocking, close-on-exec Unix stream socket connected to `path`, or -errno.
 int CShm_unix_connect(const char *path);
+/// Bytes sent on `fd` that its peer has not read yet (`ioctl(SIOCOUTQ)`), or -errno.
+int CShm_socket_unread(int fd);
 /// Sets SO_RCVTIMEO and SO_SNDTIMEO. Returns 0 or an errno.
 int CShm_socket_timeouts(int fd, uint64_t timeout_ns);
 

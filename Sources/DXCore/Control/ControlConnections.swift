@@ -20,8 +20,10 @@ final class ControlConnection {
     var nextWatch: UInt64 = 0
     /// When the client last sent a request line (CLOCK_MONOTONIC ns), for the idle timeout.
     var lastRequest = CShm_monotonic_ns()
-    /// When the client last took some of its output (or had none pending), for the stall timeout.
+    /// When the client last read some of its output (or had none waiting), for the stall timeout.
     var lastDrained = CShm_monotonic_ns()
+    /// What the kernel held for the client, unread, at the last tick.
+    var lastUnread = 0
     // io_uring only: the buffers the kernel reads into and sends from, and what is in flight.
     var receiveBuffer: UnsafeMutableRawBufferPointer?
     var sendBuffer: UnsafeMutableRawBufferPointer?
@@ -52,7 +54,7 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     /// may exceed it (a `lanes` reply of a large host); the next request is not answered then.
     static let maxPendingOutput = 256 * 1024
     /// A client that sends no request for this long, and is not watching, is closed and counted;
-    /// so is any client (watching or not) whose pending output has not moved for this long.
+    /// so is any client (watching or not) that has read none of its output for this long.
     let idleTimeoutNanoseconds: UInt64
 
     let service: ControlService
@@ -111,10 +113,10 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
             if connection.pendingOutput > ControlConnections.maxPendingOutput { return drop(connection) }
             let line = connection.input[start..<newline]
             start = newline + 1
-            connection.lastRequest = CShm_monotonic_ns()
             if line.allSatisfy({ $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\r") || $0 == UInt8(ascii: "\t") }) {
-                continue
+                continue  // a blank line is no request: it does not keep the connection alive
             }
+            connection.lastRequest = CShm_monotonic_ns()
             guard line.count <= ControlProtocol.maxLineBytes else {
                 return tooLong(connection)
             }
@@ -143,7 +145,6 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     /// `count` bytes of the connection's output were sent.
     func didSend(_ connection: ControlConnection, _ count: Int) {
         connection.sent += count
-        if count > 0 { connection.lastDrained = CShm_monotonic_ns() }
         if connection.sent == connection.output.count {
             connection.output.removeAll(keepingCapacity: true)
             connection.sent = 0
@@ -158,14 +159,17 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     func tick(now: UInt64) {
         service.tick(now: now)
         for connection in live where !connection.dead {
-            // A client that stopped reading: its replies sit between the kernel's buffer and the
-            // cap. Without this, 64 of them would lock everyone out of the control socket.
-            if connection.pendingOutput == 0 {
+            // A client that stopped reading: its replies sit in the kernel's buffer (~200 KB) and
+            // then in ours, below the cap. Without this, 64 of them (a `watch` at 60 s fills the
+            // kernel's buffer only after a day) would lock everyone out of the control socket.
+            let unread = max(Int(CShm_socket_unread(connection.fd)), 0)
+            if (connection.pendingOutput == 0 && unread == 0) || unread < connection.lastUnread {
                 connection.lastDrained = now
             } else if now &- connection.lastDrained > idleTimeoutNanoseconds {
                 drop(connection)
                 continue
             }
+            connection.lastUnread = unread
             if connection.watchInterval == 0 {
                 if now &- connection.lastRequest > idleTimeoutNanoseconds, connection.pendingOutput == 0 { drop(connection) }
                 continue

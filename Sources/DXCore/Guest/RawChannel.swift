@@ -30,7 +30,7 @@ package struct RawChannel: ~Copyable {
     package func postServer() { channel.parker.post() }
 
     /// One bare round trip: copy the request in, ping, spin for the pong, copy the response out.
-    /// Returns false when no pong came within about a second of spinning, or the host is gone.
+    /// Returns false when no pong came within a second, or the host is gone.
     package mutating func roundTrip(_ request: UnsafeRawBufferPointer, into response: UnsafeMutableRawBufferPointer) -> Bool {
         let payload = channel.payload
         let count = min(request.count, capacity)
@@ -39,6 +39,7 @@ package struct RawChannel: ~Copyable {
         sequence = seq
         channel.ping(seq)  // seq-cst, like dx's request: publishes the payload
         var spins: UInt32 = 0
+        var deadline: UInt64 = 0
         while channel.pong != seq {  // acquire
             CShm_cpu_relax()
             spins &+= 1
@@ -48,7 +49,12 @@ package struct RawChannel: ~Copyable {
                 // visible before we load its sleeping flag.
                 CShm_fence_seqcst()
                 _ = channel.parker.unpark()
-                if spins & 0xFFFFF == 0, region.hostProblem() != nil || spins >= 0x4000_0000 { return false }
+                if spins & 0x3FFFF == 0 {
+                    // Every ~7 ms: the host's lock, and a one-second deadline from the first look.
+                    let now = CShm_monotonic_ns()
+                    if deadline == 0 { deadline = now &+ 1_000_000_000 }
+                    if region.hostProblem() != nil || now >= deadline { return false }
+                }
             }
         }
         let out = min(count, response.count)

@@ -79,7 +79,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
                     region.beat()
                     if !truncated, region.truncationFaults > 0 {
                         truncated = true
-                        logger.error("the region was truncated under the host (a guest shrank /dev/shm/\(region.name)); stopping")
+                        logger.error("the region was truncated under the host (a guest shrank \(Region.path(for: region.name))); stopping")
                         region.setState(.stopping)
                         self?.requestShutdown()
                     }

@@ -40,10 +40,19 @@ final class HostLock {
                 throw .system(error)
             }
             var info = stat()
-            guard (try? retryingOnInterrupt("fstat") { fstat(fd, &info) }) != nil, info.st_mode & S_IFMT == S_IFREG,
-                  info.st_uid == getuid() else {
+            guard (try? retryingOnInterrupt("fstat") { fstat(fd, &info) }) != nil else {
+                close(fd)
+                throw .system(SystemError("fstat \(path)", errno: errno))
+            }
+            guard info.st_uid == getuid() else {
                 close(fd)
                 throw .nameTaken(name: name, uid: info.st_uid)
+            }
+            // Not a regular file, or one with another name too (a hard link to a region would be
+            // truncated below): never ours to use.
+            guard info.st_mode & S_IFMT == S_IFREG, info.st_nlink <= 1 else {
+                close(fd)
+                throw .system(SystemError("\(path) is not a lone regular file", errno: EEXIST))
             }
             let rc = CShm_flock_exclusive(fd)
             if rc == EWOULDBLOCK {

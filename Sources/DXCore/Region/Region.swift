@@ -141,6 +141,8 @@ public final class Region: @unchecked Sendable {
     /// reference goes away. Only the host that created the region does this.
     func unlink() {
         guard isCreator else { return }
+        // The name's lock goes whatever happened to the region's name (someone may have removed it).
+        defer { hostLock?.release() }
         let objectName = Region.objectName(for: name)
         let descriptor = CShm_shm_open(objectName, O_RDONLY | O_CLOEXEC, 0)
         guard descriptor >= 0 else { return }
@@ -149,6 +151,5 @@ public final class Region: @unchecked Sendable {
             && info.st_dev == identity.0 && info.st_ino == identity.1
         close(descriptor)
         if same { _ = CShm_shm_unlink(objectName) }
-        hostLock?.release()
     }
 }
