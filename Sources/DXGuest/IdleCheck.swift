@@ -5,7 +5,8 @@ import DXCore
 import Glibc
 #endif
 
-/// What an idle host and guest cost, and how long the first call after the pause takes.
+/// What an idle host and guest cost, how long the first call after the pause takes, and, to judge
+/// that call against the machine, what a bare futex wake of a sleeping thread costs here.
 struct IdleCheck {
     let region: Region
     let strategy: WaitStrategy
@@ -16,15 +17,19 @@ struct IdleCheck {
         /// CPU time of both processes over the idle period, in percent of one CPU.
         var cpuPercent: Double
         var firstCallNanoseconds: UInt64
+        /// The median of 21 bare futex wakes of a thread that slept 50 ms (no library): the
+        /// kernel's part of a first call after idle.
+        var bareWakeNanoseconds: UInt64
 
         var json: String {
             "{\"mode\":\"idle\",\"idle_s\":\(format(seconds, 3)),\"cpu_percent\":\(format(cpuPercent, 3)),"
-                + "\"first_call_ns\":\(firstCallNanoseconds)}"
+                + "\"first_call_ns\":\(firstCallNanoseconds),\"bare_futex_wake_ns\":\(bareWakeNanoseconds)}"
         }
 
         var text: String {
             "idle \(format(seconds, 1)) s with a lane claimed: host + guest used \(format(cpuPercent, 3)) % of one CPU; "
-                + "first call after it: \(format(Double(firstCallNanoseconds) / 1000, 1)) µs"
+                + "first call after it: \(format(Double(firstCallNanoseconds) / 1000, 1)) µs; "
+                + "a bare futex wake of a thread asleep 50 ms: \(format(Double(bareWakeNanoseconds) / 1000, 1)) µs (median of 21)"
         }
     }
 
@@ -46,7 +51,42 @@ struct IdleCheck {
             throw CommandFailure("the call after the idle period failed", exit: .verificationFailed)
         }
         let cpu = Double((guest1 - guest0) + max(0, host1 - host0))
-        return Report(seconds: Double(elapsed) / 1e9, cpuPercent: cpu / Double(elapsed) * 100, firstCallNanoseconds: firstCall)
+        return Report(seconds: Double(elapsed) / 1e9, cpuPercent: cpu / Double(elapsed) * 100, firstCallNanoseconds: firstCall,
+                      bareWakeNanoseconds: try IdleCheck.bareFutexWake())
+    }
+
+    /// Two words a sleeper and a waker share: the futex word and when the sleeper woke.
+    private final class WakeWords: @unchecked Sendable {
+        let base = UnsafeMutableRawPointer.allocate(byteCount: 128, alignment: 64)
+        init() { base.initializeMemory(as: UInt8.self, repeating: 0, count: 128) }
+        deinit { base.deallocate() }
+        var word: UnsafeMutablePointer<UInt32> { base.assumingMemoryBound(to: UInt32.self) }
+        var wokeAt: UnsafeMutableRawPointer { base + 64 }
+    }
+
+    /// A thread sleeps on a futex word; 50 ms later the main thread stamps the time, sets the word
+    /// and wakes it; the sleeper stamps when it runs again. The median of 21 rounds.
+    static func bareFutexWake(rounds: Int = 21) throws -> UInt64 {
+        let words = WakeWords()
+        var samples: [UInt64] = []
+        for round in 1...rounds {
+            CShm_store_seqcst_u32(words.word, 0)
+            CShm_store_seqcst_u64(words.wokeAt, 0)
+            let sleeper = try DXCore.Thread {
+                while CShm_load_acquire_u32(words.word) == 0 {
+                    _ = CShm_futex_wait(words.word, 0, 2_000_000_000)
+                }
+                CShm_store_release_u64(words.wokeAt, CShm_monotonic_ns())
+            }
+            usleep(50_000)  // let it fall properly asleep, as an idle lane's peer does
+            let t0 = CShm_monotonic_ns()
+            CShm_store_seqcst_u32(words.word, UInt32(round))
+            _ = CShm_futex_wake(words.word, 1)
+            sleeper.join()
+            let woke = CShm_load_acquire_u64(words.wokeAt)
+            if woke > t0 { samples.append(woke - t0) }
+        }
+        return samples.isEmpty ? 0 : samples.sorted()[samples.count / 2]
     }
 
     private func checksum(_ bytes: [UInt8]) -> [UInt8] {
