@@ -99,6 +99,9 @@ struct BenchRun {
     /// sample is not in step with anything periodic (turn checks every 64 calls); 1 times every call.
     var sampleEvery: UInt32 = 1
 
+    /// Whether this run times calls at all.
+    private var timesCalls: Bool { timed && mode != .floor }
+
     func run() throws -> BenchResult {
         let records = (0..<threads).map { _ in ThreadRecord() }
         let gate = Gate()
@@ -135,7 +138,7 @@ struct BenchRun {
             throw BenchFailure("not every thread could start within 5 s")
         }
         let clock = BenchClock.shared
-        let timedHere = timed && mode != .floor
+        let timedHere = timesCalls
         func percentile(_ value: Double) -> UInt64 { timedHere ? clock.nanoseconds(histogram.valueAtPercentile(value)) : 0 }
         return BenchResult(
             mode: mode, timed: timedHere, threads: threads, payload: payload, durationSeconds: Double(elapsed) / 1e9,
@@ -232,8 +235,7 @@ struct BenchRun {
         var exchanges = ThreadRecord.newHistogram()
         var failure: String?
         let limit = callsPerThread ?? .max
-        let timed = timed && mode != .floor
-        let useTicks = clock.usesTicks
+        let timed = timesCalls
         // The end in the clock's units, for the timed loop's per-call check.
         let nowNanoseconds = CShm_monotonic_ns(), nowUnits = clock.now()
         let endUnits = end > nowNanoseconds
@@ -258,9 +260,9 @@ struct BenchRun {
             random ^= random >> 17
             random ^= random << 5
             if timed, random & sampleMask == 0 {
-                let t0 = useTicks ? CShm_ticks() : CShm_monotonic_ns()
+                let t0 = clock.now()
                 outcome = roundTrip(request, &exchange)
-                let t1 = useTicks ? CShm_ticks() : CShm_monotonic_ns()
+                let t1 = clock.now()
                 _ = histogram.record(t1 &- t0)
                 pastEnd = t1 >= endUnits
                 if exchange != 0 { _ = exchanges.record(exchange) }

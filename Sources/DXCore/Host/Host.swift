@@ -86,7 +86,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
                     for lane in watch.reclaimDeadOwners() {
                         logger.notice("reclaimed a lane whose guest died", metadata: ["lane": "\(lane.index)", "pid": "\(lane.pid)"])
                     }
-                    usleepNanoseconds(100_000_000)
+                    CShm_sleep_ns(100_000_000)
                 }
             })
         } catch {
@@ -163,10 +163,4 @@ public final class Host: ControlTarget, @unchecked Sendable {
     deinit {
         stop()
     }
-}
-
-/// Sleeps the calling thread (`nanosleep`, resumed with what remains after EINTR: the shim's
-/// rule), for setup and housekeeping threads only.
-func usleepNanoseconds(_ nanoseconds: UInt64) {
-    CShm_sleep_ns(nanoseconds)
 }
