@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
+#include <poll.h>
+#include <dirent.h>
 #include <sys/ioctl.h>
 #include <linux/sockios.h>
 #include <sys/mman.h>
@@ -61,6 +64,11 @@ int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns) {
 
 int CShm_futex_wake(uint32_t *address, int count) {
     long rc = syscall(SYS_futex, address, FUTEX_WAKE, count, NULL, NULL, 0);
+    return rc >= 0 ? (int)rc : -errno;
+}
+
+int CShm_futex_wake_private(uint32_t *address, int count) {
+    long rc = syscall(SYS_futex, address, FUTEX_WAKE_PRIVATE, count, NULL, NULL, 0);
     return rc >= 0 ? (int)rc : -errno;
 }
 
@@ -255,6 +263,12 @@ int CShm_thread_join(uint64_t thread) {
 
 // MARK: - io_uring
 
+// io_uring futex operations (Linux 6.7), which liburing 2.3's headers do not name.
+#define CSHM_OP_FUTEX_WAIT 51
+#define CSHM_FUTEX2_SIZE_U32 0x02u
+#define CSHM_FUTEX2_PRIVATE 128u
+#define CSHM_FUTEX_BITSET_MATCH_ANY 0xffffffffull
+
 struct CShm_Ring {
     struct io_uring ring;
 };
@@ -284,6 +298,40 @@ static struct io_uring_sqe *next_sqe(CShm_Ring *ring) {
         sqe = io_uring_get_sqe(&ring->ring);
     }
     return sqe;
+}
+
+bool CShm_ring_has_futex(CShm_Ring *ring) {
+    struct io_uring_probe *probe = io_uring_get_probe_ring(&ring->ring);
+    if (!probe) return false;
+    bool supported = io_uring_opcode_supported(probe, CSHM_OP_FUTEX_WAIT);
+    io_uring_free_probe(probe);
+    return supported;
+}
+
+int CShm_ring_futex_wait(CShm_Ring *ring, uint32_t *address, uint32_t expected, bool shared, uint64_t user_data) {
+    struct io_uring_sqe *sqe = next_sqe(ring);
+    if (!sqe) return EBUSY;
+    // What liburing 2.5's io_uring_prep_futex_wait fills: fd = futex2 flags, addr = the word,
+    // off = the expected value, addr3 = the bitset mask, op flags 0.
+    io_uring_prep_rw(CSHM_OP_FUTEX_WAIT, sqe, (int)(CSHM_FUTEX2_SIZE_U32 | (shared ? 0 : CSHM_FUTEX2_PRIVATE)),
+                     address, 0, expected);
+    sqe->rw_flags = 0;
+    sqe->addr3 = CSHM_FUTEX_BITSET_MATCH_ANY;
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int CShm_ring_cancel(CShm_Ring *ring, uint64_t target, uint64_t user_data) {
+    struct io_uring_sqe *sqe = next_sqe(ring);
+    if (!sqe) return EBUSY;
+    io_uring_prep_cancel64(sqe, target, 0);
+    io_uring_sqe_set_data64(sqe, user_data);
+    return 0;
+}
+
+int CShm_ring_submit(CShm_Ring *ring) {
+    int rc = io_uring_submit(&ring->ring);
+    return rc < 0 ? -rc : 0;
 }
 
 int CShm_ring_accept(CShm_Ring *ring, int fd, uint64_t user_data, bool multishot) {
@@ -340,6 +388,61 @@ int64_t CShm_peer_uid(int fd) {
     socklen_t length = sizeof credentials;
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return -errno;
     return (int64_t)credentials.uid;
+}
+
+int CShm_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct ucred credentials;
+    socklen_t length = sizeof credentials;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &credentials, &length) != 0) return errno;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+}
+
+int64_t CShm_send_with_fd(int fd, const void *buffer, size_t length, int passed) {
+    struct iovec vector = { .iov_base = (void *)buffer, .iov_len = length };
+    union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = { .msg_iov = &vector, .msg_iovlen = 1,
+                              .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &passed, sizeof(int));
+    ssize_t sent;
+    do { sent = sendmsg(fd, &message, MSG_DONTWAIT | MSG_NOSIGNAL); } while (sent < 0 && errno == EINTR);
+    return sent >= 0 ? (int64_t)sent : -(int64_t)errno;
+}
+
+int64_t CShm_recv_with_fd(int fd, void *buffer, size_t length, int *passed) {
+    *passed = -1;
+    struct iovec vector = { .iov_base = buffer, .iov_len = length };
+    union { char bytes[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    struct msghdr message = { .msg_iov = &vector, .msg_iovlen = 1,
+                              .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
+    ssize_t received;
+    do { received = recvmsg(fd, &message, MSG_CMSG_CLOEXEC); } while (received < 0 && errno == EINTR);
+    if (received < 0) return -(int64_t)errno;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int descriptor;
+            memcpy(&descriptor, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
+            if (*passed < 0) *passed = descriptor; else close(descriptor);
+        }
+    }
+    return (int64_t)received;
+}
+
+int CShm_socket_hung_up(int fd) {
+    struct pollfd entry = { .fd = fd, .events = POLLRDHUP };
+    int rc;
+    do { rc = poll(&entry, 1, 0); } while (rc < 0 && errno == EINTR);
+    if (rc < 0) return -errno;
+    return (entry.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
 int CShm_accept_nonblocking(int fd) {
@@ -475,4 +578,67 @@ void CShm_line_buffer_stdout(void) {
 int CShm_socket_unread(int fd) {
     int queued = 0;
     return ioctl(fd, SIOCOUTQ, &queued) == 0 ? queued : -errno;
+}
+
+// MARK: - Sealed anonymous objects and process facts
+
+int CShm_memfd_sealed(const char *label, uint64_t size) {
+    int fd = memfd_create(label, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0) return -errno;
+    int rc = 0;
+    if (fchmod(fd, 0600) != 0) rc = errno;
+    else if (ftruncate(fd, (off_t)size) != 0) rc = errno;
+    else if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW) != 0) rc = errno;
+    else if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL) != 0) rc = errno;
+    if (rc) {
+        close(fd);
+        return -rc;
+    }
+    return fd;
+}
+
+int CShm_seals(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    return seals >= 0 ? seals : -errno;
+}
+
+bool CShm_seals_complete(int seals) {
+    int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    return seals >= 0 && (seals & needed) == needed;
+}
+
+int CShm_forbid_inspection(void) {
+    return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0 ? 0 : errno;
+}
+
+static long status_field(const char *name) {
+    FILE *file = fopen("/proc/self/status", "re");
+    if (!file) return -1;
+    char line[256];
+    long value = -1;
+    size_t length = strlen(name);
+    while (fgets(line, sizeof line, file)) {
+        if (strncmp(line, name, length) == 0 && line[length] == ':') {
+            value = strtol(line + length + 1, NULL, 10);
+            break;
+        }
+    }
+    fclose(file);
+    return value;
+}
+
+int CShm_self_threads(void) { return (int)status_field("Threads"); }
+
+int64_t CShm_self_rss_kb(void) { return (int64_t)status_field("VmRSS"); }
+
+int CShm_self_open_fds(void) {
+    DIR *directory = opendir("/proc/self/fd");
+    if (!directory) return -1;
+    int count = 0;
+    struct dirent *entry;
+    while ((entry = readdir(directory))) {
+        if (entry->d_name[0] != '.') count++;
+    }
+    closedir(directory);
+    return count - 1;  // the directory's own descriptor
 }

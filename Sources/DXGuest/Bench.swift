@@ -65,8 +65,6 @@ struct Bench: ParsableCommand {
     @Option(help: "After the runs, stay idle this many seconds with a lane claimed, then report the CPU both processes used meanwhile and the latency of the first call after.")
     var idle: Double?
 
-    @Option(help: "The host's control socket, for its view of each run (default: the one --name implies).")
-    var control: String?
 
     @Flag(name: .customLong("no-counters"), help: "Do not update the lanes' guest counters (to measure what they cost).")
     var noCounters = false
@@ -82,7 +80,7 @@ struct Bench: ParsableCommand {
 
     /// The host's counters through its control socket, or nil when it has none.
     func hostView() -> StatsReply? {
-        guard var client = try? ControlClient(path: control ?? ControlPath.socket(for: load.name), timeoutNanoseconds: 1_000_000_000)
+        guard var client = try? ControlClient(path: owner.control ?? ControlPath.socket(for: load.name), hostUID: owner.hostUID, timeoutNanoseconds: 1_000_000_000)
         else { return nil }
         return try? client.call(ControlCommand("stats"), as: StatsReply.self)
     }
@@ -103,7 +101,7 @@ struct Bench: ParsableCommand {
     func run() throws {
         Interrupt.install()
         let strategy = try wait.strategy
-        let region = try attach(name: load.name, owner: owner)
+        let region = try attach(name: load.name, owner: owner, lanes: load.threads.max() ?? 1)
         guard payload <= region.slotCapacity else {
             throw CommandFailure("--payload \(payload) is larger than the host's slot size \(region.slotCapacity)",
                                  exit: .usage)

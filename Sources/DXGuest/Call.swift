@@ -19,7 +19,7 @@ struct Call: ParsableCommand {
     var message: String
 
     func run() throws {
-        let region = try attach(name: target.name, owner: owner)
+        let region = try attach(name: target.name, owner: owner, lanes: 1)
         var lane: Lane
         do { lane = try region.claimLane(strategy: try wait.strategy) } catch {
             throw CommandFailure("\(error)", exit: .callFailed)

@@ -22,6 +22,9 @@ struct HostOwnerOptions: ParsableArguments {
     @Option(name: .customLong("call-timeout"), help: "Seconds a call may wait for its turn and its response.")
     var callTimeout: Double = 10
 
+    @Option(help: "The host's socket, for a private host (dx-host --private) whose socket is not at the default path ($XDG_RUNTIME_DIR/dx/<name>.sock or /tmp/dx-<uid>/<name>.sock).")
+    var control: String?
+
     func validate() throws {
         guard callTimeout > 0, callTimeout <= 3600 else {
             throw ValidationError("--call-timeout must be between 0 and 3600 seconds, not \(callTimeout)")
@@ -31,10 +34,11 @@ struct HostOwnerOptions: ParsableArguments {
     var callTimeoutNanoseconds: UInt64 { UInt64(callTimeout * 1e9) }
 }
 
-/// Attaches to a region, turning its errors into one-line failures with exit code 3.
-func attach(name: String, owner: HostOwnerOptions) throws -> Region {
+/// Attaches to the host's region, named or private (then asking for `lanes` lanes), turning its
+/// errors into one-line failures with exit code 3.
+func attach(name: String, owner: HostOwnerOptions, lanes: Int) throws -> Region {
     do {
-        return try Region.attach(name: name, hostUID: owner.hostUID)
+        return try Region.open(name: name, lanes: lanes, controlPath: owner.control, hostUID: owner.hostUID)
     } catch {
         throw CommandFailure("\(error)", exit: .noHost)
     }

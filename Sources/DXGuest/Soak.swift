@@ -49,7 +49,7 @@ struct Soak: ParsableCommand {
     }
 
     func run() throws {
-        let region = try attach(name: load.name, owner: owner)
+        let region = try attach(name: load.name, owner: owner, lanes: load.threads.max() ?? 1)
         guard region.handler == .echo else { throw CommandFailure("soak needs a host serving the echo handler", exit: .usage) }
         let strategy = try wait.strategy
         let totals = Totals()

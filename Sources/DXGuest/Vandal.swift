@@ -48,7 +48,7 @@ struct Vandal: ParsableCommand {
     var truncate = false
 
     func run() throws {
-        let region = try attach(name: target.name, owner: owner)
+        let region = try attach(name: target.name, owner: owner, lanes: 8)
         // Write through a mapping of our own, as any process of this user could.
         let fd = open(Region.path(for: target.name), O_RDWR)
         guard fd >= 0 else { throw CommandFailure("cannot open the region", exit: .failure) }

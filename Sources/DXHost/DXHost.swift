@@ -69,7 +69,37 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
+    @Flag(name: .customLong("private"), help: "Create no named region: give each guest that connects to the socket a private, sealed region of its own (many sandboxes). --lanes is then the default per guest, --workers the pool size (default: CPUs).")
+    var privateRegions = false
+
+    @Option(name: .customLong("allow-uid"), help: "Private mode: also let this uid ask for a region (repeatable). Its guests pass --control PATH --host-uid UID; the socket is made connectable (mode 0666) and SO_PEERCRED refuses everyone else.")
+    var allowUIDs: [UInt32] = []
+
+    @Option(name: .customLong("allow-gid"), help: "Private mode: also let processes of this primary gid ask for a region (repeatable).")
+    var allowGIDs: [UInt32] = []
+
+    @Option(name: .customLong("max-lanes"), help: "Private mode: the most lanes a guest may ask for.")
+    var maxLanes: Int = 64
+
+    @Option(name: .customLong("max-guests"), help: "Private mode: regions at once, in all.")
+    var maxGuests: Int = 1024
+
+    @Option(name: .customLong("max-guests-per-uid"), help: "Private mode: regions at once, per user.")
+    var maxGuestsPerUID: Int = 256
+
+    @Option(name: .customLong("max-mib"), help: "Private mode: MiB of regions at once, in all.")
+    var maxMiB: Int = 1024
+
+    @Option(name: .customLong("max-mib-per-uid"), help: "Private mode: MiB of regions at once, per user.")
+    var maxMiBPerUID: Int = 256
+
     @OptionGroup var wait: SpinOptions
+
+    var limits: PrivateHostLimits {
+        PrivateHostLimits(maxLanes: maxLanes, defaultLanes: lanes, slotCapacity: slotSize, maxGuests: maxGuests,
+                          maxGuestsPerUID: maxGuestsPerUID, maxBytes: maxMiB << 20, maxBytesPerUID: maxMiBPerUID << 20,
+                          allowedUIDs: Set(allowUIDs), allowedGIDs: Set(allowGIDs))
+    }
 
     var workerCount: Int { workers ?? max(1, CPUAffinity.allowedCPUs - 1) }
 
@@ -93,6 +123,12 @@ struct Run: AsyncParsableCommand {
         guard controlIdleTimeout > 0, controlIdleTimeout <= 86_400 else {
             throw ValidationError("--control-idle-timeout must be between 0 and 86400 seconds, not \(controlIdleTimeout)")
         }
+        if privateRegions {
+            do { try limits.validate() } catch { throw ValidationError("\(error)") }
+            guard !raw else { throw ValidationError("--raw serves a named region's baseline channels; it does not go with --private") }
+        } else if !allowUIDs.isEmpty || !allowGIDs.isEmpty {
+            throw ValidationError("--allow-uid and --allow-gid go with --private (a named region is its user's alone)")
+        }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level '\(logLevel)' is not one of trace, debug, info, notice, warning, error, critical")
         }
@@ -113,6 +149,25 @@ struct Run: AsyncParsableCommand {
         signal(SIGPIPE, SIG_IGN)
         let stopSignals = await StopSignals(logger: logger)
 
+        let control = HostService.ControlSocket(
+            path: self.control ?? ControlPath.socket(for: name),
+            backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
+            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9))
+        if privateRegions {
+            let host: PrivateHost
+            do {
+                host = try PrivateHost(name: name, limits: limits, handler: handler == .echo ? .echo : .checksum, poolSize: workers, spinPolicy: try wait.spinPolicy,
+                                       counting: !noCounters, logger: logger)
+            } catch {
+                throw CommandFailure("cannot start the private host: \(error)", exit: .failure)
+            }
+            let service = switch handler {
+            case .echo: HostService(privateHost: host, handler: EchoHandler(), control: control, logger: logger)
+            case .checksum: HostService(privateHost: host, handler: ChecksumHandler(), control: control, logger: logger)
+            }
+            try await serve(service, stopSignals: stopSignals, logger: logger)
+            return
+        }
         let configuration = RegionConfiguration(
             laneCount: lanes, slotCapacity: slotSize, workerCount: workerCount, rawChannels: raw,
             handler: handler == .echo ? .echo : .checksum)
@@ -125,16 +180,21 @@ struct Run: AsyncParsableCommand {
             throw CommandFailure("cannot create the region: \(error)", exit: .failure)
         }
         host.workerCPUs = pin ?? []
-        let control = HostService.ControlSocket(
-            path: self.control ?? ControlPath.socket(for: name),
-            backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
-            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9))
         let service = switch handler {
         case .echo: HostService(host: host, handler: EchoHandler(), control: control, logger: logger)
         case .checksum: HostService(host: host, handler: ChecksumHandler(), control: control, logger: logger)
         }
-        // The host service ends the group when it stops by itself (a control client's shutdown,
-        // a truncated region), and a stop signal ends it through the group.
+        try await serve(service, stopSignals: stopSignals, logger: logger)
+        // A stop no one asked for: a supervisor should see it (and may restart the host).
+        if host.region.truncationFaults > 0 {
+            throw CommandFailure("stopped because a guest truncated the region; the guests must attach again",
+                                 exit: .failure)
+        }
+    }
+
+    /// Runs the host service in a service group until it stops by itself (a control client's
+    /// shutdown, a truncated region) or a stop signal ends the group; a second signal exits at once.
+    private func serve(_ service: HostService, stopSignals: StopSignals, logger: Logger) async throws {
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
             gracefulShutdownSignals: StopSignals.all, logger: logger))
@@ -145,11 +205,6 @@ struct Run: AsyncParsableCommand {
             }
         } catch let error as ControlError {
             throw CommandFailure("cannot serve the control socket: \(error)", exit: .failure)
-        }
-        // A stop no one asked for: a supervisor should see it (and may restart the host).
-        if host.region.truncationFaults > 0 {
-            throw CommandFailure("stopped because a guest truncated the region; the guests must attach again",
-                                 exit: .failure)
         }
     }
 }

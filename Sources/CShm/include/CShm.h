@@ -146,6 +146,9 @@ bool CShm_ticks_usable(void);
 int CShm_futex_wait(uint32_t *address, uint32_t expected, uint64_t timeout_ns);
 /// Wakes up to `count` threads sleeping on `address`. Returns how many woke, or -errno.
 int CShm_futex_wake(uint32_t *address, int count);
+/// FUTEX_WAKE_PRIVATE: wakes waiters on a word in this process's own memory. Returns the number
+/// woken or -errno.
+int CShm_futex_wake_private(uint32_t *address, int count);
 /// Sleeps `ns` nanoseconds (nanosleep, resumed with what remains after EINTR).
 void CShm_sleep_ns(uint64_t ns);
 
@@ -191,6 +194,18 @@ int CShm_ring_submit_and_wait(CShm_Ring *ring, uint64_t timeout_ns);
 bool CShm_ring_next(CShm_Ring *ring, uint64_t *user_data, int32_t *result, uint32_t *flags);
 /// True when a completion says more will follow from the same request (multishot).
 bool CShm_ring_more(uint32_t flags);
+/// Whether the kernel's io_uring has IORING_OP_FUTEX_WAIT (Linux 6.7+): 1 yes, 0 no.
+bool CShm_ring_has_futex(CShm_Ring *ring);
+/// Queues a futex wait on the 32-bit word at `address` while it holds `expected` (liburing 2.3
+/// has no helper; the SQE is filled by hand). `shared` waits on a word in shared memory (other
+/// processes wake it); otherwise a process-private word. Its completion carries 0 when woken,
+/// -EAGAIN when the word did not hold `expected`, -ECANCELED when cancelled. Returns 0 or EBUSY.
+int CShm_ring_futex_wait(CShm_Ring *ring, uint32_t *address, uint32_t expected, bool shared, uint64_t user_data);
+/// Queues the cancellation of the request queued with `target` as its user data; its own
+/// completion carries `user_data`. Returns 0 or EBUSY.
+int CShm_ring_cancel(CShm_Ring *ring, uint64_t target, uint64_t user_data);
+/// Submits what is queued without waiting. Returns 0 or an errno.
+int CShm_ring_submit(CShm_Ring *ring);
 
 // MARK: - Truncation guard
 
@@ -207,6 +222,19 @@ uint64_t CShm_truncation_faults(void *base);
 
 /// The uid of the process at the other end of a Unix socket (`SO_PEERCRED`), or -errno.
 int64_t CShm_peer_uid(int fd);
+/// The pid, uid and gid of the process at the other end of a Unix socket (`SO_PEERCRED`, as of
+/// its connect). Returns 0 or an errno.
+int CShm_peer_credentials(int fd, int32_t *pid, uint32_t *uid, uint32_t *gid);
+/// Sends `length` bytes with descriptor `passed` attached (`SCM_RIGHTS`), without blocking
+/// (MSG_DONTWAIT | MSG_NOSIGNAL). Returns the bytes sent, or -errno.
+int64_t CShm_send_with_fd(int fd, const void *buffer, size_t length, int passed);
+/// Receives up to `length` bytes and, when one came with them, a descriptor into `*passed`
+/// (close-on-exec; -1 when none came; any further descriptors are closed). Returns the bytes
+/// received (0 at end of file), or -errno.
+int64_t CShm_recv_with_fd(int fd, void *buffer, size_t length, int *passed);
+/// Whether the peer of a connected socket has hung up (`poll` for POLLRDHUP/POLLHUP, no wait):
+/// 1 hung up, 0 connected, or -errno.
+int CShm_socket_hung_up(int fd);
 /// `accept4(fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)`: a descriptor, or -errno (-EAGAIN
 /// when no client is waiting).
 int CShm_accept_nonblocking(int fd);
@@ -227,6 +255,16 @@ int CShm_shm_open(const char *name, int flags, mode_t mode);
 /// `shm_unlink(name)`. Returns 0 or an errno.
 int CShm_shm_unlink(const char *name);
 
+/// A sealed anonymous shared-memory object of `size` bytes (`memfd_create` with
+/// MFD_ALLOW_SEALING | MFD_CLOEXEC, mode 0600, sized, then sealed with F_SEAL_SHRINK |
+/// F_SEAL_GROW | F_SEAL_SEAL): nobody who receives it can change its size. Returns a descriptor
+/// or -errno.
+int CShm_memfd_sealed(const char *label, uint64_t size);
+/// The seals on `fd` (F_GET_SEALS), or -errno.
+int CShm_seals(int fd);
+/// Whether the seals of a dx region are all there (shrink, grow, seal).
+bool CShm_seals_complete(int seals);
+
 // MARK: - Standard output
 
 /// Makes stdout line-buffered (`setvbuf(stdout, NULL, _IOLBF, 0)`), also when it is a pipe or a
@@ -246,6 +284,15 @@ int64_t CShm_self_cpu_ns(void);
 /// True when process `pid` exists and is not a zombie: `kill(pid, 0)` succeeds (or fails
 /// with EPERM) and /proc/PID/stat does not show state Z or X.
 bool CShm_process_alive(pid_t pid);
+/// Keeps other processes of the same user from reading this one's memory and descriptors
+/// (`prctl(PR_SET_DUMPABLE, 0)`: /proc/PID/fd and ptrace need root then). Returns 0 or an errno.
+int CShm_forbid_inspection(void);
+/// Threads of the calling process (the Threads: line of /proc/self/status), or -1.
+int CShm_self_threads(void);
+/// Resident memory of the calling process in KiB (VmRSS), or -1.
+int64_t CShm_self_rss_kb(void);
+/// Open descriptors of the calling process (entries of /proc/self/fd), or -1.
+int CShm_self_open_fds(void);
 /// The number of CPUs the calling thread may run on.
 int CShm_available_cpus(void);
 /// True when the calling thread's affinity mask includes `cpu`.

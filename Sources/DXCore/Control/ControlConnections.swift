@@ -29,6 +29,13 @@ final class ControlConnection {
     var sendBuffer: UnsafeMutableRawBufferPointer?
     var receiving = false
     var sending = false
+    /// Another user a private host allows: it may ask for a region, nothing else.
+    var restricted = false
+    /// The peer's pid and uid (`SO_PEERCRED`, at connect).
+    var peerPID: Int32 = 0
+    var peerUID: uid_t = 0
+    /// The private region this connection holds: freed when the connection closes.
+    var guestID: Int?
 
     init(fd: Int32, slot: Int, generation: UInt32) {
         self.fd = fd
@@ -48,6 +55,7 @@ final class ControlConnection {
 /// peer-uid check and the connection cap), assembling lines, answering them, streaming `watch`,
 /// and dropping clients that do not keep up.
 final class ControlConnections: @unchecked Sendable {  // handed to the control thread, used only there
+    /// Control clients at once (a private host's guests come on top, up to its guest limit).
     static let maxConnections = 64
     /// A client that lets more than this much output pile up in the host (pipelined requests or a
     /// `watch` it never reads, on top of what the kernel buffers) is closed and counted. One reply
@@ -58,8 +66,10 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     let idleTimeoutNanoseconds: UInt64
 
     let service: ControlService
-    private(set) var connections: [ControlConnection?] = Array(repeating: nil, count: maxConnections)
-    private var generations = [UInt32](repeating: 0, count: maxConnections)
+    private(set) var connections: [ControlConnection?]
+    private var generations: [UInt32]
+    /// Connections that hold no region: limited to ``maxConnections``.
+    private var clients: Int { connections.reduce(0) { $0 + ($1 != nil && $1?.guestID == nil ? 1 : 0) } }
     /// Set when a client asked for shutdown; the loop tells the host once the reply is out.
     var shutdownRequested = false
     /// Counted for the log and tests.
@@ -69,6 +79,9 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     init(service: ControlService, idleTimeoutNanoseconds: UInt64) {
         self.service = service
         self.idleTimeoutNanoseconds = idleTimeoutNanoseconds
+        let capacity = ControlConnections.maxConnections + (service.target.privateHost?.limits.maxGuests ?? 0)
+        connections = Array(repeating: nil, count: capacity)
+        generations = Array(repeating: 0, count: capacity)
     }
 
     var live: [ControlConnection] { connections.compactMap { $0 } }
@@ -82,17 +95,27 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     /// Takes a new client, or refuses it (another user, or too many clients) with one error line.
     @discardableResult
     func accept(_ fd: Int32) -> ControlConnection? {
-        let uid = CShm_peer_uid(fd)
-        if uid != Int64(getuid()), uid != 0 {
+        var pid: Int32 = 0, uid: uid_t = 0, gid: gid_t = 0
+        guard CShm_peer_credentials(fd, &pid, &uid, &gid) == 0 else {
+            refuse(fd, "cannot read the client's credentials")
+            return nil
+        }
+        let privateHost = service.target.privateHost
+        let owner = uid == getuid() || uid == 0
+        guard owner || privateHost?.allows(uid: uid, gid: gid) == true else {
             refuse(fd, "permission denied: this host serves uid \(getuid()) only")
             return nil
         }
-        guard let slot = connections.firstIndex(where: { $0 == nil }) else {
+        guard clients < ControlConnections.maxConnections + (privateHost == nil ? 0 : 1),
+              let slot = connections.firstIndex(where: { $0 == nil }) else {
             refuse(fd, "too many control connections (\(ControlConnections.maxConnections)); try again later")
             return nil
         }
         generations[slot] &+= 1
         let connection = ControlConnection(fd: fd, slot: slot, generation: generations[slot])
+        connection.restricted = !owner
+        connection.peerPID = pid
+        connection.peerUID = uid
         connections[slot] = connection
         return connection
     }
@@ -120,10 +143,12 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
             guard line.count <= ControlProtocol.maxLineBytes else {
                 return tooLong(connection)
             }
-            let (reply, effect) = service.handle(line: line)
+            let (reply, effect) = service.handle(line: line, restricted: connection.restricted)
             connection.output.append(contentsOf: reply)
             switch effect {
             case .none: break
+            case .region(let lanes):
+                if !handOverRegion(connection, lanes: lanes) { return }
             case .watch(let interval):
                 connection.watchInterval = interval
                 connection.nextWatch = CShm_monotonic_ns() &+ interval
@@ -133,6 +158,42 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
         }
         connection.input.removeFirst(start)
         if connection.input.count > ControlProtocol.maxLineBytes { tooLong(connection) }
+    }
+
+    /// Answers a `region` request: a private region for the client, its descriptor sent with the
+    /// reply (`SCM_RIGHTS`). The connection then holds the region until it closes. Returns false
+    /// when the connection is done (refused: the reply says why, then it closes).
+    private func handOverRegion(_ connection: ControlConnection, lanes: Int?) -> Bool {
+        func refuse(_ message: String) -> Bool {
+            connection.output.append(contentsOf: service.errorLine(message, cmd: "region"))
+            connection.closeAfterOutput = true
+            connection.input.removeAll()
+            return false
+        }
+        guard let host = service.target.privateHost else {
+            return refuse("this host serves the named region \(Region.path(for: service.target.name)); attach to it by name")
+        }
+        guard connection.guestID == nil else { return refuse("this connection has its region already") }
+        guard connection.pendingOutput == 0, !connection.sending else {
+            return refuse("ask for a region first, on a connection of its own")
+        }
+        switch host.openRegion(lanes: lanes, pid: connection.peerPID, uid: connection.peerUID) {
+        case .failure(let refusal):
+            return refuse(refusal.description)
+        case .success(let (guest, region)):
+            let reply = service.regionLine(guest: guest, region: region)
+            // The output is empty: this is the connection's first reply, sent now with the
+            // descriptor on its first byte (the rest, if the kernel took only part, follows).
+            let sent = reply.withUnsafeBytes { CShm_send_with_fd(connection.fd, $0.baseAddress, $0.count, region.descriptor) }
+            guard sent > 0 else {
+                host.closeRegion(id: guest.id)
+                connection.dead = true
+                return false
+            }
+            connection.guestID = guest.id
+            if Int(sent) < reply.count { connection.output.append(contentsOf: reply[Int(sent)...]) }
+            return true
+        }
     }
 
     private func tooLong(_ connection: ControlConnection) {
@@ -170,6 +231,7 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
                 continue
             }
             connection.lastUnread = unread
+            if connection.guestID != nil { continue }  // a guest's connection is its region's life
             if connection.watchInterval == 0 {
                 if now &- connection.lastRequest > idleTimeoutNanoseconds, connection.pendingOutput == 0 { drop(connection) }
                 continue
@@ -197,6 +259,7 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     func remove(_ connection: ControlConnection) {
         close(connection.fd)
         connections[connection.slot] = nil
+        if let id = connection.guestID { service.target.privateHost?.closeRegion(id: id) }
     }
 
     func removeAll() {

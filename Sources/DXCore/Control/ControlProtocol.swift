@@ -16,6 +16,8 @@ struct ControlRequest: Decodable {
     var interval_ms: Int?
     /// `config`: the changes to make; absent to only read the configuration.
     var set: SpinPolicyChange?
+    /// `region` (private hosts): the lanes the guest asks for; absent for the host's default.
+    var lanes: Int?
 }
 
 /// On the wire, a spin policy is `{"spin_min": …, "spin_max": …, "spin_start": …, "yield_every": …,
@@ -186,10 +188,45 @@ public struct StatsReply: Codable, Sendable {
     public var control_dropped: Int
     /// The serving workers' spin policy.
     public var wait: SpinPolicy
-    /// Every lane.
+    /// Every lane (a private host: a row per connected guest, summed over its lanes).
     public var lanes: [LaneFields]
     /// Every serving worker.
     public var workers: [WorkerFields]
+    /// `"named"` (one region under the host's name) or `"private"` (a region per guest).
+    public var mode: String
+    /// The host process: every thread (io_uring and runtime threads included), memory, descriptors, CPU.
+    public var process: ProcessFields
+    /// A private host's connected guests and their regions (absent for a named host).
+    public var guests: [GuestFields]?
+}
+
+/// The host process as the kernel counts it (/proc/self).
+public struct ProcessFields: Codable, Sendable {
+    /// Every thread of the process.
+    public var threads: Int
+    /// Resident memory, KiB.
+    public var rss_kb: Int64
+    /// Open file descriptors.
+    public var open_fds: Int
+    /// User plus system CPU time since the process started, seconds.
+    public var cpu_s: Double
+}
+
+/// One guest of a private host in `stats`.
+public struct GuestFields: Codable, Sendable {
+    /// The host's number for the guest.
+    public var guest: Int
+    /// The guest's pid and uid (`SO_PEERCRED` at connect).
+    public var pid: Int32
+    public var uid: UInt32
+    /// Its region: lanes and bytes.
+    public var lanes: Int
+    public var bytes: Int
+    /// The pool worker that serves it.
+    public var worker: Int
+    /// Round trips answered, and per second over the last window.
+    public var round_trips: UInt64
+    public var ops_per_sec: Double
 }
 
 /// The reply to `lanes`.

@@ -38,12 +38,22 @@ public final class ControlServer: @unchecked Sendable {
     public init(target: any ControlTarget, path: String, backend: ControlBackend = .auto,
                 idleTimeoutNanoseconds: UInt64 = 60_000_000_000,
                 logger: Logger = Logger(label: "dx.control")) throws(ControlError) {
+        // A private host that lets other users in needs a socket they can connect to; SO_PEERCRED
+        // (checked at accept) refuses everyone it does not allow.
+        let limits = target.privateHost?.limits
+        let openToOthers = limits.map { !$0.allowedUIDs.isEmpty || !$0.allowedGIDs.isEmpty } ?? false
         self.path = path
         self.logger = logger
-        if path == ControlPath.socket(for: target.region.name) { try ControlPath.prepareDirectory(ControlPath.directory()) }
+        if path == ControlPath.socket(for: target.name) { try ControlPath.prepareDirectory(ControlPath.directory()) }
         try ControlPath.prepareSocketPath(path)
         let fd = CShm_unix_listen(path, 128)
         guard fd >= 0 else { throw .system(SystemError("bind \(path)", errno: -fd)) }
+        if openToOthers, chmod(path, 0o666) != 0 {
+            let code = errno
+            close(fd)
+            unlink(path)
+            throw .system(SystemError("chmod \(path)", errno: code))
+        }
         var info = stat()
         lstat(path, &info)
         let identity = (info.st_dev, info.st_ino)

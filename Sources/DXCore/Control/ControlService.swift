@@ -3,10 +3,17 @@ import FoundationEssentials
 
 /// What the control plane may see and change of a host.
 public protocol ControlTarget: AnyObject, Sendable {
-    var region: Region { get }
+    /// The name the host serves (its region's, or a private host's).
+    var name: String { get }
+    var hostPID: Int32 { get }
+    var shape: HostShape { get }
     var spinPolicy: SpinPolicy { get }
-    /// Every counter now.
+    /// Every counter now. A private host has a row per guest slot where a named host has lanes.
     func snapshot() -> RegionSnapshot
+    /// Row `index`'s state for `stats` and `lanes`: "free", "claimed", "owner-gone", or "guest".
+    func laneState(_ index: Int) -> String
+    /// The private host, when the target is one: its socket hands out regions.
+    var privateHost: PrivateHost? { get }
     func setSpinPolicy(_ policy: SpinPolicy) throws(WaitStrategyError)
     /// Asks the host to stop, from the control thread; the host stops on its own thread.
     func requestShutdown()
@@ -22,6 +29,9 @@ final class ControlService {
         /// Start streaming watch lines at this interval (nanoseconds).
         case watch(UInt64)
         case shutdown
+        /// A private host's guest asks for its region (``ControlConnections`` answers it: the
+        /// reply carries a descriptor).
+        case region(lanes: Int?)
     }
 
     let target: any ControlTarget
@@ -40,7 +50,7 @@ final class ControlService {
 
     init(target: any ControlTarget) {
         self.target = target
-        lastActivity = Array(repeating: 0, count: target.region.laneCount)
+        lastActivity = Array(repeating: 0, count: target.snapshot().lanes.count)
         history = [target.snapshot()]
     }
 
@@ -65,7 +75,8 @@ final class ControlService {
     // MARK: - Requests
 
     /// Answers one request line. A reply is one line, newline included.
-    func handle(line: ArraySlice<UInt8>) -> (reply: [UInt8], effect: Effect) {
+    /// A `restricted` client (another user a private host allows) may only ask for a region.
+    func handle(line: ArraySlice<UInt8>, restricted: Bool = false) -> (reply: [UInt8], effect: Effect) {
         let request: ControlRequest
         do {
             request = try JSONDecoder().decode(ControlRequest.self, from: Data(line))
@@ -78,9 +89,15 @@ final class ControlService {
             return (errorLine("unsupported protocol version \(request.v); this host speaks \(ControlProtocol.version)",
                               cmd: request.cmd), .none)
         }
+        if restricted, request.cmd != "region" {
+            return (errorLine("permission denied: other users may only ask this host for a region", cmd: request.cmd), .none)
+        }
         switch request.cmd {
+        case "region": return ([], .region(lanes: request.lanes))
         case "stats": return (encodeLine(stats()), .none)
-        case "lanes": return (encodeLine(LanesReply(lanes: laneFields(stats: currentWindow()))), .none)
+        case "lanes":
+            let rows = laneFields(stats: currentWindow())
+            return (encodeLine(LanesReply(lanes: target.privateHost == nil ? rows : rows.filter { $0.state != "free" })), .none)
         case "metrics": return (encodeLine(MetricsReply(text: metrics())), .none)
         case "config": return config(request.set)
         case "watch":
@@ -92,9 +109,15 @@ final class ControlService {
         case "shutdown":
             return (encodeLine(ShutdownReply()), .shutdown)
         default:
-            return (errorLine("unknown command '\(request.cmd)'; known: stats, lanes, config, watch, metrics, shutdown",
+            return (errorLine("unknown command '\(request.cmd)'; known: stats, lanes, config, watch, metrics, shutdown, region",
                               cmd: request.cmd), .none)
         }
+    }
+
+    /// The reply that carries a private region's descriptor (docs/LAYOUT.md, "Private regions").
+    func regionLine(guest: PrivateGuest, region: Region) -> [UInt8] {
+        encodeLine(PrivateRegionReply(v: ControlProtocol.version, ok: true, cmd: "region", error: nil, guest: guest.id,
+                                      lanes: region.laneCount, slot_size: region.slotCapacity, size: guest.bytes))
     }
 
     func errorLine(_ message: String, cmd: String?) -> [UInt8] {
@@ -141,7 +164,7 @@ final class ControlService {
             let active = lastActivity[lane.index]
             return LaneFields(
                 lane: lane.index, owner_pid: lane.ownerPID,
-                state: lane.ownerPID == 0 ? "free" : (target.region.ownerLives(target.region.lane(lane.index).owner) ? "claimed" : "owner-gone"),
+                state: target.laneState(lane.index),
                 round_trips: lane.roundTrips,
                 ops_per_sec: Double(lane.roundTrips &- before.roundTrips) / window.seconds,
                 last_activity_s: active == 0 ? nil : Double(window.now.time &- active) / 1e9,
@@ -153,21 +176,34 @@ final class ControlService {
 
     private func stats() -> StatsReply {
         let window = currentWindow()
-        let region = target.region
         let uptime = uptime(window.now.time)
         let total = window.now.roundTrips
+        let isPrivate = target.privateHost != nil
+        let allRows = laneFields(stats: window)
+        // A private host's rows are guest slots: only the taken ones are shown.
+        let rows = isPrivate ? allRows.filter { $0.state != "free" } : allRows
         return StatsReply(
-            name: region.name, host_pid: region.hostPID, uptime_s: uptime, round_trips: total,
+            name: target.name, host_pid: target.hostPID, uptime_s: uptime, round_trips: total,
             ops_per_sec_last: Double(total &- window.then.roundTrips) / window.seconds,
             ops_per_sec_avg: uptime > 0 ? Double(total) / uptime : 0,
-            lanes_claimed: window.now.lanes.filter { $0.ownerPID != 0 }.count,
+            lanes_claimed: isPrivate ? rows.count : window.now.lanes.filter { $0.ownerPID != 0 }.count,
             sleeps: window.now.workers.reduce(0) { $0 &+ $1.sleeps },
             wakes_sent: window.now.lanes.reduce(0) { $0 &+ $1.wakesSent },
             errors: window.now.lanes.reduce(0) { $0 &+ $1.hostErrors },
             reclaimed_lanes: window.now.reclaimedLanes, control_dropped: droppedConnections,
-            wait: target.spinPolicy, lanes: laneFields(stats: window),
+            wait: target.spinPolicy, lanes: rows,
             workers: window.now.workers.map {
                 WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps)
+            },
+            mode: isPrivate ? "private" : "named",
+            process: ProcessFields(threads: Int(CShm_self_threads()), rss_kb: CShm_self_rss_kb(),
+                                   open_fds: Int(CShm_self_open_fds()), cpu_s: Double(max(CShm_self_cpu_ns(), 0)) / 1e9),
+            guests: target.privateHost.map { host in
+                host.guests.map { guest in
+                    let row = allRows.indices.contains(guest.slot) ? allRows[guest.slot] : nil
+                    return GuestFields(guest: guest.id, pid: guest.pid, uid: guest.uid, lanes: guest.lanes, bytes: guest.bytes,
+                                       worker: guest.worker, round_trips: row?.round_trips ?? 0, ops_per_sec: row?.ops_per_sec ?? 0)
+                }
             })
     }
 
@@ -181,9 +217,9 @@ final class ControlService {
             }
             changed = true
         }
-        let region = target.region
-        return (encodeLine(ConfigReply(changed: changed, wait: target.spinPolicy, lanes: region.laneCount,
-                                       slot_size: region.slotCapacity, workers: region.workerCount)), .none)
+        let shape = target.shape
+        return (encodeLine(ConfigReply(changed: changed, wait: target.spinPolicy, lanes: shape.lanes,
+                                       slot_size: shape.slotCapacity, workers: shape.workers)), .none)
     }
 
     /// The Prometheus text exposition of the counters.
@@ -193,7 +229,7 @@ final class ControlService {
         func family(_ name: String, _ type: String, _ help: String) {
             out += "# HELP dx_\(name) \(help)\n# TYPE dx_\(name) \(type)\n"
         }
-        let region = "region=\"\(target.region.name)\""
+        let region = "region=\"\(target.name)\""
         family("uptime_seconds", "gauge", "Seconds since the control plane started.")
         out += "dx_uptime_seconds{\(region)} \(uptime(window.now.time))\n"
         let laneCounters: [(String, String, (LaneSnapshot) -> UInt64)] = [

@@ -130,6 +130,25 @@ public final class Host: ControlTarget, @unchecked Sendable {
         counters.snapshot(of: region)
     }
 
+    /// The region's name.
+    public var name: String { region.name }
+    /// This process's pid.
+    public var hostPID: Int32 { region.hostPID }
+    /// The region's lanes, slot size and workers.
+    public var shape: HostShape {
+        HostShape(lanes: region.laneCount, slotCapacity: region.slotCapacity, workers: region.workerCount, privateRegions: false)
+    }
+    /// A named host is no private host.
+    public var privateHost: PrivateHost? { nil }
+
+    /// "free", "claimed" (its owner's lock is held) or "owner-gone" (housekeeping reclaims it).
+    public func laneState(_ index: Int) -> String {
+        guard index >= 0, index < region.laneCount else { return "free" }
+        let owner = region.lane(index).owner
+        if owner.hint >> 32 == 0 { return "free" }
+        return region.ownerLives(owner) ? "claimed" : "owner-gone"
+    }
+
     /// The quick way out, for a second stop signal: publishes `stopping`, lets go of the host
     /// lock, wakes sleeping guests and removes the region's name, without waiting for any thread.
     /// The process should exit next.

@@ -48,8 +48,11 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
         }
     }
 
-    /// The host this service runs.
-    public let host: Host
+    /// The named host this service runs (nil when it runs a ``PrivateHost``).
+    public let host: Host?
+    /// The private host this service runs (nil when it runs a named ``Host``).
+    public let privateHost: PrivateHost?
+    private let target: any ServedHost
     private let startServing: @Sendable () throws(SystemError) -> Void
     private let controlSocket: ControlSocket?
     private let logger: Logger
@@ -63,29 +66,43 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
     public init<Handler: RequestHandler>(host: Host, handler: Handler, control: ControlSocket? = nil,
                                          logger: Logger = Logger(label: "dx.host")) {
         self.host = host
+        self.privateHost = nil
+        self.target = host
         self.startServing = { () throws(SystemError) in try host.start(handler: handler) }
         self.controlSocket = control
         self.logger = logger
     }
 
-    /// `HostService(<region name>)`, as the service group names it in its log.
-    public var description: String { "HostService(\(host.region.name))" }
+    /// A service that serves a private host's guests with `handler`. The control socket is where
+    /// guests ask for their regions, so a private host needs one.
+    public init<Handler: RequestHandler>(privateHost: PrivateHost, handler: Handler, control: ControlSocket,
+                                         logger: Logger = Logger(label: "dx.host")) {
+        self.host = nil
+        self.privateHost = privateHost
+        self.target = privateHost
+        self.startServing = { () throws(SystemError) in try privateHost.start(handler: handler) }
+        self.controlSocket = control
+        self.logger = logger
+    }
+
+    /// `HostService(<name>)`, as the service group names it in its log.
+    public var description: String { "HostService(\(target.name))" }
 
     /// Serves until a graceful shutdown, a cancellation or the host's own shutdown request; then
     /// stops the control server and the host, and returns. Throws when serving cannot start
     /// (threads, or the control socket: a ``ControlError``), after removing what it had made.
     public func run() async throws {
-        host.onShutdownRequest { [stopRequest] in stopRequest.fire() }
+        target.onShutdownRequest { [stopRequest] in stopRequest.fire() }
         try await onDedicatedThread { [self] () throws(any Error) in
             try startServing()
             guard let controlSocket else { return }
             do {
                 let server = try ControlServer(
-                    target: host, path: controlSocket.path, backend: controlSocket.backend,
+                    target: target, path: controlSocket.path, backend: controlSocket.backend,
                     idleTimeoutNanoseconds: controlSocket.idleTimeoutNanoseconds, logger: logger)
                 control.withLock { $0 = server }
             } catch {
-                host.stop()
+                target.stop()
                 throw error
             }
         }
@@ -96,7 +113,7 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
         }
         try await onDedicatedThread { [self] () throws(any Error) in
             control.withLock { $0 }?.stop()
-            host.stop()
+            target.stop()
         }
     }
 
@@ -104,10 +121,20 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
     /// go of the host lock, wake sleeping guests, remove the region and the lock file) and remove
     /// the control socket file, without waiting for any thread. The process should exit next.
     public func abandon() {
-        host.abandon()
+        target.abandon()
         control.withLock { $0 }?.abandon()
     }
 }
+
+/// What ``HostService`` runs: a named ``Host`` or a ``PrivateHost``.
+protocol ServedHost: ControlTarget {
+    func onShutdownRequest(_ handler: @escaping @Sendable () -> Void)
+    func stop()
+    func abandon()
+}
+
+extension Host: ServedHost {}
+extension PrivateHost: ServedHost {}
 
 /// A one-shot event that one task awaits: fired from any thread (a control thread, the
 /// housekeeping thread, a cancellation or graceful-shutdown handler), it resumes the waiter,

@@ -9,8 +9,9 @@ import Synchronization
 /// One serving thread: it polls its lanes, answers each new request in place, and sleeps on its
 /// doorbell when no request came for a while.
 ///
-/// Lane `i` is served by worker `i % workerCount`. The worker keeps its own copy of each lane's
-/// last sequence number and never trusts a length or sequence number it has not checked.
+/// Lane `i` is served by worker `i % workerCount`. Answering is ``ServedLanes``'s: the worker keeps
+/// its own copy of each lane's last sequence number and never trusts a length or sequence number
+/// it has not checked.
 final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     let region: Region
     let index: Int
@@ -22,12 +23,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
     let counting: Bool
     /// This worker's counters (host memory).
     private let counters: UnsafeMutableRawPointer
-    /// Bases of the lanes this worker serves.
-    private let lanes: UnsafeMutableBufferPointer<LaneView>
-    /// The host-memory counters of each of those lanes.
-    private let laneCounters: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
-    /// The last sequence number answered on each of those lanes (host-private).
-    private let answered: UnsafeMutableBufferPointer<UInt64>
+    /// The lanes this worker serves.
+    private let served: ServedLanes
 
     /// With a focus lane, every lane is scanned once per this many polls of the focus lane.
     static var scanEvery: Int { 8 }
@@ -41,22 +38,8 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         self.stop = stop
         self.counting = counting
         self.counters = hostCounters.worker(index)
-        let indices = Array(stride(from: index, to: region.laneCount, by: region.workerCount))
-        let served = indices.map { region.lane($0) }
-        lanes = .allocate(capacity: served.count)
-        _ = lanes.initialize(from: served)
-        laneCounters = .allocate(capacity: served.count)
-        _ = laneCounters.initialize(from: indices.map { hostCounters.lane($0) })
-        answered = .allocate(capacity: served.count)
-        for (slot, lane) in served.enumerated() {
-            answered[slot] = lane.responseSeq
-        }
-    }
-
-    deinit {
-        lanes.deallocate()
-        laneCounters.deallocate()
-        answered.deallocate()
+        served = ServedLanes(region: region, indices: Array(stride(from: index, to: region.laneCount, by: region.workerCount)),
+                             counters: hostCounters)
     }
 
     /// Serves until the stop flag is set.
@@ -77,21 +60,16 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
             var served = false
             if focus >= 0, roundsSinceScan < Worker.scanEvery {
                 roundsSinceScan &+= 1
-                let lane = lanes[focus]
-                // Acquire: makes length and payload visible.
-                let seq = lane.requestSeq
-                if seq != answered[focus] {
-                    serve(slot: focus, lane: lane, seq: seq)
+                if let seq = self.served.pending(focus) {
+                    self.served.serve(slot: focus, seq: seq, handler: handler, counting: counting)
                     served = true
                 }
             } else {
                 roundsSinceScan = 0
                 var busy = 0
-                for slot in 0..<lanes.count {
-                    let lane = lanes[slot]
-                    let seq = lane.requestSeq  // acquire, as above
-                    if seq != answered[slot] {
-                        serve(slot: slot, lane: lane, seq: seq)
+                for slot in 0..<self.served.count {
+                    if let seq = self.served.pending(slot) {
+                        self.served.serve(slot: slot, seq: seq, handler: handler, counting: counting)
                         busy &+= 1
                         focus = slot
                     }
@@ -152,49 +130,11 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         }
     }
 
-    /// Answers one request. Everything read from the lane is copied once and checked.
-    @inline(__always)
-    private func serve(slot: Int, lane: LaneView, seq: UInt64) {
-        let capacity = region.slotCapacity
-        let payload = lane.payload
-        var status = ResponseStatus.ok
-        var length = 0
-        if seq != answered[slot] &+ 1 {
-            status = .badSequence
-        } else {
-            let requestLength = lane.requestLength
-            if requestLength > capacity {
-                status = .badLength
-            } else {
-                let written = handler.handle(request: UnsafeRawBufferPointer(start: payload, count: requestLength),
-                                             response: UnsafeMutableRawBufferPointer(start: payload, count: capacity))
-                if written >= 0, written <= capacity { length = written } else { status = .handlerFailed }
-            }
-        }
-        answered[slot] = seq
-        if counting {
-            bump(laneCounters[slot] + HostCounters.Lane.roundTrips)
-            if status != .ok { bump(laneCounters[slot] + HostCounters.Lane.errors) }
-        }
-        // Publishes the response and orders it before the guest's sleeping-flag load in unpark
-        // (the parker handshake: no lost wake-up).
-        lane.publishResponse(seq: seq, length: length, status: status)
-        if lane.parker.unpark(), counting {
-            bump(laneCounters[slot] + HostCounters.Lane.wakesSent)
-        }
-    }
-
     /// Parks on the doorbell (`Parker` (Wait/Parker.swift)) for at most the strategy's sleep timeout, unless a lane
     /// has a request by the time the sleep is announced, or the host stops.
     private func sleep(doorbell: DoorbellView, timeout: UInt64) -> Parker.Outcome {
         doorbell.parker.park(timeoutNanoseconds: timeout) {
-            if stop.isSet { return true }
-            // Seq-cst: guests store requestSeq seq-cst and then load the flag, so either we see
-            // their request here or they see the flag and post.
-            for slot in 0..<lanes.count where lanes[slot].requestSeqSeqCst != answered[slot] {
-                return true
-            }
-            return false
+            stop.isSet || served.anyPendingSeqCst()
         }
     }
 }

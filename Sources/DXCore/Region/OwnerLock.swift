@@ -57,7 +57,8 @@ struct OwnerClaim: ~Copyable {
     /// Keeps the mapping alive until the release below has run.
     let region: Region
     let owner: OwnerWordView
-    let lock: OwnerLock
+    /// Nil in a private region: its one guest process is its owners' liveness.
+    let lock: OwnerLock?
     /// `pid << 32 | generation`, as stored in the owner word (the pid is informational).
     let word: UInt64
 
@@ -78,6 +79,15 @@ extension Region {
     /// owner holds the lock or the word changed under us (then `lock` is kept, unlocked, for the
     /// next attempt). The one place that claims an owner word.
     func claimOwner(_ owner: OwnerWordView, lock: inout OwnerLock?) throws(SystemError) -> OwnerClaim? {
+        if isPrivate {
+            // One guest process: its threads claim free words by CAS alone; the host frees the
+            // whole region when the process goes.
+            let word = owner.value
+            guard word >> 32 == 0 else { return nil }
+            let mine = UInt64(UInt32(bitPattern: Region.ownPID)) << 32 | UInt64(UInt32(truncatingIfNeeded: word &+ 1))
+            guard owner.replace(word, with: mine) else { return nil }
+            return OwnerClaim(region: self, owner: owner, lock: nil, word: mine)
+        }
         if lock == nil { lock = try OwnerLock(reopening: descriptor) }
         guard try lock!.tryLock(ownerOffset: Int(lockOffset(owner))) else { return nil }
         let word = owner.value

@@ -34,10 +34,24 @@ extension Region {
     }
 
     private static func attach(name: String, descriptor: Int32, hostUID: uid_t) throws(RegionAttachError) -> Region {
+        try map(name: name, descriptor: descriptor, hostUID: hostUID, connection: -1)
+    }
+
+    /// Checks the object behind `descriptor` and its header, and maps it: the one home of every
+    /// check a guest makes before it trusts a region's sizes. A named region (`connection` -1)
+    /// must have its host's header lock; a private one (handed over `connection`) must be sealed
+    /// against resizing, and its host must not have hung up. On success the region owns both
+    /// descriptors.
+    static func map(name: String, descriptor: Int32, hostUID: uid_t, connection: Int32) throws(RegionAttachError) -> Region {
         var info = stat()
         do { try retryingOnInterrupt("fstat") { fstat(descriptor, &info) } } catch { throw .system(error) }
         guard info.st_uid == hostUID else { throw .wrongOwner(name: name, owner: info.st_uid, expected: hostUID) }
         guard info.st_mode & S_IFMT == S_IFREG, info.st_mode & 0o022 == 0 else {
+            throw .unsafeMode(name: name, mode: info.st_mode & 0o7777)
+        }
+        if connection >= 0, !CShm_seals_complete(CShm_seals(descriptor)) {
+            // A region whose size its host can change under the guest (or the guest under the
+            // host) is not what a private host hands over.
             throw .unsafeMode(name: name, mode: info.st_mode & 0o7777)
         }
         let fileSize = Int(info.st_size)
@@ -81,13 +95,16 @@ extension Region {
             throw .sizeMismatch("lane or raw channel offsets")
         }
         let handler = HandlerKind(rawValue: fields.handler) ?? .custom
-        // The host lives while it holds its header lock; the state word only names why it does not.
-        if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) == 0 {
+        // The host lives while it holds its header lock (a private region's: while its connection
+        // is open); the state word only names why it does not.
+        let hostAlive = connection >= 0 ? CShm_socket_hung_up(connection) != 1
+            : CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0
+        if !hostAlive {
             throw header.state == .stopping ? .hostStopping(name: name) : .hostGone(name: name)
         }
-        // From here the region owns the descriptor.
+        // From here the region owns the descriptors.
         return Region(name: name, memory: memory, descriptor: descriptor, hostLock: nil, laneCount: laneCount,
                       slotCapacity: slotCapacity, workerCount: workerCount, rawCount: rawCount, hostPID: fields.hostPID,
-                      epoch: fields.epoch, handler: handler)
+                      epoch: fields.epoch, handler: handler, isPrivate: connection >= 0, connection: connection)
     }
 }

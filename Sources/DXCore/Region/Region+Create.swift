@@ -97,7 +97,7 @@ extension Region {
         _ = CShm_shm_unlink(objectName)
     }
 
-    private func initialize(regionSize: Int) {
+    func initialize(regionSize: Int) {
         // The object is zero-filled: every flag and futex word starts at 0. Host pid and start
         // time are informational; nobody decides anything on them.
         header.store(HeaderView.Fields(

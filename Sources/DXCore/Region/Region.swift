@@ -46,16 +46,24 @@ public final class Region: @unchecked Sendable {
     /// The region's descriptor, kept open for its locks: the host's lock on the header, and the
     /// queries about every other lock (``Layout/Locks``).
     let descriptor: Int32
-    /// The host's per-name lock (host side only).
+    /// The host's per-name lock (host side of a named region only).
     private let hostLock: HostLock?
     private var isCreator: Bool { hostLock != nil }
+    /// A private region's guest side: the connection to the host that handed the region over.
+    /// The host lives while it is open; -1 for named regions and on the host side.
+    let connection: Int32
+    /// Whether the region is private: one guest's, handed over its connection (``connect(name:lanes:controlPath:hostUID:)``), with no name
+    /// and no locks. Its owner words are claimed without locks: the guest is one process.
+    public let isPrivate: Bool
     /// The object's device and inode, so that removal never takes a newer region's name.
     var identity: (dev_t, ino_t) = (0, 0)
 
     init(name: String, memory: consuming MappedMemory, descriptor: Int32, hostLock: HostLock?, laneCount: Int,
                  slotCapacity: Int, workerCount: Int, rawCount: Int, hostPID: Int32, epoch: UInt64,
-                 handler: HandlerKind) {
+                 handler: HandlerKind, isPrivate: Bool = false, connection: Int32 = -1) {
         self.name = name
+        self.isPrivate = isPrivate
+        self.connection = connection
         self.base = memory.base
         self.memory = memory
         self.descriptor = descriptor
@@ -80,6 +88,7 @@ public final class Region: @unchecked Sendable {
         if isCreator { CShm_unguard_truncation(base) }
         hostLock?.release()
         close(descriptor)
+        if connection >= 0 { close(connection) }
     }
 
 
@@ -120,9 +129,14 @@ public final class Region: @unchecked Sendable {
     /// The host lives while it holds its lock on the header (``Layout/Locks/host``): the kernel
     /// vouches for that, not the header. Only once the lock is free does the state word choose
     /// between "shutting down" and "gone", so a guest that writes `stopping` fools nobody.
-    /// A system call (`F_OFD_GETLK`): for slow paths only.
+    /// A private region's host lives while the connection it handed the region over is open.
+    /// A system call (`F_OFD_GETLK`, or a `poll` of the connection): for slow paths only.
     func hostProblem() -> HostProblem? {
-        if CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
+        if connection >= 0 {
+            // A failed poll counts as alive, like a failed lock query: never give up on a guess.
+            if CShm_socket_hung_up(connection) != 1 { return nil }
+        } else if !isPrivate,
+                  CShm_ofd_held(descriptor, UInt64(Layout.Locks.host.start), UInt64(Layout.Locks.host.length)) != 0 {
             return nil
         }
         return state == .stopping ? .shutdown : .hostGone

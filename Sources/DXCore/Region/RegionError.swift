@@ -43,6 +43,8 @@ public enum RegionAttachError: Error, Equatable, Sendable {
     case hostStopping(name: String)
     /// The host that created the region is no longer running.
     case hostGone(name: String)
+    /// A private host could not be reached, or it refused the region (the text says why).
+    case connection(ControlError)
     /// A system call failed.
     case system(SystemError)
 }
@@ -91,6 +93,8 @@ extension RegionAttachError: CustomStringConvertible {
             return "the dx host '\(name)' is shutting down"
         case .hostGone(let name):
             return "the dx host '\(name)' is no longer running (stale region \(Region.path(for: name)))"
+        case .connection(let error):
+            return "\(error)"
         case .system(let error):
             return "\(error)"
         }

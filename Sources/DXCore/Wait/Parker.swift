@@ -41,12 +41,8 @@ package struct Parker {
     /// return). `ready` must load what the publisher stores with seq-cst order.
     @usableFromInline
     package func park(timeoutNanoseconds: UInt64, until ready: () -> Bool) -> Outcome {
-        // Relaxed: ordered before the publisher can see the flag by the seq-cst store below.
-        CShm_store_relaxed_u32(word, 0)
-        // Seq-cst: the flag is visible before `ready` loads; pairs with the publisher's seq-cst
-        // store of what it publishes, followed by its seq-cst load of this flag.
-        CShm_store_seqcst_u32(flag, 1)
-        defer { CShm_store_relaxed_u32(flag, 0) }
+        arm()
+        defer { disarm() }
         if ready() { return .ready }
         let deadline = CShm_monotonic_ns() &+ timeoutNanoseconds
         var remaining = timeoutNanoseconds
@@ -74,6 +70,25 @@ package struct Parker {
             guard now < deadline else { return .timedOut }
             remaining = deadline &- now
         }
+    }
+
+    /// Sleeper side, the first half of a park for sleepers that wait elsewhere (a pool worker waits
+    /// on many words through io_uring): zeroes the word and announces the sleep. The caller then
+    /// re-checks its condition with seq-cst loads and waits on ``word`` while it holds 0, or
+    /// ``disarm()``s.
+    @inlinable
+    package func arm() {
+        // Relaxed: ordered before the publisher can see the flag by the seq-cst store below.
+        CShm_store_relaxed_u32(word, 0)
+        // Seq-cst: the flag is visible before the caller's re-check loads; pairs with the
+        // publisher's seq-cst store of what it publishes, followed by its seq-cst load of this flag.
+        CShm_store_seqcst_u32(flag, 1)
+    }
+
+    /// Sleeper side: the sleep is over (or was not needed); publishers stop posting.
+    @inlinable
+    package func disarm() {
+        CShm_store_relaxed_u32(flag, 0)
     }
 
     /// Publisher side, after its seq-cst store: posts when the sleeper announced a sleep. Returns
