@@ -34,6 +34,9 @@ struct BenchResult: Sendable {
     var cpuMicrosecondsPerOp: Double
     var errors: UInt64
     var failure: String?
+    /// Round trips per thread (lane), and the merged call latencies in ``BenchClock`` units.
+    var laneOps: [UInt64] = []
+    var histogram: Histogram<UInt64>? = nil
     /// For a dx run: the throughput of the raw runs made just before it, at the same thread
     /// count and at one thread.
     var pairedRawSameThreads: Double?
@@ -92,6 +95,8 @@ struct BenchRun {
     var counting = true
     /// CPUs to pin the threads to (thread t on `cpus[t % count]`); empty: no pinning.
     var cpus: [Int] = []
+    /// The lanes' call timeout, when not the default.
+    var callTimeoutNanoseconds: UInt64?
     /// Whether each call is timed (``BenchClock``); a floor run never is, and `--no-latency`
     /// turns it off for dx.
     var timed = true
@@ -147,7 +152,8 @@ struct BenchRun {
             exchangeP999: mode != .dx ? percentile(99.9) : exchanges.valueAtPercentile(99.9),
             laneMinOps: records.map(\.ops).min() ?? 0, laneMaxOps: records.map(\.ops).max() ?? 0,
             cpuMicrosecondsPerOp: ops > 0 ? Double(guestCPU + hostCPU) / 1000 / Double(ops) : 0,
-            errors: records.reduce(0) { $0 + $1.errors }, failure: failure)
+            errors: records.reduce(0) { $0 + $1.errors }, failure: failure,
+            laneOps: records.map(\.ops), histogram: timedHere ? histogram : nil)
     }
 
     /// One benchmark thread: claim a lane or raw channel, wait at the gate, then make round trips
@@ -175,6 +181,7 @@ struct BenchRun {
                         return
                     }
                     lane.counting = counting
+                    if let callTimeoutNanoseconds { lane.callTimeoutNanoseconds = callTimeoutNanoseconds }
                     let end = gate.arriveAndWait() + durationNanoseconds
                     var calls: UInt32 = 0
                     loop(record: record, request: whole, sizes: sizes, end: end) { request, exchange in

@@ -49,8 +49,9 @@ struct Vandal: ParsableCommand {
 
     func run() throws {
         let region = try attach(name: target.name, owner: owner, lanes: 8)
-        // Write through a mapping of our own, as any process of this user could.
-        let fd = open(Region.path(for: target.name), O_RDWR)
+        // Write through a mapping of our own, as any process of this user could (of a private
+        // region, only its guest can: through the descriptor the host handed over).
+        let fd = region.isPrivate ? dup(region.descriptor) : open(Region.path(for: target.name), O_RDWR)
         guard fd >= 0 else { throw CommandFailure("cannot open the region", exit: .failure) }
         defer { close(fd) }
         var info = stat()
@@ -71,8 +72,7 @@ struct Vandal: ParsableCommand {
         case .rawPosts: try postRaw(region, end, &attacks)
         }
         if truncate {
-            ftruncate(fd, off_t(size / 2))
-            attacks["truncated", default: 0] += 1
+            attacks[ftruncate(fd, off_t(size / 2)) == 0 ? "truncated" : "truncate refused", default: 0] += 1
         }
         print("\(mode.rawValue): " + attacks.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
     }

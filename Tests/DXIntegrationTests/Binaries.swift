@@ -73,7 +73,8 @@ final class RunningHost {
         // Ready when a call gets an answer (bounded: 10 s).
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
-            if let outcome = try? run(Binaries.guest, ["call", "--name", name, "ready?"], timeout: 5), outcome.status == 0 {
+            let control = arguments.firstIndex(of: "--control").map { ["--control", arguments[$0 + 1]] } ?? []
+            if let outcome = try? run(Binaries.guest, ["call", "--name", name, "ready?"] + control, timeout: 5), outcome.status == 0 {
                 return
             }
             guard process.isRunning else { break }

@@ -45,7 +45,7 @@ public final class Region: @unchecked Sendable {
     @usableFromInline let base: UnsafeMutableRawPointer
     /// The region's descriptor, kept open for its locks: the host's lock on the header, and the
     /// queries about every other lock (``Layout/Locks``).
-    let descriptor: Int32
+    package let descriptor: Int32
     /// The host's per-name lock (host side of a named region only).
     private let hostLock: HostLock?
     private var isCreator: Bool { hostLock != nil }
