@@ -414,6 +414,24 @@ static uint64_t call_deadline(dx_lane *l, uint64_t now) {
 
 // MARK: - Turns ("Turns (guest-side scheduling)")
 
+uint64_t dx_turn_waiters(uint64_t next, uint64_t serving) {
+    uint64_t queued = next - serving;  // the holder and its waiters
+    if (queued == 0 || queued >= (1ull << 62)) return 0;
+    return min64(queued - 1, DX_TURN_MAX_COUNTED_WAITERS);
+}
+
+uint64_t dx_turn_quantum_ns(uint64_t quantum_ns, uint64_t waiters) {
+    uint64_t w = min64(waiters, DX_TURN_MAX_COUNTED_WAITERS);
+    if (w <= DX_TURN_QUANTA_PER_ROUND) return quantum_ns;
+    uint64_t shared = quantum_ns / w * DX_TURN_QUANTA_PER_ROUND, least = min64(quantum_ns, DX_TURN_QUANTUM_FLOOR_NS);
+    return shared > least ? shared : least;
+}
+
+uint64_t dx_turn_stale_lease_ns(uint64_t quantum_ns, uint64_t waiters) {
+    uint64_t quantum = dx_turn_quantum_ns(quantum_ns, waiters);
+    return quantum > (UINT64_MAX - 1000000) / 2 ? UINT64_MAX : 2 * quantum + 1000000;
+}
+
 static char *wake_slot(dx_lane *l, uint64_t ticket) {
     return l->turnstile + DX_TURN_WAKE_SLOTS + (ticket % DX_TURN_WAKE_SLOT_COUNT) * sizeof(uint32_t);
 }
@@ -440,15 +458,19 @@ static void pass_turn(dx_lane *l, uint64_t now) {
 /// or the host is gone. Nothing is published yet either way, so the lane stays usable.
 static int acquire_turn(dx_lane *l) {
     char *serving = l->turnstile + DX_TURN_SERVING;
-    uint64_t stale_after = 2 * l->wait.turn_quantum_ns + 1000000;
     l->ticket = atomic_fetch_add_explicit(AT64(l->turnstile + DX_TURN_NEXT), 1, SEQ_CST);
     char *slot = wake_slot(l, l->ticket);
     bool waited = false;
     int rc = DX_OK;
     for (;;) {
         uint32_t seen = load32(slot, SEQ_CST);  // before re-checking serving: a pass in between wakes us
-        if (load64(serving, SEQ_CST) - l->ticket < (1ull << 62)) break;  // served, or already past us
+        uint64_t served = load64(serving, SEQ_CST);
+        if (served - l->ticket < (1ull << 62)) break;  // served, or already past us
         waited = true;
+        // The stale period for the queue as it is now (this waiter included): it sizes the sleep,
+        // and the lease is judged by the same period after it.
+        uint64_t next = load64(l->turnstile + DX_TURN_NEXT, ACQUIRE);
+        uint64_t stale_after = dx_turn_stale_lease_ns(l->wait.turn_quantum_ns, dx_turn_waiters(next, served));
         uint64_t start = now_ns(), deadline = call_deadline(l, start);
         if (start >= deadline) {
             rc = DX_E_TIMEOUT;
@@ -499,11 +521,18 @@ static int take_turns(dx_lane *l) {
     uint64_t now = now_ns();
     if (l->holds_turn) {
         l->calls_in_turn += CALLS_BETWEEN_TURN_CHECKS;
-        if (l->calls_in_turn < l->wait.turn_calls && now - l->lease_start < l->wait.turn_quantum_ns) return DX_OK;
+        uint64_t age = now - l->lease_start;
+        bool calls_left = l->calls_in_turn < l->wait.turn_calls;
+        // Within every quantum the rule can give: no need to count the waiters.
+        if (calls_left && age < min64(l->wait.turn_quantum_ns, DX_TURN_QUANTUM_FLOOR_NS)) return DX_OK;
         // Acquire: pairs with the seq-cst updates of other guests.
         if (load64(l->turnstile + DX_TURN_SERVING, ACQUIRE) == l->ticket) {
-            if (load64(l->turnstile + DX_TURN_NEXT, ACQUIRE) == l->ticket + 1) {
-                renew_lease(l, now);  // nobody waits: keep going
+            uint64_t next = load64(l->turnstile + DX_TURN_NEXT, ACQUIRE);
+            // Nobody waiting counts as 0: the whole quantum.
+            if (calls_left && age < dx_turn_quantum_ns(l->wait.turn_quantum_ns, dx_turn_waiters(next, l->ticket)))
+                return DX_OK;
+            if (next == l->ticket + 1) {
+                renew_lease(l, now);  // the budget is spent, but nobody waits: keep going
                 return DX_OK;
             }
             pass_turn(l, now);

@@ -57,7 +57,7 @@ public struct WaitOptions: ParsableArguments {
     @Option(name: .customLong("turn-calls"), help: "Calls per turn when guest threads share a worker (0: no turns).")
     public var turnCalls: UInt32?
 
-    @Option(name: .customLong("turn-quantum-us"), help: "The longest a turn lasts, in µs.")
+    @Option(name: .customLong("turn-quantum-us"), help: "The longest a turn lasts, in µs, with up to 4 guests waiting; more waiting shorten it (to this × 4 / waiters, not below 200 µs).")
     public var turnQuantumMicroseconds: UInt64?
 
     @Flag(name: .customLong("avoid-worker-cpu"), inversion: .prefixedNo,

@@ -33,6 +33,9 @@ struct BenchResult: Sendable {
     var laneMaxOps: UInt64
     var cpuMicrosecondsPerOp: Double
     var errors: UInt64
+    /// Turns passed to a waiter, and waits for a turn, over every lane of a dx run (0 without turns).
+    var turnPasses: UInt64 = 0
+    var turnWaits: UInt64 = 0
     var failure: String?
     /// Round trips per thread (lane), and the merged call latencies in ``BenchClock`` units.
     var laneOps: [UInt64] = []
@@ -51,6 +54,10 @@ struct BenchResult: Sendable {
     var hostWakesPerSecond: Double?
 
     var opsPerSecond: Double { durationSeconds > 0 ? Double(ops) / durationSeconds : 0 }
+    /// Turn hand-offs per 1000 calls: how often a holder passed its turn, and how often a call
+    /// slept for one (each such call pays a futex wake in its latency).
+    var turnPassesPerThousand: Double { ops > 0 ? Double(turnPasses) * 1000 / Double(ops) : 0 }
+    var turnWaitsPerThousand: Double { ops > 0 ? Double(turnWaits) * 1000 / Double(ops) : 0 }
 
     /// One JSON object with exactly the documented fields.
     var json: String {
@@ -59,7 +66,9 @@ struct BenchResult: Sendable {
             + "\"p50_ns\":\(p50),\"p99_ns\":\(p99),\"p999_ns\":\(p999),\"max_ns\":\(max),"
             + "\"exchange_p999_ns\":\(exchangeP999),"
             + "\"lane_min_ops\":\(laneMinOps),\"lane_max_ops\":\(laneMaxOps),"
-            + "\"cpu_us_per_op\":\(format(cpuMicrosecondsPerOp, 4)),\"errors\":\(errors)}"
+            + "\"cpu_us_per_op\":\(format(cpuMicrosecondsPerOp, 4)),\"errors\":\(errors),"
+            + "\"turn_passes_per_1k_calls\":\(format(turnPassesPerThousand, 4)),"
+            + "\"turn_waits_per_1k_calls\":\(format(turnWaitsPerThousand, 4))}"
     }
 }
 
@@ -67,6 +76,9 @@ struct BenchResult: Sendable {
 final class ThreadRecord: @unchecked Sendable {
     var ops: UInt64 = 0
     var errors: UInt64 = 0
+    /// The lane's own turn counts (``Lane/turnPasses``, ``Lane/turnWaits``) at the end of the run.
+    var turnPasses: UInt64 = 0
+    var turnWaits: UInt64 = 0
     var failure: String?
     /// Call latencies, in ``BenchClock`` units.
     var histogram = BenchClock.shared.newHistogram()
@@ -152,8 +164,9 @@ struct BenchRun {
             exchangeP999: mode != .dx ? percentile(99.9) : exchanges.valueAtPercentile(99.9),
             laneMinOps: records.map(\.ops).min() ?? 0, laneMaxOps: records.map(\.ops).max() ?? 0,
             cpuMicrosecondsPerOp: ops > 0 ? Double(guestCPU + hostCPU) / 1000 / Double(ops) : 0,
-            errors: records.reduce(0) { $0 + $1.errors }, failure: failure,
-            laneOps: records.map(\.ops), histogram: timedHere ? histogram : nil)
+            errors: records.reduce(0) { $0 + $1.errors },
+            turnPasses: records.reduce(0) { $0 + $1.turnPasses }, turnWaits: records.reduce(0) { $0 + $1.turnWaits },
+            failure: failure, laneOps: records.map(\.ops), histogram: timedHere ? histogram : nil)
     }
 
     /// One benchmark thread: claim a lane or raw channel, wait at the gate, then make round trips
@@ -204,6 +217,9 @@ struct BenchRun {
                             return .failed("\(error)")
                         }
                     }
+                    // The lane was claimed for this run: its counts are this run's.
+                    record.turnPasses = lane.turnPasses
+                    record.turnWaits = lane.turnWaits
                 case .raw, .floor:
                     guard var channel = try? region.claimRawChannel(index) else {
                         record.failure = "raw channel \(index) is not available (the host serves \(region.rawCount))"

@@ -7,7 +7,7 @@ enum BenchTable {
         let base = baseline?.rawValue ?? "raw"
         let header = ["mode", "threads", "round trips/s", "p50 µs", "p99 µs", "p99.9 µs", "max µs", "exch p99.9 µs",
                       "slowest/fastest lane", "CPU µs/op", "errors", "vs \(base) (same T)", "vs \(base) 1T",
-                      "host: ops/s", "sleeps/s", "wakes/s"]
+                      "host: ops/s", "sleeps/s", "wakes/s", "turn passes/1k", "turn waits/1k"]
         var rows: [[String]] = []
         var threadCounts: [Int] = []
         for result in results where !threadCounts.contains(result.threads) { threadCounts.append(result.threads) }
@@ -29,6 +29,9 @@ enum BenchTable {
                     format(fairness, 2), format(row.cpuMicrosecondsPerOp, 3), "\(row.errors)", versusRaw, versusRawOne,
                     row.hostOpsPerSecond.map { grouped(Int($0.rounded())) } ?? "",
                     row.hostSleepsPerSecond.map { format($0, 1) } ?? "", row.hostWakesPerSecond.map { format($0, 1) } ?? "",
+                    // Turns pass between a run's own threads only: one thread has nobody to pass to.
+                    mode == .dx && threads > 1 ? format(row.turnPassesPerThousand, 3) : "",
+                    mode == .dx && threads > 1 ? format(row.turnWaitsPerThousand, 3) : "",
                 ])
             }
         }

@@ -77,6 +77,71 @@ import Glibc
         #expect(try turnstileWords(name) == (next: 4, serving: 3))
     }
 
+    func setTurnstile(_ name: String, next: UInt64? = nil, serving: UInt64? = nil, lease: UInt64? = nil) throws {
+        try withRawRegion(name) { base, _, _ in
+            let turnstile = base + Layout.Header.turnstiles
+            if let next { CShm_store_seqcst_u64(turnstile + Layout.Header.turnNext, next) }
+            if let serving { CShm_store_seqcst_u64(turnstile + Layout.Header.turnServing, serving) }
+            if let lease { CShm_store_seqcst_u64(turnstile + Layout.Header.turnLease, lease) }
+        }
+    }
+
+    /// The quantum depends on the waiters: a holder with 2 waiters keeps a 1 s quantum; once 99
+    /// wait, its quantum is 1 s · 4 / 99 ≈ 40 ms, and it passes at its next check (its lease is
+    /// already older). The waiters here are tickets nobody holds, so after passing, the holder's
+    /// next call waits behind them and fails at its call timeout, with nothing published.
+    @Test func aHolderPassesSoonerWhenManyWait() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let policy = TurnPolicy(turnCalls: 1 << 30, turnQuantumNanoseconds: 1_000_000_000)
+        let strategy = WaitStrategy(spinPolicy: TurnTests.turns.spinPolicy, turnPolicy: policy)
+        var lane = try Region.attach(name: name).claimLane(strategy: strategy)
+        lane.callTimeoutNanoseconds = 30_000_000
+        #expect(try lane.call([1]).get() == [1])  // ticket 0 holds the turn
+        try setTurnstile(name, next: 3)            // tickets 1 and 2 wait
+        let holdUntil = CShm_monotonic_ns() + 50_000_000
+        while CShm_monotonic_ns() < holdUntil { #expect(try lane.call([2]).get() == [2]) }
+        #expect(try turnstileWords(name) == (next: 3, serving: 0))  // 2 waiters: the whole quantum
+        #expect(lane.turnPasses == 0)
+
+        try setTurnstile(name, next: 100)          // 99 wait
+        let start = CShm_monotonic_ns()
+        var outcome: Result<[UInt8], CallError> = .success([])
+        while CShm_monotonic_ns() < start + 3_000_000_000 {
+            outcome = lane.call([3])
+            if case .failure = outcome { break }
+        }
+        let elapsed = CShm_monotonic_ns() - start
+        #expect(outcome == .failure(.timedOut))
+        #expect(lane.turnPasses == 1 && lane.turnWaits == 1)
+        #expect(try turnstileWords(name) == (next: 101, serving: 1))
+        // A constant quantum would hold until the lease is 1 s old; the rule passes at once.
+        #expect(elapsed < 500_000_000, "passed after \(elapsed / 1_000_000) ms")
+    }
+
+    /// The stale period shrinks with the queue: 200 dead tickets at a 10 ms quantum drain in about
+    /// 0.6 s (the sum of 2 · quantum(w) + 1 ms for w = 200...1), not 200 × 21 ms = 4.2 s.
+    @Test func aLongQueueOfDeadTicketsDrainsFaster() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        try setTurnstile(name, next: 200, serving: 0, lease: 1)
+        let policy = TurnPolicy(turnCalls: 1024, turnQuantumNanoseconds: 10_000_000)
+        let strategy = WaitStrategy(spinPolicy: TurnTests.turns.spinPolicy, turnPolicy: policy)
+        var lane = try Region.attach(name: name).claimLane(strategy: strategy)
+        let expected = (UInt64(1)...200).reduce(0) { $0 + policy.staleLeaseNanoseconds(waiters: $1) }
+        #expect(expected < 700_000_000)
+        let start = CShm_monotonic_ns()
+        #expect(try lane.call([7]).get() == [7])
+        let elapsed = CShm_monotonic_ns() - start
+        #expect(try turnstileWords(name) == (next: 201, serving: 200))
+        #expect(elapsed >= expected - 50_000_000, "drained in \(elapsed / 1_000_000) ms")
+        #expect(elapsed < 3_000_000_000, "drained in \(elapsed / 1_000_000) ms")
+    }
+
     @Test func anIdleHolderLosesItsTurnToAWaiter() throws {
         let name = uniqueName()
         let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))

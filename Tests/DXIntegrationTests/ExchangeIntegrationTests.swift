@@ -58,11 +58,19 @@ import Testing
         #expect(runs.map { $0["mode"] as? String } == ["raw", "dx", "raw", "raw", "dx"])
         #expect(runs.map { $0["threads"] as? Int } == [1, 1, 2, 1, 2])
         let fields: Set = ["mode", "timed", "threads", "payload", "duration_s", "ops", "ops_per_sec", "p50_ns", "p99_ns",
-                           "p999_ns", "max_ns", "exchange_p999_ns", "lane_min_ops", "lane_max_ops", "cpu_us_per_op", "errors"]
+                           "p999_ns", "max_ns", "exchange_p999_ns", "lane_min_ops", "lane_max_ops", "cpu_us_per_op", "errors",
+                           "turn_passes_per_1k_calls", "turn_waits_per_1k_calls"]
         for run in runs {
             #expect(Set(run.keys) == fields)
             #expect((run["ops"] as? Int ?? 0) > 0)
             #expect(run["errors"] as? Int == 0)
+            // Turns pass only at a turn check, every 64 calls (a loaded machine may make them pass by
+            // time, so no tighter figure here); raw has none.
+            let passes = (run["turn_passes_per_1k_calls"] as? NSNumber)?.doubleValue ?? -1
+            let waits = (run["turn_waits_per_1k_calls"] as? NSNumber)?.doubleValue ?? -1
+            #expect(passes >= 0 && passes <= 1000.0 / 64, "turn passes per 1000 calls: \(passes)")
+            #expect(waits >= 0 && waits <= 1000, "turn waits per 1000 calls: \(waits)")
+            if run["mode"] as? String == "raw" { #expect(passes == 0 && waits == 0) }
         }
         #expect(try host.stop() == 0)
     }

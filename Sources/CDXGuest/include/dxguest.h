@@ -131,6 +131,21 @@ void dx_lane_set_timeout(dx_lane *lane, uint64_t timeout_ns);
 
 const char *dx_strerror(int error);
 
+/// The turn rule (docs/LAYOUT.md, "Turns"), as the lanes apply it; exported for tests and for
+/// callers that size their own timeouts. k: a round of turns lasts at most k quanta (until the
+/// floor); F: the shortest quantum the rule gives; W: the most waiters counted.
+enum { DX_TURN_QUANTA_PER_ROUND = 4, DX_TURN_MAX_COUNTED_WAITERS = 1024 };
+#define DX_TURN_QUANTUM_FLOOR_NS 200000ull
+/// Guests waiting behind the holder: next - serving - 1, clamped to 0...W; 0 when next is at or
+/// behind serving (mod 2^64, a difference of 2^62 or more counts as behind). Guest-written words:
+/// a hint that sizes the quantum and the stale period, nothing else.
+uint64_t dx_turn_waiters(uint64_t next, uint64_t serving);
+/// The effective quantum for a holder with `waiters` behind it: q while waiters <= k, else
+/// max(q / w * k, min(q, F)) with w = min(waiters, W). w * quantum <= max(k * q, w * min(q, F)).
+uint64_t dx_turn_quantum_ns(uint64_t quantum_ns, uint64_t waiters);
+/// The stale-lease period for that count: 2 * dx_turn_quantum_ns(quantum_ns, waiters) + 1 ms.
+uint64_t dx_turn_stale_lease_ns(uint64_t quantum_ns, uint64_t waiters);
+
 #ifdef __cplusplus
 }
 #endif

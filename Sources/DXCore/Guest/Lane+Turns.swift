@@ -6,11 +6,13 @@ import CShm
 /// worker and each other. With turns on (``TurnPolicy/turnCalls``), the guest threads of one
 /// worker form a FIFO ticket queue in the worker's turnstile: one holds the turn and makes calls;
 /// the others sleep on a futex, so they take no CPU. A holder keeps its turn while nobody waits;
-/// when someone does, it passes the turn after `turnCalls` calls or `turnQuantumNanoseconds`,
-/// whichever comes first, between two calls, never in the middle of an exchange. Counting calls
-/// rather than time keeps lanes equal in round trips even when the machine's speed drifts.
+/// when someone does, it passes the turn after `turnCalls` calls or its quantum, whichever comes
+/// first, between two calls, never in the middle of an exchange. Counting calls rather than time
+/// keeps lanes equal in round trips even when the machine's speed drifts. The quantum shrinks as
+/// waiters queue up (``TurnPolicy/quantum(waiters:)``, which also states the bound on a round).
 /// A holder that stops calling, or died, loses its turn once its lease is stale (twice the
-/// quantum plus 1 ms); dead waiters in the queue are skipped the same way, one stale period each.
+/// quantum plus 1 ms, ``TurnPolicy/staleLeaseNanoseconds(waiters:)``); dead waiters in the queue
+/// are skipped the same way, one stale period each.
 ///
 /// Every turn operation happens inside ``Lane/call(request:response:)`` (it is part of the call's
 /// latency) and only every 64 calls, or while waiting. A wait for a turn honours the call timeout:
@@ -30,14 +32,22 @@ extension Lane {
         if strategy.turnPolicy.avoidWorkerCPU { keepOffWorkerCPU() }
         let now = CShm_monotonic_ns()
         if holdsTurn {
+            let policy = strategy.turnPolicy
             callsInTurn &+= Lane.callsBetweenTurnChecks
-            if callsInTurn < strategy.turnPolicy.turnCalls, now &- leaseStart < strategy.turnPolicy.turnQuantumNanoseconds { return nil }
+            let age = now &- leaseStart
+            // Within every quantum the rule can give: no need to count the waiters.
+            if callsInTurn < policy.turnCalls, age < policy.shortestQuantumNanoseconds { return nil }
             if turnstile.servingAcquire == turnTicket {
-                if turnstile.next == turnTicket &+ 1 {
-                    renewLease(now)  // nobody waits: keep going
+                let next = turnstile.next
+                // Nobody waiting counts as 0: the whole quantum.
+                let quantum = policy.quantum(waiters: TurnPolicy.waiters(next: next, serving: turnTicket))
+                if callsInTurn < policy.turnCalls, age < quantum { return nil }
+                if next == turnTicket &+ 1 {
+                    renewLease(now)  // the budget is spent, but nobody waits: keep going
                     return nil
                 }
                 passTurn(now)
+                turnPasses &+= 1
             }
             holdsTurn = false  // passed, or taken by a waiter while we were away
             if avoidingWorkerCPU {
@@ -55,23 +65,31 @@ extension Lane {
     /// Takes a ticket and waits (sleeping) until it is served, the host goes, or the call timeout
     /// passes (then the ticket is abandoned: waiters skip it like a dead one's).
     mutating func acquireTurn(waitStart: inout UInt64) -> CallError? {
-        let quantum = strategy.turnPolicy.turnQuantumNanoseconds
-        let staleAfter = 2 &* quantum &+ 1_000_000
+        let policy = strategy.turnPolicy
         let start = CShm_monotonic_ns()
         let deadline = start &+ callTimeoutNanoseconds
         turnTicket = turnstile.takeTicket()
         let ticket = turnTicket
         let word = turnstile.wakeWord(for: ticket)
         var waited = false
-        defer { if waited, counting { view.bump(.turnWaits) } }
+        defer {
+            if waited {
+                turnWaits &+= 1
+                if counting { view.bump(.turnWaits) }
+            }
+        }
         while true {
             // Read the word before re-checking `serving`; the passer changes `serving` before the
             // word, so a pass between the two makes the futex wait return at once.
             let seen = turnstile.seen(word)
             // Served (or a vandalised counter already past us): go.
-            if turnstile.serving &- ticket < 1 << 62 { break }
+            let serving = turnstile.serving
+            if serving &- ticket < 1 << 62 { break }
             waited = true
             waitStart = start
+            // The stale period for the queue as it is now (this waiter included): it sizes the
+            // sleep, and the lease is judged by the same period after it.
+            let staleAfter = policy.staleLeaseNanoseconds(waiters: TurnPolicy.waiters(next: turnstile.next, serving: serving))
             let beforeWait = CShm_monotonic_ns()
             if beforeWait >= deadline { return .timedOut }
             turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: min(staleAfter, deadline &- beforeWait))
@@ -79,7 +97,9 @@ extension Lane {
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one
             // ticket. Every waiter may do this, so dead tickets cannot stall the queue; each costs
-            // one stale period, because the lease restarts for the ticket served next.
+            // one stale period, because the lease restarts for the ticket served next. The period
+            // shrinks as the queue grows, so a long queue of dead tickets drains faster than one
+            // constant period each.
             let holder = turnstile.servingAcquire
             let now = CShm_monotonic_ns()
             if ticket &- holder < 1 << 62, now &- turnstile.lease > staleAfter {

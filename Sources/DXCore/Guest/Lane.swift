@@ -46,6 +46,11 @@ public struct Lane: ~Copyable {
     @usableFromInline var leaseStart: UInt64 = 0
     @usableFromInline var callsInTurn: UInt32 = 0
     @usableFromInline var avoidingWorkerCPU = false
+    /// Times this lane's thread slept waiting for a turn, since the claim (kept in the lane, so it
+    /// counts with ``counting`` off too; the shared guest counter is a running total of anyone's).
+    public internal(set) var turnWaits: UInt64 = 0
+    /// Times this lane's thread passed its turn to a waiter at a turn check, since the claim.
+    public internal(set) var turnPasses: UInt64 = 0
 
     /// Set it before a call to have that call's exchange timed: from publishing the request to
     /// seeing the response. The call clears it and leaves the time in ``lastExchangeNanoseconds``.
