@@ -1,15 +1,18 @@
 // The guest side of a dx region, written from docs/LAYOUT.md (layout version 2).
-// Section names below ("Validating", "Liveness", "Claim and release", "One call", "Turns") are that
-// document's; "The parker" and the spin step are in dxwait.c and dxwait.h, as in Sources/DXCore/Wait.
+// Section names below ("Validating", "Liveness", "Private regions", "Claim and release", "One call",
+// "Turns") are that document's; "The parker" and the spin step are in dxwait.c and dxwait.h, as in
+// Sources/DXCore/Wait; a private host's handshake is in dxconnect.c.
 #define _GNU_SOURCE
 #include "dxguest.h"
 #include "dxatomic.h"
+#include "dxconnect.h"
 #include "dxwait.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -25,7 +28,11 @@
 enum {
     MAX_NAME = 64,
     CALLS_BETWEEN_TURN_CHECKS = 64,
+    MAX_REFUSAL = 512,                      ///< bytes of a private host's refusal we keep
 };
+
+/// How long dx_connect waits for a private host's reply ("Wait at most a few seconds (dx: 5 s)").
+static const uint64_t HANDSHAKE_TIMEOUT_NS = 5000000000ull;
 
 // MARK: - Small helpers
 
@@ -82,13 +89,18 @@ struct dx_region {
     /// Kept open for the region's life: the host's lock is queried through it (a lock query through a
     /// descriptor of our own, which holds no lock, sees the host's), and each claim reopens it.
     int fd;
+    /// A private region's connection to its host, open for the region's life (the host lives while
+    /// it is open, and frees the region when it closes); -1 for a named region.
+    int conn;
     uint32_t lane_count, capacity, stride, workers, handler;
-    uint64_t own_pid;
+    uint64_t size, own_pid;
 };
 
 static _Thread_local uint32_t found_version;
+static _Thread_local char refusal[MAX_REFUSAL];
 
 uint32_t dx_last_found_version(void) { return found_version; }
+const char *dx_last_refusal(void) { return refusal; }
 
 static bool valid_name(const char *name) {
     size_t length = strlen(name);
@@ -141,24 +153,46 @@ static int validate(dx_region *r, size_t object_size) {
     r->capacity = (uint32_t)capacity;
     r->stride = (uint32_t)stride;
     r->workers = (uint32_t)workers;
+    r->size = size;
     r->handler = load32(h + DX_HEADER_HANDLER, RELAXED);
     return DX_OK;
 }
 
+/// Whether a private region's connection is still open at the host's end ("Private regions",
+/// Liveness): a poll that does not wait. A failed poll counts as open, as a failed lock query does.
+static bool connection_open(int conn) {
+    struct pollfd p = {.fd = conn, .events = POLLRDHUP};
+    int rc;
+    do { rc = poll(&p, 1, 0); } while (rc < 0 && errno == EINTR);
+    if (rc <= 0) return true;
+    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) == 0;
+}
+
 /// Why the host cannot answer, or DX_OK while it can ("Host alive (guest)"). The host lives while it
-/// holds its lock on the magic: the kernel vouches for that, not the header, so a guest that writes
-/// "stopping" into the state fools nobody; the state only names why a free lock is free.
-/// A system call: for attach, claim and slow paths only.
+/// holds its lock on the magic (a private region's host: while the connection is open): the kernel
+/// vouches for that, not the header, so a guest that writes "stopping" into the state fools nobody;
+/// the state only names why a free lock is free. A system call: for attach, claim and slow paths only.
 static int host_problem(const dx_region *r) {
-    if (lock_held(r->fd, DX_LOCK_HOST_START, DX_LOCK_HOST_LENGTH)) return DX_OK;
+    if (r->conn >= 0 ? connection_open(r->conn) : lock_held(r->fd, DX_LOCK_HOST_START, DX_LOCK_HOST_LENGTH))
+        return DX_OK;
     // Acquire: pairs with the host's release store of its state.
     return load32(r->base + DX_HEADER_STATE, ACQUIRE) == DX_STATE_STOPPING ? DX_E_SHUTDOWN : DX_E_HOST_GONE;
 }
 
-/// Everything after shm_open; `r->fd` is the opened descriptor, which `r` owns from here.
+/// A private region's descriptor must be sealed so that nobody can shrink it under our mapping (a
+/// SIGBUS), grow it, or take the seals off ("Private regions", step 4).
+static int check_seals(int fd) {
+    int seals = fcntl(fd, F_GET_SEALS);
+    int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+    return seals >= 0 && (seals & needed) == needed ? DX_OK : DX_E_UNSAFE_MODE;
+}
+
+/// Everything after shm_open, or after a private host handed the descriptor over; `r->fd` is the
+/// descriptor (and `r->conn` a private region's connection), which `r` owns from here.
 static int attach_descriptor(dx_region *r, uid_t host_uid) {
     struct stat info;
     int rc = check_owner(r->fd, host_uid, &info);
+    if (rc == DX_OK && r->conn >= 0) rc = check_seals(r->fd);
     if (rc != DX_OK) return rc;
     if (info.st_size < DX_HEADER_SIZE) return DX_E_NOT_READY;  // the host is between shm_open and ftruncate
     size_t size = (size_t)info.st_size;
@@ -177,11 +211,13 @@ int dx_attach_as(const char *name, uid_t host_uid, dx_region **out) {
     if (!name || !out) return DX_E_ARGUMENT;
     *out = NULL;
     found_version = 0;
+    if (host_uid == (uid_t)-1) host_uid = getuid();
     if (!valid_name(name)) return DX_E_INVALID_NAME;
     char object[MAX_NAME + 8];
     snprintf(object, sizeof object, "/dx.%s", name);
     dx_region *r = calloc(1, sizeof *r);
     if (!r) return DX_E_SYSTEM;
+    r->conn = -1;
     r->fd = shm_open(object, O_RDWR | O_CLOEXEC, 0);
     if (r->fd < 0) {
         int error = errno;
@@ -203,10 +239,63 @@ int dx_attach_as(const char *name, uid_t host_uid, dx_region **out) {
     return DX_OK;
 }
 
+// MARK: - Private regions ("Private regions (`dx-host --private`)")
+
+int dx_connect(const char *name, int lanes, const char *socket_path, uid_t host_uid, dx_region **out) {
+    if (!out) return DX_E_ARGUMENT;
+    *out = NULL;
+    found_version = 0;
+    refusal[0] = 0;
+    if (lanes < 0 || (!name && !socket_path)) return DX_E_ARGUMENT;
+    if (host_uid == (uid_t)-1) host_uid = getuid();
+    char path[108];  // sizeof(struct sockaddr_un.sun_path)
+    if (socket_path) {
+        if (strlen(socket_path) >= sizeof path) return DX_E_ARGUMENT;
+        strcpy(path, socket_path);
+    } else {
+        if (!valid_name(name)) return DX_E_INVALID_NAME;
+        if (!dx_default_socket_path(name, path, sizeof path)) return DX_E_ARGUMENT;
+    }
+    dx_grant grant;
+    int rc = dx_handshake(path, lanes, host_uid, HANDSHAKE_TIMEOUT_NS, &grant, refusal, sizeof refusal);
+    if (rc != DX_OK) return rc;
+    dx_region *r = calloc(1, sizeof *r);
+    if (!r) {
+        int error = errno;
+        close(grant.region);
+        close(grant.conn);
+        errno = error;
+        return DX_E_SYSTEM;
+    }
+    r->fd = grant.region;
+    r->conn = grant.conn;
+    rc = attach_descriptor(r, host_uid);
+    // The reply must describe the region it came with.
+    if (rc == DX_OK && (grant.size != r->size || (grant.lanes >= 0 && (uint64_t)grant.lanes != r->lane_count) ||
+                        (grant.slot_size >= 0 && (uint64_t)grant.slot_size != r->capacity)))
+        rc = DX_E_PROTOCOL;
+    if (rc != DX_OK) {
+        int error = errno;
+        dx_detach(r);
+        errno = error;
+        return rc;
+    }
+    r->own_pid = (uint32_t)getpid();
+    *out = r;
+    return DX_OK;
+}
+
+int dx_open(const char *name, int lanes, const char *socket_path, uid_t host_uid, dx_region **out) {
+    int rc = dx_attach_as(name, host_uid, out);
+    if (rc != DX_E_NO_REGION) return rc;
+    return dx_connect(name, lanes, socket_path, host_uid, out);
+}
+
 void dx_detach(dx_region *r) {
     if (!r) return;
     if (r->base) munmap(r->base, r->mapped);
     close(r->fd);
+    if (r->conn >= 0) close(r->conn);  // a private host frees the region now
     free(r);
 }
 
@@ -279,7 +368,7 @@ struct dx_lane {
     char *base, *doorbell, *turnstile;
     dx_wait wait;
     /// The claim's own open file description of the region, open while we hold the lane: its lock on
-    /// the owner word tells the host and other guests that the lane's owner lives.
+    /// the owner word tells the host and other guests that the lane's owner lives. -1 in a private region.
     int fd;
     uint64_t owner_word, sequence, timeout_ns;
     /// The running call's deadline; 0 until its first bounded wait fixes it (see call_deadline).
@@ -302,25 +391,32 @@ static void bump(char *counter) {  // single writer: a relaxed load and store, n
 
 /// Takes the lane whose owner word is at `owner_offset` through the claim's description `*fd`
 /// (opened on first use, reused while attempts fail): the lock first, then the owner word by CAS.
-/// DX_OK with the word written in *mine; DX_E_NO_LANE when a live guest holds the lock or the word
+/// In a private region, whose guest is this one process, the CAS of a free word alone ("Claims in a
+/// private region"): no description, no lock, and *fd stays -1. DX_OK with the word written in
+/// *mine; DX_E_NO_LANE when a live guest holds the lock (a private region: the word) or the word
 /// changed under us; DX_E_SYSTEM.
 static int claim_owner(dx_region *r, size_t owner_offset, int *fd, uint64_t *mine) {
-    if (*fd < 0 && (*fd = reopen(r->fd)) < 0) return DX_E_SYSTEM;
-    int rc = ofd_lock(*fd, F_OFD_SETLK, F_WRLCK, (off_t)owner_offset, DX_LOCK_OWNER_LENGTH, NULL);
-    if (rc == EAGAIN || rc == EACCES) return DX_E_NO_LANE;  // its owner lives
-    if (rc != 0) {
-        errno = rc;
-        return DX_E_SYSTEM;
+    bool private = r->conn >= 0;
+    if (!private) {
+        if (*fd < 0 && (*fd = reopen(r->fd)) < 0) return DX_E_SYSTEM;
+        int rc = ofd_lock(*fd, F_OFD_SETLK, F_WRLCK, (off_t)owner_offset, DX_LOCK_OWNER_LENGTH, NULL);
+        if (rc == EAGAIN || rc == EACCES) return DX_E_NO_LANE;  // its owner lives
+        if (rc != 0) {
+            errno = rc;
+            return DX_E_SYSTEM;
+        }
     }
     char *owner = r->base + owner_offset;
     // Holding the lock, no live process owns the lane: whatever the word holds is free or a dead
-    // owner's. Acquire: pairs with the previous owner's release CAS.
+    // owner's. In a private region, a word with a pid half is another thread's of ours: leave it.
+    // Acquire: pairs with the previous owner's release CAS.
     uint64_t word = load64(owner, ACQUIRE);
+    if (private && word >> 32 != 0) return DX_E_NO_LANE;
     uint64_t claimed = r->own_pid << 32 | (uint32_t)(word + 1);
     // Acquire-release: the claim happens before our first request. A claimer racing us for a word
     // in the same state makes one of the two CASes fail.
     if (!cas64(owner, word, claimed, memory_order_acq_rel)) {
-        ofd_lock(*fd, F_OFD_SETLK, F_UNLCK, (off_t)owner_offset, DX_LOCK_OWNER_LENGTH, NULL);
+        if (!private) ofd_lock(*fd, F_OFD_SETLK, F_UNLCK, (off_t)owner_offset, DX_LOCK_OWNER_LENGTH, NULL);
         return DX_E_NO_LANE;
     }
     *mine = claimed;
@@ -328,13 +424,14 @@ static int claim_owner(dx_region *r, size_t owner_offset, int *fd, uint64_t *min
 }
 
 /// Frees the owner word (pid half 0, generation kept, so the next claim's word differs), then
-/// closes the claim's description, which drops its lock. In this order: nobody takes the lane
-/// while the lock is held, so nobody sees the word ours and the lock free but a dead owner's.
+/// closes the claim's description, which drops its lock (a private region's claim has none: -1).
+/// In this order: nobody takes the lane while the lock is held, so nobody sees the word ours and
+/// the lock free but a dead owner's.
 static void release_owner(char *owner, uint64_t mine, int fd) {
     // Acquire-release: our last request and response happen before the next owner's claim. A failed
     // CAS means someone overwrote the word; the lock goes with the descriptor all the same.
     cas64(owner, mine, mine & 0xffffffffu, memory_order_acq_rel);
-    close(fd);
+    if (fd >= 0) close(fd);
 }
 
 static dx_lane *new_lane(dx_region *r, uint32_t index, const dx_wait *wait, int fd, uint64_t mine,
@@ -364,7 +461,9 @@ int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     if (problem != DX_OK) return problem;
     int fd = -1;
     // Lanes whose word says free first; then the others: a lock we can take there means a dead owner.
-    for (int dead_owners = 0; dead_owners <= 1; dead_owners++) {
+    // A private region has no dead owners: its only guest is this process, alive.
+    int last_pass = r->conn >= 0 ? 0 : 1;
+    for (int dead_owners = 0; dead_owners <= last_pass; dead_owners++) {
         for (uint32_t index = 0; index < r->lane_count; index++) {
             size_t offset = DX_HEADER_SIZE + (size_t)index * r->stride;
             char *lane = r->base + offset;
@@ -668,7 +767,7 @@ const char *dx_strerror(int error) {
     switch (error) {
     case DX_OK: return "ok";
     case DX_E_INVALID_NAME: return "invalid region name";
-    case DX_E_NO_REGION: return "no such region (is the host running?)";
+    case DX_E_NO_REGION: return "no such region or host socket (is the host running?)";
     case DX_E_PERMISSION: return "permission denied";
     case DX_E_NOT_READY: return "the region is not ready yet";
     case DX_E_NOT_DX: return "not a dx region";
@@ -679,13 +778,15 @@ const char *dx_strerror(int error) {
     case DX_E_TOO_LARGE: return "request larger than the lane";
     case DX_E_REJECTED: return "the host rejected the request";
     case DX_E_BAD_RESPONSE: return "invalid response length";
-    case DX_E_TIMEOUT: return "timed out waiting for the turn or the response";
+    case DX_E_TIMEOUT: return "timed out waiting for the turn, the response or the host's reply";
     case DX_E_SHUTDOWN: return "the host shut down";
     case DX_E_HOST_GONE: return "the host is gone";
     case DX_E_BROKEN: return "an earlier call on this lane failed";
     case DX_E_ARGUMENT: return "invalid argument";
-    case DX_E_WRONG_OWNER: return "the region belongs to another user than the host's";
-    case DX_E_UNSAFE_MODE: return "the region is not a regular file, or others may write it";
+    case DX_E_WRONG_OWNER: return "the region (or the host's socket) belongs to another user than the host's";
+    case DX_E_UNSAFE_MODE: return "the region is not a regular file, or others may write it, or it is not sealed";
+    case DX_E_REFUSED: return "the host refused to give a region";
+    case DX_E_PROTOCOL: return "the host's reply does not follow the protocol";
     default: return "unknown error";
     }
 }

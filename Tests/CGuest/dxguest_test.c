@@ -1,6 +1,15 @@
 // Exercises the C guest library against a running dx-host (scripts/test-c-guest runs it).
 //
 //   dxguest_test check   NAME THREADS CALLS    round trips of every size 0...capacity, each response checked
+//   dxguest_test connect NAME THREADS CALLS    the same on a region of its own from the private host NAME
+//                                              (dx-host --private; dx_connect, default socket path)
+//   dxguest_test private NAME                  the private host NAME: dx_connect and dx_open with checked
+//                                              echoes, the lanes asked for, claims, and the refusals (the
+//                                              host's: too many lanes; ours: another uid, no host)
+//   dxguest_test hostgone NAME shutdown|died   connects to the private host NAME, makes a call, prints
+//                                              "ready", then calls until the host is gone (the script stops
+//                                              it with SIGTERM, or kills it): the calls must then fail with
+//                                              DX_E_SHUTDOWN (or DX_E_HOST_GONE) within a few seconds
 //   dxguest_test bench   NAME THREADS SECONDS  64-byte round trips, each checked and timed (two clock
 //                                              reads per call, as dx-guest bench does); one JSON line
 //   dxguest_test bench-untimed NAME THREADS SECONDS   the same without the per-call clock reads
@@ -33,6 +42,7 @@ static int thread_count;
 static long calls_per_thread;
 static double seconds;
 static bool timed;
+static bool private_host;  // connect: a region of our own from a private host, not the named one
 static atomic_long failures;
 
 static double now_s(void) {
@@ -161,9 +171,9 @@ static void *bench_thread(void *argument) {
 
 static int run_threads(void *(*body)(void *), const char *mode) {
     dx_region *region;
-    int rc = dx_attach(region_name, &region);
+    int rc = private_host ? dx_connect(region_name, 0, NULL, (uid_t)-1, &region) : dx_attach(region_name, &region);
     if (rc != DX_OK) {
-        fprintf(stderr, "FAIL: attach '%s': %s\n", region_name, dx_strerror(rc));
+        fprintf(stderr, "FAIL: %s '%s': %s\n", private_host ? "connect" : "attach", region_name, dx_strerror(rc));
         return 1;
     }
     worker workers[64] = {0};
@@ -506,17 +516,124 @@ static int refusals(const char *name) {
     return bad == 0 ? 0 : 1;
 }
 
+// MARK: - A private host (dx-host --private)
+
+/// One echo round trip of `message` on a lane of `region`, checked.
+static bool echo_ok(dx_region *region, const char *message) {
+    dx_lane *lane = NULL;
+    if (dx_lane_claim(region, NULL, &lane) != DX_OK) return false;
+    char answer[64] = {0};
+    size_t got = 0, length = strlen(message);
+    int rc = dx_call(lane, message, length, answer, sizeof answer, &got);
+    dx_lane_release(lane);
+    return rc == DX_OK && got == length && memcmp(answer, message, length) == 0;
+}
+
+static int private_checks(const char *name) {
+    dx_region *region = NULL;
+    int rc = dx_attach(name, &region);
+    expect(rc == DX_E_NO_REGION, "a private host publishes no name", rc);
+
+    rc = dx_connect(name, 2, NULL, (uid_t)-1, &region);
+    expect(rc == DX_OK && dx_region_lane_count(region) == 2, "connect for 2 lanes: a region of 2 lanes", rc);
+    if (rc == DX_OK) {
+        expect(dx_region_handler(region) == 1 && echo_ok(region, "hello, private host"), "an echo, checked", DX_OK);
+        dx_lane *lanes[3] = {0};
+        int claimed = 0;
+        while (claimed < 3 && (rc = dx_lane_claim(region, NULL, &lanes[claimed])) == DX_OK) claimed++;
+        expect(claimed == 2 && rc == DX_E_NO_LANE, "both lanes claimed (without locks), then no lane", rc);
+        if (claimed > 0) {
+            dx_lane_release(lanes[0]);
+            rc = dx_lane_claim(region, NULL, &lanes[0]);
+            expect(rc == DX_OK, "a released lane is claimed again", rc);
+        }
+        size_t got = 0;
+        char answer[8];
+        rc = claimed == 2 ? dx_call(lanes[1], "second", 6, answer, sizeof answer, &got) : DX_E_NO_LANE;
+        expect(rc == DX_OK && got == 6 && memcmp(answer, "second", 6) == 0, "a call on the second lane", rc);
+        for (int i = 0; i < claimed; i++) dx_lane_release(lanes[i]);
+        dx_detach(region);
+    }
+
+    // The default socket path, given explicitly (name NULL), and dx_open's fallback to it.
+    char path[108];
+    const char *runtime = getenv("XDG_RUNTIME_DIR");
+    if (runtime && runtime[0]) snprintf(path, sizeof path, "%s/dx/%s.sock", runtime, name);
+    else snprintf(path, sizeof path, "/tmp/dx-%u/%s.sock", (unsigned)getuid(), name);
+    rc = dx_connect(NULL, 0, path, (uid_t)-1, &region);
+    expect(rc == DX_OK && echo_ok(region, "by path"), "connect by socket path, the host's default lanes", rc);
+    if (rc == DX_OK) dx_detach(region);
+    rc = dx_open(name, 1, NULL, (uid_t)-1, &region);
+    expect(rc == DX_OK && dx_region_lane_count(region) == 1 && echo_ok(region, "opened"),
+           "dx_open finds no name and connects", rc);
+    if (rc == DX_OK) dx_detach(region);
+
+    rc = dx_connect(name, 100000, NULL, (uid_t)-1, &region);
+    expect(rc == DX_E_REFUSED && region == NULL && dx_last_refusal()[0] != 0, "100000 lanes are refused by the host",
+           rc);
+    printf("    the host's sentence: %s\n", dx_last_refusal());
+    rc = dx_connect(name, 0, NULL, getuid() + 1, &region);
+    expect(rc == DX_E_WRONG_OWNER && dx_last_refusal()[0] == 0, "a host of another uid than the one we were told", rc);
+    rc = dx_connect("no.such.host.here", 0, NULL, (uid_t)-1, &region);
+    expect(rc == DX_E_NO_REGION, "no host on the socket", rc);
+    rc = dx_connect("../etc", 0, NULL, (uid_t)-1, &region);
+    expect(rc == DX_E_INVALID_NAME, "invalid name", rc);
+    rc = dx_connect(name, -1, NULL, (uid_t)-1, &region);
+    expect(rc == DX_E_ARGUMENT, "negative lanes", rc);
+
+    rc = dx_connect(name, 0, NULL, (uid_t)-1, &region);  // still served after all that
+    expect(rc == DX_OK && echo_ok(region, "still here"), "connect again after the refusals", rc);
+    if (rc == DX_OK) dx_detach(region);
+    return bad == 0 ? 0 : 1;
+}
+
+/// Calls until the private host is gone, which must end a call within a few seconds with
+/// DX_E_SHUTDOWN (`shutdown`: the host was stopped) or DX_E_HOST_GONE (`died`: it was killed).
+static int host_gone(const char *name, const char *how) {
+    dx_region *region = NULL;
+    dx_lane *lane = NULL;
+    int rc = dx_connect(name, 1, NULL, (uid_t)-1, &region);
+    if (rc == DX_OK) rc = dx_lane_claim(region, NULL, &lane);
+    if (rc == DX_OK) rc = dx_call(lane, "ready", 5, NULL, 0, NULL);
+    expect(rc == DX_OK, "connect, claim and call", rc);
+    if (rc != DX_OK) return 1;
+    printf("ready\n");
+    fflush(stdout);
+    double start = now_s(), gone = 0;
+    while (now_s() - start < 30) {
+        rc = dx_call(lane, "are you there", 13, NULL, 0, NULL);
+        if (rc != DX_OK) {
+            gone = now_s();
+            break;
+        }
+        usleep(1000);
+    }
+    int expected = strcmp(how, "died") == 0 ? DX_E_HOST_GONE : DX_E_SHUTDOWN;
+    expect(rc == expected, strcmp(how, "died") == 0 ? "a killed host: host gone" : "a stopped host: shut down", rc);
+    dx_lane *another = NULL;
+    int claim = dx_lane_claim(region, NULL, &another);
+    expect(claim == expected, "and a claim after it", claim);
+    if (another) dx_lane_release(another);
+    printf("    the first failed call ended %.0f ms after \"ready\"\n", gone ? (gone - start) * 1000 : -1);
+    dx_lane_release(lane);
+    dx_detach(region);
+    return bad == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "version") == 0) return refusals(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "private") == 0) return private_checks(argv[2]);
+    if (argc == 4 && strcmp(argv[1], "hostgone") == 0) return host_gone(argv[2], argv[3]);
     bool untimed = argc == 5 && strcmp(argv[1], "bench-untimed") == 0;
-    if (argc == 5 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "bench") == 0 || untimed)) {
+    private_host = argc == 5 && strcmp(argv[1], "connect") == 0;
+    if (argc == 5 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "bench") == 0 || untimed || private_host)) {
         region_name = argv[2];
         thread_count = atoi(argv[3]);
         if (thread_count < 1 || thread_count > 64) {
             fprintf(stderr, "threads must be 1...64\n");
             return 2;
         }
-        if (strcmp(argv[1], "check") == 0) {
+        if (strcmp(argv[1], "check") == 0 || private_host) {
             calls_per_thread = atol(argv[4]);
             return run_threads(check_thread, "check");
         }
@@ -524,6 +641,7 @@ int main(int argc, char **argv) {
         timed = !untimed;
         return run_threads(bench_thread, "bench");
     }
-    fprintf(stderr, "usage: dxguest_test check|bench|bench-untimed NAME THREADS CALLS|SECONDS, or dxguest_test version NAME\n");
+    fprintf(stderr, "usage: dxguest_test check|connect|bench|bench-untimed NAME THREADS CALLS|SECONDS, "
+                    "dxguest_test version|private NAME, or dxguest_test hostgone NAME shutdown|died\n");
     return 2;
 }

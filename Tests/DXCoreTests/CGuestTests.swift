@@ -85,6 +85,46 @@ import Testing
         #expect(again.index == 0)
     }
 
+    /// dx_connect against a private host of this process, at its default socket path: a region of
+    /// the lanes asked for, checked echoes on lanes claimed without locks, the host's refusal with
+    /// its sentence, and the region freed by the host when dx_detach closes the connection.
+    @Test func cGuestConnectsToAPrivateHost() throws {
+        let name = uniqueName()
+        let limits = PrivateHostLimits(maxLanes: 4, defaultLanes: 2, slotCapacity: 256)
+        let host = try PrivateHost(name: name, limits: limits, handler: .echo, poolSize: 1)
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let server = try ControlServer(target: host, path: ControlPath.socket(for: name))
+        defer { server.stop() }
+
+        var region: OpaquePointer?
+        #expect(dx_connect(name, 3, nil, uid_t.max, &region) == DX_OK.rawValue)
+        #expect(dx_region_lane_count(region) == 3 && dx_region_capacity(region) == 256)
+        #expect(host.guests.map(\.lanes) == [3])
+        var lanes: [OpaquePointer?] = [nil, nil, nil, nil]
+        for index in 0..<3 { #expect(dx_lane_claim(region, nil, &lanes[index]) == DX_OK.rawValue) }
+        #expect(dx_lane_claim(region, nil, &lanes[3]) == DX_E_NO_LANE.rawValue)
+        var response = [UInt8](repeating: 0, count: 256)
+        for round in 0..<300 {
+            let request = (0..<(round % 257)).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ round) }
+            var got = 0
+            #expect(dx_call(lanes[round % 3], request, request.count, &response, response.count, &got) == DX_OK.rawValue)
+            #expect(got == request.count && response[..<got].elementsEqual(request))
+        }
+        for index in 0..<3 { dx_lane_release(lanes[index]) }
+        dx_detach(region)
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !host.guests.isEmpty && ContinuousClock.now < deadline { CShm_sleep_ns(1_000_000) }
+        #expect(host.guests.isEmpty)  // the connection was the region's life
+
+        var refused: OpaquePointer?
+        #expect(dx_connect(name, 5, nil, uid_t.max, &refused) == DX_E_REFUSED.rawValue)
+        #expect(refused == nil && !String(cString: dx_last_refusal()).isEmpty)
+        #expect(dx_open(name, 0, nil, uid_t.max, &region) == DX_OK.rawValue)
+        #expect(dx_region_lane_count(region) == 2)
+        dx_detach(region)
+    }
+
     /// The version rule from both languages: a region of another layout version is refused by
     /// each guest with a version-mismatch error naming the version found.
     @Test(arguments: [UInt32(0), 1, 3, 0xFFFF_FFFF])

@@ -1,13 +1,16 @@
 // dxguest: the guest side of a dx region, in C.
 //
 // Written from docs/LAYOUT.md (layout version 2) for programs that are not in Swift. It attaches to
-// a region a dx host published, claims a lane per thread, and makes calls with the same wait as
-// the Swift guest: spin with a CPU-relax hint, sched_yield now and then, an adaptive spin budget,
-// then bounded sleeps on the lane's parker (a futex word in the region, no libc object); guest
-// threads of one serving worker take turns. The host's and every lane owner's liveness is a kernel
-// lock (an open-file-description lock on the region), never a pid. It needs only libc and pthreads:
+// a region a dx host published (dx_attach), or asks a private host (`dx-host --private`) for a
+// region of its own over the host's socket (dx_connect), claims a lane per thread, and makes calls
+// with the same wait as the Swift guest: spin with a CPU-relax hint, sched_yield now and then, an
+// adaptive spin budget, then bounded sleeps on the lane's parker (a futex word in the region, no
+// libc object); guest threads of one serving worker take turns. The host's and every lane owner's
+// liveness is a kernel lock (an open-file-description lock on the region), never a pid; a private
+// region's host lives while the connection that brought the region is open. It needs only libc and
+// pthreads:
 //
-//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/dxguest.c Sources/CDXGuest/dxwait.c your.c
+//     cc -O2 -std=c11 -pthread -I Sources/CDXGuest/include Sources/CDXGuest/*.c your.c
 //
 // Example:
 //
@@ -23,7 +26,8 @@
 //
 // Errors are negative return codes (enum dx_error); dx_strerror names them. Calls allocate nothing,
 // take no lock and make no system call unless a side has to sleep. A region keeps a descriptor of
-// the region object open, and each claimed lane one more (its lock says the lane's owner lives).
+// the region object open, and each claimed lane of a named region one more (its lock says the
+// lane's owner lives); a private region keeps its connection open instead, and its lanes none.
 // A lane belongs to one thread at a time; a region may be shared by every thread of the process.
 #ifndef DXGUEST_H
 #define DXGUEST_H
@@ -41,7 +45,7 @@ extern "C" {
 enum dx_error {
     DX_OK = 0,
     DX_E_INVALID_NAME = -1,  ///< not 1-64 characters of [A-Za-z0-9._-], or starts with '.'
-    DX_E_NO_REGION = -2,     ///< no region of that name: is the host running?
+    DX_E_NO_REGION = -2,     ///< no region of that name (or no private host on the socket): is the host running?
     DX_E_PERMISSION = -3,    ///< the region object cannot be opened by this user
     DX_E_NOT_READY = -4,     ///< the host has not published the region yet: try again
     DX_E_NOT_DX = -5,        ///< the object is not a dx region
@@ -52,13 +56,16 @@ enum dx_error {
     DX_E_TOO_LARGE = -10,    ///< the request is larger than the lane's capacity
     DX_E_REJECTED = -11,     ///< the host answered with an error status (dx_lane_status says which)
     DX_E_BAD_RESPONSE = -12, ///< the response's length is outside the lane
-    DX_E_TIMEOUT = -13,      ///< no turn or no response within the call timeout
-    DX_E_SHUTDOWN = -14,     ///< the host shut down (its lock is gone and it said it was stopping)
-    DX_E_HOST_GONE = -15,    ///< the host is gone (its lock is gone: it died)
+    DX_E_TIMEOUT = -13,      ///< no turn or no response within the call timeout (or no reply from a private host)
+    DX_E_SHUTDOWN = -14,     ///< the host shut down (its lock, or connection, is gone and it said it was stopping)
+    DX_E_HOST_GONE = -15,    ///< the host is gone (its lock, or connection, is gone: it died)
     DX_E_BROKEN = -16,       ///< an earlier call on this lane failed; claim another lane
     DX_E_ARGUMENT = -17,     ///< a NULL pointer or an invalid wait configuration
-    DX_E_WRONG_OWNER = -18,  ///< the region object belongs to another uid than the host's
-    DX_E_UNSAFE_MODE = -19,  ///< the region object is not a regular file, or group or others may write it
+    DX_E_WRONG_OWNER = -18,  ///< the region object (or a private host's peer) has another uid than the host's
+    DX_E_UNSAFE_MODE = -19,  ///< the region object is not a regular file, or group or others may write it,
+                             ///< or (a private region) it is not sealed against shrinking, growing and resealing
+    DX_E_REFUSED = -20,      ///< a private host refused to give a region (dx_last_refusal says why)
+    DX_E_PROTOCOL = -21,     ///< a private host's reply is not what docs/LAYOUT.md says, or disagrees with its region
 };
 
 /// How a guest waits for its response. dx_wait_auto() is the default (NULL), as in the Swift guest.
@@ -92,14 +99,33 @@ dx_wait dx_wait_balanced(void);
 /// process's uid and that nobody else may write it, validates its header, and checks that the
 /// host holds its lock. On success *region must be released with dx_detach after its last lane.
 int dx_attach(const char *name, dx_region **region);
-/// dx_attach for a host that runs as another user: the object must belong to `host_uid`.
+/// dx_attach for a host that runs as another user: the object must belong to `host_uid`
+/// ((uid_t)-1: this process's uid).
 int dx_attach_as(const char *name, uid_t host_uid, dx_region **region);
-/// Unmaps the region and closes its descriptor. Release every lane first.
+/// Asks the private host (`dx-host --private`) of `name` for a region of this process's own, over
+/// its socket: `socket_path`, or by default `$XDG_RUNTIME_DIR/dx/<name>.sock`, else
+/// `/tmp/dx-<uid>/<name>.sock` (`name` may be NULL when `socket_path` is given). The host must run
+/// as `host_uid` ((uid_t)-1: this process's uid), checked on the connection (SO_PEERCRED) and on
+/// the region's descriptor, which must also be sealed; its header is validated as dx_attach's.
+/// `lanes` is the number of lanes to ask for, 0 for the host's default. The connection stays open
+/// until dx_detach: it is the region's life for both sides, so the host learns at once that the
+/// guest has gone, and the guest that the host has. Waits at most 5 s for the host's reply.
+/// DX_E_REFUSED when the host says no (dx_last_refusal has its sentence).
+int dx_connect(const char *name, int lanes, const char *socket_path, uid_t host_uid, dx_region **region);
+/// dx_attach_as when the host published `/dev/shm/dx.<name>`, else dx_connect, as the Swift guest's
+/// `Region.open`: a guest that is told only a name finds either kind of host. `lanes` and
+/// `socket_path` matter only for a private host.
+int dx_open(const char *name, int lanes, const char *socket_path, uid_t host_uid, dx_region **region);
+/// Unmaps the region and closes its descriptor (and a private region's connection, which frees it
+/// at the host). Release every lane first.
 void dx_detach(dx_region *region);
 
-/// The region's layout version as found by the last dx_attach in this thread that failed with
-/// DX_E_VERSION (0 otherwise).
+/// The region's layout version as found by the last dx_attach or dx_connect in this thread that
+/// failed with DX_E_VERSION (0 otherwise).
 uint32_t dx_last_found_version(void);
+/// The private host's sentence for the last dx_connect (or dx_open) in this thread that failed with
+/// DX_E_REFUSED ("" otherwise), such as "lanes must be between 1 and 64, not 100000".
+const char *dx_last_refusal(void);
 
 size_t dx_region_lane_count(const dx_region *region);
 /// The largest request or response, in bytes.
