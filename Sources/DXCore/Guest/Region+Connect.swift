@@ -41,6 +41,7 @@ extension Region {
             }
         }
         var descriptor: Int32 = -1
+        var mapped = false
         do {
             let expected = hostUID ?? getuid()
             let peer = CShm_peer_uid(socket)
@@ -51,7 +52,7 @@ extension Region {
             guard sent == request.count else {
                 throw RegionAttachError.connection(.system(SystemError("send \(path)", errno: sent < 0 ? errno : EPIPE)))
             }
-            let line = try readReply(socket, path: path, descriptor: &descriptor)
+            let line = try readReply(socket, name: name, path: path, descriptor: &descriptor)
             let reply: PrivateRegionReply
             do { reply = try JSONDecoder().decode(PrivateRegionReply.self, from: Data(line)) } catch {
                 throw RegionAttachError.connection(.badAnswer(String(decoding: line.prefix(200), as: UTF8.self)))
@@ -61,13 +62,20 @@ extension Region {
             // Replies are done; the connection only marks the region's life from here on.
             _ = CShm_socket_timeouts(socket, 0)
             let region = try map(name: name, descriptor: descriptor, hostUID: expected, connection: socket)
-            guard region.laneCount == lanes || reply.lanes == region.laneCount else {
-                throw RegionAttachError.sizeMismatch("the host said \(reply.lanes ?? -1) lanes, the region has \(region.laneCount)")
+            // From here the region owns both descriptors.
+            mapped = true
+            guard reply.lanes == region.laneCount, reply.slot_size == region.slotCapacity,
+                  reply.size == Layout.regionSize(laneCount: region.laneCount, slotCapacity: region.slotCapacity,
+                                                  rawCount: region.rawCount) else {
+                throw RegionAttachError.connection(.badAnswer("the reply's lanes, slot size or size differ from the region's header"))
             }
             return region
         } catch let error as RegionAttachError {
-            if descriptor >= 0 { close(descriptor) }
-            close(socket)
+            // Once mapped, the region closes both when it goes (a mismatch above).
+            if !mapped {
+                if descriptor >= 0 { close(descriptor) }
+                close(socket)
+            }
             throw error
         } catch {
             if descriptor >= 0 { close(descriptor) }
@@ -77,7 +85,7 @@ extension Region {
     }
 
     /// Reads the handshake's one reply line, and the descriptor that comes with its bytes.
-    private static func readReply(_ socket: Int32, path: String, descriptor: inout Int32) throws(RegionAttachError) -> [UInt8] {
+    private static func readReply(_ socket: Int32, name: String, path: String, descriptor: inout Int32) throws(RegionAttachError) -> [UInt8] {
         var line: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while line.count < ControlProtocol.maxLineBytes {
@@ -90,7 +98,7 @@ extension Region {
                 if -count == EAGAIN { throw .connection(.badAnswer("no answer within the timeout")) }
                 throw .connection(.system(SystemError("recvmsg \(path)", errno: Int32(-count))))
             }
-            if count == 0 { throw .connection(.badAnswer("the host closed the connection")) }
+            if count == 0 { throw .hostGone(name: name) }
             line += chunk[0..<Int(count)]
             if let newline = line.firstIndex(of: UInt8(ascii: "\n")) { return Array(line[..<newline]) }
         }
