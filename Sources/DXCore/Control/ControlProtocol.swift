@@ -218,14 +218,17 @@ public struct GuestFields: Codable, Sendable {
     public var guest: Int
     /// The guest's pid and uid (`SO_PEERCRED` at connect).
     public var pid: Int32
+    /// The guest's uid (`SO_PEERCRED` at connect).
     public var uid: UInt32
     /// Its region: lanes and bytes.
     public var lanes: Int
+    /// Its region's size in bytes.
     public var bytes: Int
     /// The pool worker that serves it.
     public var worker: Int
     /// Round trips answered, and per second over the last window.
     public var round_trips: UInt64
+    /// Round trips per second over the last window.
     public var ops_per_sec: Double
 }
 

@@ -11,18 +11,22 @@ import Synchronization
 public struct PrivateHostLimits: Sendable, Equatable {
     /// Lanes a guest may ask for (1...`maxLanes`); a guest that names no count gets `defaultLanes`.
     public var maxLanes: Int
+    /// Lanes a guest gets when it names no count.
     public var defaultLanes: Int
     /// The largest request or response, in bytes, in every guest's region.
     public var slotCapacity: Int
     /// Regions at once: in all, and per user.
     public var maxGuests: Int
+    /// Regions at once per user.
     public var maxGuestsPerUID: Int
     /// Bytes of regions at once: in all, and per user.
     public var maxBytes: Int
+    /// Bytes of regions at once per user.
     public var maxBytesPerUID: Int
     /// Users besides the host's own (and root) that may connect: by uid, or by the primary gid
     /// `SO_PEERCRED` reports. They may ask for regions, nothing else.
     public var allowedUIDs: Set<uid_t>
+    /// Primary gids besides the host's own users that may ask for regions.
     public var allowedGIDs: Set<gid_t>
 
     /// Limits for a host on a shared machine: 8 lanes by default, up to 64; 4 KiB slots; 1024
@@ -64,9 +68,13 @@ public struct PrivateGuest: Sendable, Equatable {
     public var id: Int
     /// Its row in snapshots (``RegionSnapshot/lanes``): reused after the guest goes.
     public var slot: Int
+    /// The guest's pid (`SO_PEERCRED` at connect; 0 in another pid namespace).
     public var pid: Int32
+    /// The guest's uid.
     public var uid: uid_t
+    /// Its region's lanes.
     public var lanes: Int
+    /// Its region's size in bytes.
     public var bytes: Int
     /// The pool worker that serves it.
     public var worker: Int
@@ -75,7 +83,7 @@ public struct PrivateGuest: Sendable, Equatable {
 /// A host for many sandboxes (`dx-host --private`): it creates no named region. Each guest that
 /// connects to its socket and asks gets a private, sealed region of its own
 /// (``Region/connect(name:lanes:controlPath:hostUID:timeoutNanoseconds:)``); no guest ever maps
-/// another's memory. A fixed pool of ``PoolWorker`` threads serves every region, so the host's
+/// another's memory. A fixed pool of worker threads (`PoolWorker`) serves every region, so the host's
 /// thread count does not grow with its guests, and idle guests cost nothing. A guest's region is
 /// freed when its connection closes (the guest closed it, or died).
 ///
@@ -84,9 +92,11 @@ public struct PrivateGuest: Sendable, Equatable {
 public final class PrivateHost: ControlTarget, @unchecked Sendable {
     /// The name guests use to find the host's socket.
     public let name: String
+    /// Who may connect and how much they may have.
     public let limits: PrivateHostLimits
     /// The handler every region's header announces (guests check responses by it).
     public let handlerKind: HandlerKind
+    /// The pool workers' spin policy; ``setSpinPolicy(_:)`` changes it while they run.
     public var spinPolicy: SpinPolicy { policies.load() }
     private let policies: SpinPolicyCell
     private let logger: Logger
@@ -254,7 +264,9 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
 
     // MARK: - ControlTarget
 
+    /// This process's pid.
     public var hostPID: Int32 { getpid() }
+    /// The default lanes per guest, the slot size and the pool's width.
     public var shape: HostShape {
         HostShape(lanes: limits.defaultLanes, slotCapacity: limits.slotCapacity, workers: poolSize, privateRegions: true)
     }
@@ -293,16 +305,19 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         return RegionSnapshot(time: CShm_monotonic_ns(), lanes: rows, workers: workers, reclaimedLanes: freedRegions)
     }
 
+    /// "guest" for a taken guest slot, else "free".
     public func laneState(_ index: Int) -> String {
         table.withLock { index < $0.slots.count && $0.slots[index] != nil } ? "guest" : "free"
     }
 
+    /// Changes the pool workers' spin policy; they pick it up within 1024 polls.
     public func setSpinPolicy(_ policy: SpinPolicy) throws(WaitStrategyError) {
         try policy.validate()
         policies.store(policy)
         logger.info("spin policy changed", metadata: ["wait": "\(policy)"])
     }
 
+    /// Itself: its socket hands out regions.
     public var privateHost: PrivateHost? { self }
 
     /// What to do when a control client asks the host to shut down (``HostService`` sets it).
@@ -310,6 +325,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         shutdownHandler.withLock { $0 = handler }
     }
 
+    /// Asks the host's owner to shut down: runs the ``onShutdownRequest(_:)`` handler.
     public func requestShutdown() {
         if let handler = shutdownHandler.withLock({ $0 }) {
             logger.info("shutdown requested")
@@ -353,6 +369,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
 
 /// Why a private host refused a region, in a sentence.
 public struct RegionRefusal: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The sentence.
     public var description: String
     init(_ description: String) { self.description = description }
 }
@@ -361,6 +378,7 @@ public struct RegionRefusal: Error, Sendable, Equatable, CustomStringConvertible
 public struct HostShape: Sendable, Equatable {
     /// Lanes (a private host: the default per guest).
     public var lanes: Int
+    /// The largest request or response, in bytes.
     public var slotCapacity: Int
     /// Serving workers (a private host: its pool).
     public var workers: Int
