@@ -106,6 +106,8 @@ struct Run: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "dx-host")
+        // The metrics backend, before the host (which takes the factory in use when it is made).
+        PrometheusExport.bootstrap()
 
         // SIGPIPE (a control client gone mid-reply) is ignored. The stop signals are watched from
         // here on, before the region exists: the first stops the service group gracefully, a
@@ -128,7 +130,8 @@ struct Run: AsyncParsableCommand {
         let control = HostService.ControlSocket(
             path: self.control ?? ControlPath.socket(for: name),
             backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
-            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9))
+            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9),
+            metricsExposition: PrometheusExport.text)
         let service = switch handler {
         case .echo: HostService(host: host, handler: EchoHandler(), control: control, logger: logger)
         case .checksum: HostService(host: host, handler: ChecksumHandler(), control: control, logger: logger)
