@@ -2,7 +2,7 @@
 /// whether it is a counter or a gauge, and a sentence that explains it (for a backend's help text).
 ///
 /// Every family carries the dimension `region` (the region name); lane families add `lane`, worker
-/// families `worker`. ``all`` lists them; <doc:Metrics> explains when each is collected.
+/// families `worker`. ``all`` lists them; <doc:CollectingMetrics> explains when each is collected.
 public struct HostMetric: Sendable, Hashable {
     /// Counter (only grows) or gauge (a value now).
     public enum Kind: String, Sendable, Hashable {
