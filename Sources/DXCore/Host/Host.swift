@@ -43,7 +43,8 @@ public final class Host: ControlTarget, @unchecked Sendable {
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``. `logger` receives the host's few lifecycle messages (never one per call).
     /// The host's metrics go to the swift-metrics factory in use now (`MetricsSystem.factory`):
-    /// bootstrap a backend before creating the host, or get swift-metrics' no-op one (see <doc:CollectingMetrics>).
+    /// bootstrap a backend before creating the host, or get swift-metrics' no-op one (see
+    /// <doc:CollectingMetrics>).
     public init(name: String, configuration: RegionConfiguration, spinPolicy: SpinPolicy = WaitStrategy.auto.spinPolicy,
                 counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         do { try spinPolicy.validate() } catch { throw .invalidConfiguration(error.description) }
@@ -140,9 +141,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
         counters.snapshot(of: region)
     }
 
-    /// Passes what the counters moved since the last collection to swift-metrics (see <doc:CollectingMetrics>).
-    /// The housekeeping thread does it once a second, and the control server before every `metrics`
-    /// reply; call it before reading your own backend to see the counters as of now.
+    /// Passes what the counters moved since the last collection to swift-metrics (see
+    /// <doc:CollectingMetrics>). The housekeeping thread does it once a second, and the control server
+    /// before every `metrics` reply; call it before reading your own backend to see the counters as of now.
     public func collectMetrics() {
         metrics.collect(counters.snapshot(of: region))
     }

@@ -39,8 +39,8 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
         public var backend: ControlBackend
         /// Connections idle (and not watching) for this long are closed.
         public var idleTimeoutNanoseconds: UInt64
-        /// Renders the process's metrics backend for the `metrics` command (see <doc:CollectingMetrics>); nil
-        /// makes `metrics` answer with an error.
+        /// Renders the process's metrics backend for the `metrics` command (see
+        /// <doc:CollectingMetrics>); nil makes `metrics` answer with an error.
         public var metricsExposition: (@Sendable () -> String)?
 
         /// A control socket at `path`.
