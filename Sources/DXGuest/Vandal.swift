@@ -19,6 +19,9 @@ enum VandalMode: String, ExpressibleByArgument, CaseIterable {
     case fields
     /// Takes the turn of worker 0's turnstile and never passes it, renewing its lease.
     case turn
+    /// Claims lanes and writes huge, decreasing and random values into every lane's guest
+    /// counters (which the host passes to swift-metrics).
+    case counters
     /// Claims raw channel 0 for real (lock and owner word) and posts its server's parker every
     /// 50 ms without ever pinging.
     case rawPosts = "raw-posts"
@@ -38,7 +41,7 @@ struct Vandal: ParsableCommand {
     @Option(help: "What to attack: \(VandalMode.allCases.map(\.rawValue).joined(separator: ", ")).")
     var mode: VandalMode = .lanes
 
-    @Option(help: "How many lanes to claim and vandalise (mode lanes).")
+    @Option(help: "How many lanes to claim and vandalise (modes lanes and counters).")
     var lanes: Int = 2
 
     @Option(help: "Seconds to keep at it.")
@@ -65,6 +68,7 @@ struct Vandal: ParsableCommand {
         var attacks = [String: Int]()
         switch mode {
         case .lanes: try vandaliseLanes(region, base, end, &attacks)
+        case .counters: try counters(region, base, end, &attacks)
         case .fill: fill(base, size, end, &attacks)
         case .random: scribble(base, size, end, &attacks)
         case .fields: fields(region, base, end, &attacks)
@@ -85,14 +89,7 @@ struct Vandal: ParsableCommand {
 
     private func vandaliseLanes(_ region: Region, _ base: UnsafeMutableRawPointer, _ end: UInt64,
                                 _ attacks: inout [String: Int]) throws {
-        // Claim from the top, the way a guest does, so that honest guests keep theirs.
-        var held: [Held] = []
-        for index in stride(from: region.laneCount - 1, through: 0, by: -1) where held.count < lanes {
-            if let lane = try? region.claimLane(strategy: .lowCPU, startingAt: index), lane.index == index {
-                held.append(Held(lane))
-            }
-        }
-        guard !held.isEmpty else { throw CommandFailure("no lane to vandalise", exit: .failure) }
+        let held = try claimFromTop(region)
         let fields = Layout.fields(laneCount: region.laneCount, workerCount: region.workerCount,
                                    rawCount: region.rawCount, slotCapacity: region.slotCapacity)
         let magic = fields.first { $0.name == "magic" }!
@@ -131,6 +128,52 @@ struct Vandal: ParsableCommand {
                 attacks["sleeping flag", default: 0] += 1
             }
             usleep(100)
+        }
+    }
+
+    /// Claims `lanes` lanes from the top, the way a guest does, so that honest guests keep theirs.
+    private func claimFromTop(_ region: Region) throws -> [Held] {
+        var held: [Held] = []
+        for index in stride(from: region.laneCount - 1, through: 0, by: -1) where held.count < lanes {
+            if let lane = try? region.claimLane(strategy: .lowCPU, startingAt: index), lane.index == index {
+                held.append(Held(lane))
+            }
+        }
+        guard !held.isEmpty else { throw CommandFailure("no lane to vandalise", exit: .failure) }
+        return held
+    }
+
+    /// Guest counters: every lane's, while holding some lanes so that the host keeps series for them.
+    /// Each round writes one kind of value into all of them: the largest, just past `Int64.max`,
+    /// `Int64.max`, zero, a value lower than the last, or noise.
+    private func counters(_ region: Region, _ base: UnsafeMutableRawPointer, _ end: UInt64,
+                          _ attacks: inout [String: Int]) throws {
+        let held = try claimFromTop(region)
+        defer { withExtendedLifetime(held) {} }  // the claims last until the vandal is done
+        let counters = Layout.fields(laneCount: region.laneCount, workerCount: region.workerCount,
+                                     rawCount: region.rawCount, slotCapacity: region.slotCapacity)
+            .filter { $0.name == "guest counter" }
+        var random = SystemRandomNumberGenerator()
+        let kinds = ["UInt64.max", "Int64.max + 1", "Int64.max", "zero", "decreasing", "random"]
+        var descending = UInt64.max
+        var round = 0
+        while CShm_monotonic_ns() < end {
+            let kind = round % kinds.count
+            if kind == 4 { descending /= 2 }
+            for field in counters {
+                let value: UInt64 = switch kind {
+                case 0: .max
+                case 1: UInt64(Int64.max) + 1
+                case 2: UInt64(Int64.max)
+                case 3: 0
+                case 4: descending
+                default: .random(in: 0...UInt64.max, using: &random)
+                }
+                store(base, field, value)
+            }
+            attacks[kinds[kind], default: 0] += 1
+            round += 1
+            usleep(500)
         }
     }
 

@@ -142,6 +142,8 @@ struct Run: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "dx-host")
+        // The metrics backend, before the host (which takes the factory in use when it is made).
+        PrometheusExport.bootstrap()
 
         // SIGPIPE (a control client gone mid-reply) is ignored. The stop signals are watched from
         // here on, before the region exists: the first stops the service group gracefully, a
@@ -152,7 +154,8 @@ struct Run: AsyncParsableCommand {
         let control = HostService.ControlSocket(
             path: self.control ?? ControlPath.socket(for: name),
             backend: ControlBackend(rawValue: controlBackend.rawValue) ?? .auto,
-            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9))
+            idleTimeoutNanoseconds: UInt64(controlIdleTimeout * 1e9),
+            metricsExposition: PrometheusExport.text)
         if privateRegions {
             let host: PrivateHost
             do {

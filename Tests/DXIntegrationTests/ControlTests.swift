@@ -48,6 +48,43 @@ final class RawControlSocket {
     }
 }
 
+/// The Prometheus text exposition format, parsed just enough for the tests: `# TYPE` and `# HELP`
+/// lines by family, and every sample with its labels and value.
+struct PrometheusText {
+    struct Sample {
+        var name: String
+        var labels: [String: String]
+        var value: Double
+        var line: String
+    }
+
+    var types: [String: String] = [:]
+    var help: [String: String] = [:]
+    var samples: [Sample] = []
+
+    init(_ text: String) {
+        for line in text.split(separator: "\n").map(String.init) {
+            let words = line.split(separator: " ", maxSplits: 3).map(String.init)
+            if line.hasPrefix("# TYPE "), words.count == 4 {
+                types[words[2]] = words[3]
+            } else if line.hasPrefix("# HELP "), words.count >= 3 {
+                help[words[2]] = words.count == 4 ? words[3] : ""
+            } else if !line.hasPrefix("#"), let space = line.lastIndex(of: " ") {
+                let series = line[..<space]
+                let name = String(series.prefix { $0 != "{" })
+                var labels: [String: String] = [:]
+                if let open = series.firstIndex(of: "{"), series.hasSuffix("}") {
+                    for pair in series[series.index(after: open)..<series.index(before: series.endIndex)].split(separator: ",") {
+                        let parts = pair.split(separator: "=", maxSplits: 1)
+                        if parts.count == 2 { labels[String(parts[0])] = String(parts[1].dropFirst().dropLast()) }
+                    }
+                }
+                samples.append(Sample(name: name, labels: labels, value: Double(line[line.index(after: space)...]) ?? -1, line: line))
+            }
+        }
+    }
+}
+
 func reply(_ line: String?) throws -> [String: Any] {
     let line = try #require(line)
     return try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
@@ -236,6 +273,61 @@ func reply(_ line: String?) throws -> [String: Any] {
         #expect(bad.stderr.contains("nothing changed"))
         guest.waitUntilExit()
         #expect(guest.terminationStatus == 0)  // the guest never noticed the live change
+        #expect(try setup.host.stop() == 0)
+    }
+
+    /// `dx-host ctl metrics` is swift-prometheus' rendering of the host's swift-metrics series, under
+    /// the names the hand-written exposition had (and its labels), with a few host-wide additions.
+    @Test func metricsKeepTheirNames() throws {
+        let setup = try start("auto", ["--lanes", "4"])
+        let name = setup.host.name
+        let control = ["--name", name, "--control", setup.socket]
+        // Lane series exist while a lane is claimed: keep two claimed while scraping.
+        let guest = try Background(Binaries.guest, ["soak", "--name", name, "--threads", "2", "--duration", "4"])
+        #expect(try eventually(timeout: 10) { try (hostStats(name, control: setup.socket)["lanes_claimed"] as? Int ?? 0) >= 2 } != nil)
+        var text = PrometheusText("")
+        let scraped = try eventually(timeout: 10) {
+            let outcome = try run(Binaries.host, ["ctl", "metrics"] + control)
+            guard outcome.status == 0 else { return false }
+            text = PrometheusText(outcome.stdout)
+            return text.samples.contains { $0.name == "dx_lane_round_trips_total" && $0.value > 0 }
+        }
+        #expect(scraped != nil, "no lane round trips in \(text.types)")
+        let legacy: [String: String] = [
+            "dx_uptime_seconds": "gauge", "dx_ops_per_second": "gauge", "dx_reclaimed_lanes_total": "counter",
+            "dx_lane_round_trips_total": "counter", "dx_lane_wakes_sent_total": "counter",
+            "dx_lane_wakes_skipped_total": "counter", "dx_lane_host_errors_total": "counter",
+            "dx_lane_guest_calls_total": "counter", "dx_lane_guest_spin_wins_total": "counter",
+            "dx_lane_guest_yields_total": "counter", "dx_lane_guest_sleeps_total": "counter",
+            "dx_lane_guest_doorbells_total": "counter", "dx_lane_guest_turn_waits_total": "counter",
+            "dx_worker_spin_wins_total": "counter", "dx_worker_yields_total": "counter", "dx_worker_sleeps_total": "counter",
+        ]
+        let added: [String: String] = [
+            "dx_round_trips_total": "counter", "dx_wakes_sent_total": "counter", "dx_host_errors_total": "counter",
+            "dx_lanes_claimed": "gauge",
+        ]
+        for (family, type) in legacy.merging(added, uniquingKeysWith: { $1 }) {
+            #expect(text.types[family] == type, "\(family): \(text.types[family] ?? "missing")")
+            #expect(text.help[family].map { !$0.isEmpty } == true, "\(family) has no HELP line")
+        }
+        #expect(Set(text.types.keys) == Set(legacy.keys).union(added.keys), "unexpected families: \(text.types.keys.sorted())")
+        for sample in text.samples {
+            #expect(sample.labels["region"] == name, "\(sample.line)")
+            if sample.name.hasPrefix("dx_lane_") { #expect(sample.labels["lane"].flatMap { Int($0) }.map { (0..<4).contains($0) } == true) }
+            if sample.name.hasPrefix("dx_worker_") { #expect(sample.labels["worker"] != nil) }
+            #expect(sample.value >= 0, "\(sample.line)")
+        }
+        let total = text.samples.first { $0.name == "dx_round_trips_total" }?.value ?? 0
+        let lanes = text.samples.filter { $0.name == "dx_lane_round_trips_total" }.reduce(0) { $0 + $1.value }
+        #expect(total >= lanes && lanes > 0)
+        #expect(guest.wait(timeout: 20) != nil)
+        #expect(guest.process.terminationStatus == 0, "\(guest.errors)")
+        // Released lanes take their series with them; the host-wide ones stay.
+        let after = try eventually(timeout: 5) {
+            let text = PrometheusText(try run(Binaries.host, ["ctl", "metrics"] + control).stdout)
+            return !text.types.keys.contains { $0.hasPrefix("dx_lane_") } && text.types["dx_round_trips_total"] != nil
+        }
+        #expect(after != nil, "the lane series outlived their claims")
         #expect(try setup.host.stop() == 0)
     }
 

@@ -80,6 +80,40 @@ func runtimeFiles(_ name: String) -> [String] {
         try expectHostSurvived(host, mode)
     }
 
+    /// A vandal writes `UInt64.max`, values past `Int64.max`, zero, decreasing values and noise into
+    /// every lane's guest counters while a scraper asks for `ctl metrics` again and again (each
+    /// scrape collects them into swift-metrics and renders swift-prometheus): every scrape answers,
+    /// no value goes negative or past `Int64.max`, and the host survives.
+    @Test func hugeAndDecreasingGuestCountersCannotCrashTheMetrics() throws {
+        let host = try RunningHost(arguments: ["--lanes", "4"])
+        let honest = try Background(Binaries.guest, ["soak", "--name", host.name, "--threads", "1", "--duration", "4",
+                                                     "--keep-going", "--call-timeout", "1"])
+        #expect(try eventually(timeout: 5) { try (hostStats(host.name)["lanes_claimed"] as? Int ?? 0) >= 1 } != nil)
+        let vandal = try Background(Binaries.guest, ["vandal", "--name", host.name, "--mode", "counters", "--lanes", "2",
+                                                     "--duration", "3"])
+        var scrapes = 0
+        var guestSamples = 0
+        while vandal.process.isRunning {
+            let outcome = try run(Binaries.host, ["ctl", "metrics", "--name", host.name], timeout: 10)
+            #expect(outcome.status == 0, "scrape \(scrapes): \(outcome.stderr)")
+            let text = PrometheusText(outcome.stdout)
+            for sample in text.samples {
+                #expect(sample.value >= 0 && sample.value <= Double(Int64.max), "\(sample.line)")
+            }
+            guestSamples += text.samples.filter { $0.name.hasPrefix("dx_lane_guest_") }.count
+            scrapes += 1
+        }
+        #expect(vandal.wait(timeout: 10) != nil)
+        #expect(vandal.process.terminationStatus == 0, "\(vandal.errors)")
+        print("counters: \(scrapes) scrapes, \(guestSamples) guest samples; vandal \(vandal.output.prefix(200))")
+        #expect(scrapes >= 3 && guestSamples > 0)
+        #expect(honest.wait(timeout: 20) != nil, "the honest guest hung")
+        // The metrics still answer after the attack, with the host's own counts intact.
+        let after = PrometheusText(try run(Binaries.host, ["ctl", "metrics", "--name", host.name]).stdout)
+        #expect((after.samples.first { $0.name == "dx_round_trips_total" }?.value ?? 0) > 0)
+        try expectHostSurvived(host, "counters")
+    }
+
     /// A guest killed during a raw baseline run leaves its channel owned; the raw server finds the
     /// owner's lock free, reclaims the channel (its owner word goes back to free, which only a
     /// reclaim does: the guest is dead) and goes back to sleep instead of spinning forever.

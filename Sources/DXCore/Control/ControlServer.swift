@@ -34,9 +34,12 @@ public final class ControlServer: @unchecked Sendable {
 
     /// Binds and listens. A socket file left by a dead host is replaced; a live one is refused, and
     /// so is anything else at `path` (see ``ControlPath``). A client that sends nothing for
-    /// `idleTimeoutNanoseconds` (and is not watching) is closed.
+    /// `idleTimeoutNanoseconds` (and is not watching) is closed. `metricsExposition` renders the
+    /// process's swift-metrics backend for the `metrics` command (dx-host passes swift-prometheus'
+    /// registry); without it, `metrics` answers with an error.
     public init(target: any ControlTarget, path: String, backend: ControlBackend = .auto,
                 idleTimeoutNanoseconds: UInt64 = 60_000_000_000,
+                metricsExposition: (@Sendable () -> String)? = nil,
                 logger: Logger = Logger(label: "dx.control")) throws(ControlError) {
         // A private host that lets other users in needs a socket they can connect to; SO_PEERCRED
         // (checked at accept) refuses everyone it does not allow.
@@ -78,7 +81,7 @@ public final class ControlServer: @unchecked Sendable {
                 self.backend = .poll
             }
         }
-        connections = ControlConnections(service: ControlService(target: target),
+        connections = ControlConnections(service: ControlService(target: target, metricsExposition: metricsExposition),
                                          idleTimeoutNanoseconds: idleTimeoutNanoseconds)
         let targetForShutdown = target
         let connections = connections, loop = loop, stop = stopFlag, listener = listener

@@ -15,8 +15,15 @@ public protocol ControlTarget: AnyObject, Sendable {
     /// The private host, when the target is one: its socket hands out regions.
     var privateHost: PrivateHost? { get }
     func setSpinPolicy(_ policy: SpinPolicy) throws(WaitStrategyError)
+    /// Passes the counters to swift-metrics now (before a `metrics` reply renders the backend).
+    func collectMetrics()
     /// Asks the host to stop, from the control thread; the host stops on its own thread.
     func requestShutdown()
+}
+
+extension ControlTarget {
+    /// Nothing to collect: a target without swift-metrics series.
+    public func collectMetrics() {}
 }
 
 /// The control protocol without I/O: turns request lines into reply lines, and keeps the
@@ -35,6 +42,9 @@ final class ControlService {
     }
 
     let target: any ControlTarget
+    /// Renders the process's metrics backend (e.g. swift-prometheus) for `metrics`; nil when the
+    /// embedder bootstrapped none that renders text.
+    let metricsExposition: (@Sendable () -> String)?
     /// Control connections closed for piling up output or idling (``ControlConnections``).
     var droppedConnections = 0
     private let startTime = CShm_monotonic_ns()
@@ -48,8 +58,9 @@ final class ControlService {
         return encoder
     }()
 
-    init(target: any ControlTarget) {
+    init(target: any ControlTarget, metricsExposition: (@Sendable () -> String)? = nil) {
         self.target = target
+        self.metricsExposition = metricsExposition
         lastActivity = Array(repeating: 0, count: target.snapshot().lanes.count)
         history = [target.snapshot()]
     }
@@ -98,7 +109,7 @@ final class ControlService {
         case "lanes":
             let rows = laneFields(stats: currentWindow())
             return (encodeLine(LanesReply(lanes: target.privateHost == nil ? rows : rows.filter { $0.state != "free" })), .none)
-        case "metrics": return (encodeLine(MetricsReply(text: metrics())), .none)
+        case "metrics": return metrics()
         case "config": return config(request.set)
         case "watch":
             let interval = request.interval_ms ?? 1000
@@ -222,48 +233,14 @@ final class ControlService {
                                        slot_size: shape.slotCapacity, workers: shape.workers)), .none)
     }
 
-    /// The Prometheus text exposition of the counters.
-    private func metrics() -> String {
-        let window = currentWindow()
-        var out = ""
-        func family(_ name: String, _ type: String, _ help: String) {
-            out += "# HELP dx_\(name) \(help)\n# TYPE dx_\(name) \(type)\n"
+    /// The process's metrics backend, rendered after a fresh collection (see ``HostMetrics``).
+    private func metrics() -> ([UInt8], Effect) {
+        guard let metricsExposition else {
+            return (errorLine("this host renders no metrics: its embedder passes them to its own swift-metrics backend",
+                              cmd: "metrics"), .none)
         }
-        let region = "region=\"\(target.name)\""
-        family("uptime_seconds", "gauge", "Seconds since the control plane started.")
-        out += "dx_uptime_seconds{\(region)} \(uptime(window.now.time))\n"
-        let laneCounters: [(String, String, (LaneSnapshot) -> UInt64)] = [
-            ("round_trips_total", "Requests answered by the host.", { $0.roundTrips }),
-            ("wakes_sent_total", "Sleeping guests woken by the host.", { $0.wakesSent }),
-            ("wakes_skipped_total", "Responses published while the guest was awake.", { $0.wakesSkipped }),
-            ("host_errors_total", "Requests answered with an error status (bad length, bad sequence, handler).", { $0.hostErrors }),
-            ("guest_calls_total", "Calls the guest made (guest-reported).", { $0.calls }),
-            ("guest_spin_wins_total", "Guest waits that ended while spinning (guest-reported).", { $0.spinWins }),
-            ("guest_yields_total", "Guest yields while waiting (guest-reported).", { $0.yields }),
-            ("guest_sleeps_total", "Guest sleeps while waiting (guest-reported).", { $0.sleeps }),
-            ("guest_doorbells_total", "Worker wake-ups the guest sent (guest-reported).", { $0.doorbells }),
-            ("guest_turn_waits_total", "Turns the guest waited for (guest-reported).", { $0.turnWaits }),
-        ]
-        for (name, help, value) in laneCounters {
-            family("lane_\(name)", "counter", help)
-            for lane in window.now.lanes { out += "dx_lane_\(name){\(region),lane=\"\(lane.index)\"} \(value(lane))\n" }
-        }
-        let workerCounters: [(String, String, (WorkerSnapshot) -> UInt64)] = [
-            ("spin_wins_total", "Idle waits of the worker that ended while spinning.", { $0.spinWins }),
-            ("yields_total", "Worker yields while idle.", { $0.yields }),
-            ("sleeps_total", "Worker sleeps on its doorbell.", { $0.sleeps }),
-        ]
-        for (name, help, value) in workerCounters {
-            family("worker_\(name)", "counter", help)
-            for worker in window.now.workers {
-                out += "dx_worker_\(name){\(region),worker=\"\(worker.index)\"} \(value(worker))\n"
-            }
-        }
-        family("reclaimed_lanes_total", "counter", "Lanes taken back from guests that died.")
-        out += "dx_reclaimed_lanes_total{\(region)} \(window.now.reclaimedLanes)\n"
-        family("ops_per_second", "gauge", "Round trips per second over the last second.")
-        out += "dx_ops_per_second{\(region)} \(Double(window.now.roundTrips &- window.then.roundTrips) / window.seconds)\n"
-        return out
+        target.collectMetrics()
+        return (encodeLine(MetricsReply(text: metricsExposition())), .none)
     }
 
     // MARK: - Encoding

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CShm
+import CoreMetrics
 import Logging
 import Synchronization
 
@@ -37,9 +38,13 @@ public final class Host: ControlTarget, @unchecked Sendable {
     /// Whether workers update their counters (on unless measuring their cost).
     public let counting: Bool
     private let counters: HostCounters
+    private let metrics: HostMetrics
 
     /// Creates the region (see ``Region/create(name:configuration:)``). Nothing is served until
     /// ``start(handler:)``. `logger` receives the host's few lifecycle messages (never one per call).
+    /// The host's metrics go to the swift-metrics factory in use now (`MetricsSystem.factory`):
+    /// bootstrap a backend before creating the host, or get swift-metrics' no-op one (see
+    /// <doc:CollectingMetrics>).
     public init(name: String, configuration: RegionConfiguration, spinPolicy: SpinPolicy = WaitStrategy.auto.spinPolicy,
                 counting: Bool = true, logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         do { try spinPolicy.validate() } catch { throw .invalidConfiguration(error.description) }
@@ -47,13 +52,15 @@ public final class Host: ControlTarget, @unchecked Sendable {
         self.policies = SpinPolicyCell(spinPolicy)
         self.counting = counting
         self.counters = HostCounters(laneCount: region.laneCount, workerCount: region.workerCount)
+        self.metrics = HostMetrics(region: name, laneCount: region.laneCount, workerCount: region.workerCount,
+                                   factory: MetricsSystem.factory)
         self.logger = logger
     }
 
     /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
     public func start<Handler: RequestHandler>(handler: Handler) throws(SystemError) {
         let region = region, policies = policies, stop = stopFlag, counting = counting, counters = counters
-        let cpus = workerCPUs, logger = logger
+        let cpus = workerCPUs, logger = logger, metrics = metrics
         do {
             for index in 0..<region.workerCount {
                 let worker = Worker(region: region, index: index, handler: handler, policies: policies,
@@ -75,6 +82,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
             threads.append(try Thread(stackSize: 256 * 1024) { [weak self] in
                 var watch = OwnerWatch(region: region, counters: counters)
                 var truncated = false
+                var ticks = 0
                 while !stop.isSet {
                     region.beat()
                     if !truncated, region.truncationFaults > 0 {
@@ -86,6 +94,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
                     for lane in watch.reclaimDeadOwners() {
                         logger.notice("reclaimed a lane whose guest died", metadata: ["lane": "\(lane.index)", "pid": "\(lane.pid)"])
                     }
+                    // Once a second: the counters to swift-metrics (never from the data path).
+                    ticks += 1
+                    if ticks % 10 == 0 { metrics.collect(counters.snapshot(of: region)) }
                     CShm_sleep_ns(100_000_000)
                 }
             })
@@ -149,6 +160,13 @@ public final class Host: ControlTarget, @unchecked Sendable {
         return region.ownerLives(owner) ? "claimed" : "owner-gone"
     }
 
+    /// Passes what the counters moved since the last collection to swift-metrics (see
+    /// <doc:CollectingMetrics>). The housekeeping thread does it once a second, and the control server
+    /// before every `metrics` reply; call it before reading your own backend to see the counters as of now.
+    public func collectMetrics() {
+        metrics.collect(counters.snapshot(of: region))
+    }
+
     /// The quick way out, for a second stop signal: publishes `stopping`, lets go of the host
     /// lock, wakes sleeping guests and removes the region's name, without waiting for any thread.
     /// The process should exit next.
@@ -172,6 +190,9 @@ public final class Host: ControlTarget, @unchecked Sendable {
         for index in 0..<region.rawCount { region.rawChannel(index).parker.post() }
         for thread in threads { thread.join() }
         threads.removeAll()
+        // The last increments, then every series goes (a host of the same name may follow).
+        collectMetrics()
+        metrics.destroy()
         // Guests learn that the host is gone from its lock, so let go of it before waking them.
         region.releaseHostLock()
         for index in 0..<region.laneCount { wakeSleepingGuest(lane: region.lane(index)) }

@@ -39,12 +39,17 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
         public var backend: ControlBackend
         /// Connections idle (and not watching) for this long are closed.
         public var idleTimeoutNanoseconds: UInt64
+        /// Renders the process's metrics backend for the `metrics` command (see
+        /// <doc:CollectingMetrics>); nil makes `metrics` answer with an error.
+        public var metricsExposition: (@Sendable () -> String)?
 
         /// A control socket at `path`.
-        public init(path: String, backend: ControlBackend = .auto, idleTimeoutNanoseconds: UInt64 = 60_000_000_000) {
+        public init(path: String, backend: ControlBackend = .auto, idleTimeoutNanoseconds: UInt64 = 60_000_000_000,
+                    metricsExposition: (@Sendable () -> String)? = nil) {
             self.path = path
             self.backend = backend
             self.idleTimeoutNanoseconds = idleTimeoutNanoseconds
+            self.metricsExposition = metricsExposition
         }
     }
 
@@ -99,7 +104,8 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
             do {
                 let server = try ControlServer(
                     target: target, path: controlSocket.path, backend: controlSocket.backend,
-                    idleTimeoutNanoseconds: controlSocket.idleTimeoutNanoseconds, logger: logger)
+                    idleTimeoutNanoseconds: controlSocket.idleTimeoutNanoseconds,
+                    metricsExposition: controlSocket.metricsExposition, logger: logger)
                 control.withLock { $0 = server }
             } catch {
                 target.stop()
