@@ -69,7 +69,7 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
     var logLevel: String = "info"
 
-    @Flag(name: .customLong("private"), help: "Create no named region: give each guest that connects to the socket a private, sealed region of its own (many sandboxes). --lanes is then the default per guest, --workers the pool size (default: CPUs).")
+    @Flag(name: .customLong("private"), help: "Create no named region: give each guest that connects to the socket a private, sealed region of its own (many sandboxes). --lanes is then the default per guest, --workers the pool size (default: CPUs - 1, at least 1).")
     var privateRegions = false
 
     @Option(name: .customLong("allow-uid"), help: "Private mode: also let this uid ask for a region (repeatable). Its guests pass --control PATH --host-uid UID; the socket is made connectable (mode 0666) and SO_PEERCRED refuses everyone else.")
@@ -77,6 +77,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(name: .customLong("allow-gid"), help: "Private mode: also let processes of this primary gid ask for a region (repeatable).")
     var allowGIDs: [UInt32] = []
+
+    @Option(name: .customLong("grant-quantum-us"), help: "Private mode: how long a guest's turn at its pool worker lasts while others wait, in µs (10...1000000).")
+    var grantQuantumMicroseconds: UInt64 = 1000
 
     @Option(name: .customLong("max-lanes"), help: "Private mode: the most lanes a guest may ask for.")
     var maxLanes: Int = 64
@@ -159,7 +162,8 @@ struct Run: AsyncParsableCommand {
         if privateRegions {
             let host: PrivateHost
             do {
-                host = try PrivateHost(name: name, limits: limits, handler: handler == .echo ? .echo : .checksum, poolSize: workers, spinPolicy: try wait.spinPolicy,
+                host = try PrivateHost(name: name, limits: limits, handler: handler == .echo ? .echo : .checksum, poolSize: workers,
+                                       grantQuantumNanoseconds: grantQuantumMicroseconds &* 1000, spinPolicy: try wait.spinPolicy,
                                        counting: !noCounters, logger: logger)
             } catch {
                 throw CommandFailure("cannot start the private host: \(error)", exit: .failure)

@@ -99,8 +99,11 @@ import Testing
             let facts = try #require(hostStats(host.name)["process"] as? [String: Any])
             return (facts["open_fds"] as? Int ?? -1, facts["threads"] as? Int ?? -1, facts["rss_kb"] as? Int ?? -1)
         }
+        let fresh = try process()
         for _ in 0..<50 { _ = try Region.connect(name: host.name, lanes: 4) }  // warm up allocators
-        #expect(try eventually(timeout: 5) { try guests(host).isEmpty } != nil)
+        // Each region's descriptor closes when its pool worker lets go of it, just after the guest
+        // leaves the table.
+        #expect(try eventually(timeout: 5) { try guests(host).isEmpty && process().fds == fresh.fds } != nil)
         let before = try process()
         for cycle in 0..<1000 {
             let region = try Region.connect(name: host.name, lanes: 4)
@@ -109,7 +112,7 @@ import Testing
                 #expect(try lane.call([1, 2, 3]).get() == [1, 2, 3])
             }
         }
-        #expect(try eventually(timeout: 5) { try guests(host).isEmpty } != nil)
+        #expect(try eventually(timeout: 5) { try guests(host).isEmpty && process().fds == before.fds } != nil)
         let after = try process()
         print("private: 1000 cycles: fds \(before.fds) → \(after.fds), threads \(before.threads) → \(after.threads), RSS \(before.rss) → \(after.rss) KiB")
         #expect(after.fds == before.fds)

@@ -55,6 +55,12 @@ enum {
     DX_DOORBELL_SLEEPING = 0,      ///< u32, within a doorbell
     DX_DOORBELL_WORD = 8,          ///< u32 futex word, within a doorbell
     DX_DOORBELL_WORKER_CPU = 64,   ///< u32, the CPU the worker last ran on (0xFFFFFFFF until known)
+    /// Private regions' granted turns (docs/LAYOUT.md, "Granted turns"): host-written grant block.
+    DX_HEADER_GRANT = 3072,         ///< u32 futex word: 1 while the region holds its worker's grant
+    DX_HEADER_GRANTS = 3076,        ///< u32: 1 when the host grants turns (set before publishing)
+    DX_HEADER_GRANT_QUANTUM = 3080, ///< u64 ns: how long a grant lasts while others wait
+    DX_HEADER_GRANT_CYCLE = 3088,   ///< u64 ns: the host's estimate of a waiting region's wait
+    DX_HEADER_GRANT_WANT = 3200,    ///< u32, guest-written: a thread waits for a grant
     /// Worker w's turnstile: at DX_HEADER_TURNSTILES + DX_TURNSTILE_STRIDE * w.
     DX_HEADER_TURNSTILES = 4096,
     DX_TURNSTILE_STRIDE = 256,

@@ -36,11 +36,13 @@ extension Lane {
             callsInTurn &+= Lane.callsBetweenTurnChecks
             let age = now &- leaseStart
             // Within every quantum the rule can give: no need to count the waiters.
-            if callsInTurn < policy.turnCalls, age < policy.shortestQuantumNanoseconds { return nil }
+            if callsInTurn < policy.turnCalls, age < policy.shortestQuantumNanoseconds, !grants { return nil }
             if turnstile.servingAcquire == turnTicket {
                 let next = turnstile.next
                 // Nobody waiting counts as 0: the whole quantum.
-                let quantum = policy.quantum(waiters: TurnPolicy.waiters(next: next, serving: turnTicket))
+                let waiters = TurnPolicy.waiters(next: next, serving: turnTicket)
+                let quantum = grants ? TurnPolicy.quantum(waiters: waiters, withinGrant: grant.quantum, policy: policy)
+                    : policy.quantum(waiters: waiters)
                 if callsInTurn < policy.turnCalls, age < quantum { return nil }
                 if next == turnTicket &+ 1 {
                     renewLease(now)  // the budget is spent, but nobody waits: keep going
@@ -92,7 +94,10 @@ extension Lane {
             let staleAfter = policy.staleLeaseNanoseconds(waiters: TurnPolicy.waiters(next: turnstile.next, serving: serving))
             let beforeWait = CShm_monotonic_ns()
             if beforeWait >= deadline { return .timedOut }
-            turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: min(staleAfter, deadline &- beforeWait))
+            // In a region whose turns the host grants, waiters check no more than once per grant
+            // cycle: hundreds of them polling every stale period would cost more than they wait.
+            let sleep = grants ? max(staleAfter, min(grant.cycle, 1_000_000_000)) : staleAfter
+            turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: min(sleep, deadline &- beforeWait))
             if turnstile.servingAcquire == ticket { break }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one
@@ -102,7 +107,10 @@ extension Lane {
             // constant period each.
             let holder = turnstile.servingAcquire
             let now = CShm_monotonic_ns()
-            if ticket &- holder < 1 << 62, now &- turnstile.lease > staleAfter {
+            // A holder whose region waits for its grant is not stale: it waits too (and a dead one
+            // is judged once the grant comes, which its want brought).
+            let waitingForGrant = grants && !grant.isGranted
+            if ticket &- holder < 1 << 62, now &- turnstile.lease > staleAfter, !waitingForGrant {
                 turnstile.lease = now
                 if turnstile.moveServing(from: holder) {
                     if holder &+ 1 == ticket { break }
@@ -118,6 +126,36 @@ extension Lane {
         holdsTurn = true
         renewLease(CShm_monotonic_ns())
         return nil
+    }
+
+    /// Waits until the region holds its worker's grant (a private host grants its worker to one
+    /// region at a time; docs/LAYOUT.md, "Granted turns"): says it wants one (want word, seq-cst),
+    /// rings the doorbell so an idle worker wakes, and sleeps on the grant word in bounded steps,
+    /// keeping its turn's lease fresh and checking the host's health and the call timeout.
+    @usableFromInline @inline(never)
+    mutating func waitForGrant(waitStart: inout UInt64) -> CallError? {
+        let start = CShm_monotonic_ns()
+        if waitStart == 0 { waitStart = start }
+        let deadline = waitStart &+ callTimeoutNanoseconds
+        turnWaits &+= 1
+        if counting { view.bump(.turnWaits) }
+        while true {
+            grant.want()
+            // Seq-cst flag load after the seq-cst want: the host's re-check before it arms the
+            // doorbell sees the want, or this sees the armed flag and posts.
+            if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
+            if grant.isGranted { return nil }
+            let now = CShm_monotonic_ns()
+            if now >= deadline { return .timedOut }
+            if holdsTurn { renewLease(now) }
+            _ = CShm_futex_wait(grant.word, 0, min(strategy.spinPolicy.sleepTimeoutNanoseconds, deadline &- now))
+            if grant.isGranted { return nil }
+            switch region.hostProblem() {
+            case .shutdown?: return .shutdown
+            case .hostGone?: return .hostGone
+            case nil: break
+            }
+        }
     }
 
     /// Moves this thread off its worker's CPU when it runs there (see ``TurnPolicy/avoidWorkerCPU``).

@@ -40,6 +40,10 @@ public struct Lane: ~Copyable {
 
     // Turn-taking (see Lane+Turns.swift).
     @usableFromInline let turnstile: TurnstileView
+    /// A private region's grant block, and whether its host grants turns (then a call waits for
+    /// the region's grant before it publishes; see Lane+Turns.swift).
+    @usableFromInline let grant: GrantView
+    @usableFromInline let grants: Bool
     @usableFromInline var turnTicket: UInt64 = 0
     @usableFromInline var holdsTurn = false
     @usableFromInline var callsUntilTurnCheck: UInt32 = 0
@@ -69,6 +73,8 @@ public struct Lane: ~Copyable {
         self.view = region.lane(index)
         self.doorbell = region.doorbell(region.worker(forLane: index))
         self.turnstile = region.turnstile(region.worker(forLane: index))
+        self.grant = region.grant
+        self.grants = region.isPrivate && region.grant.grants
         self.strategy = strategy
         self.claim = claim
         self.sequence = sequence
@@ -148,6 +154,9 @@ public struct Lane: ~Copyable {
                 callsUntilTurnCheck &-= 1
             }
         }
+        // A private host serves one region of its worker at a time: wait for this region's turn
+        // (nothing is published yet, so a grant that never comes leaves the lane usable).
+        if grants, !grant.isGranted, let error = waitForGrant(waitStart: &waitStart) { return .failure(error) }
         let seq = sequence &+ 1
         sequence = seq
         view.setRequestLength(length)

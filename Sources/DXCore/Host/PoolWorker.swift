@@ -7,39 +7,49 @@ import CShm
 import Synchronization
 
 /// One thread of a private host's serving pool: it serves the private regions assigned to it,
-/// however many, without a thread per guest or per lane.
+/// however many, without a thread per guest or per lane, and grants its attention to one region at
+/// a time (docs/LAYOUT.md, "Granted turns").
 ///
-/// Only *active* regions are polled: a region becomes active when its guest rings (or when it is
-/// added), and inactive again after it had no request for the spin budget. An inactive region
-/// costs nothing: its doorbell's parker is armed (flag 1, word 0) and an io_uring
-/// `IORING_OP_FUTEX_WAIT` waits on its word (one request per region: no 128-word limit, and the
-/// kernel needs no helper thread for it). A guest that publishes a request sees the flag and
-/// posts the word (``Parker``), which completes the wait; the worker reads completions from the
-/// ring's memory between polls, and blocks in the ring only when no region is active. Regions
-/// are added and removed through a mailbox whose host-private futex word is waited on in the
-/// same ring.
+/// Each region is in one of three states:
+/// - **granted** (at most one): the worker polls its lanes, and its grant word says 1, so its
+///   guest's threads call;
+/// - **queued**: it wants the grant (a request waits, or a guest thread said it wants one); the
+///   worker does not poll it, and its guest's threads sleep on the grant word;
+/// - **armed**: idle. Its doorbell's parker is armed (flag 1, word 0) and an io_uring
+///   `IORING_OP_FUTEX_WAIT` waits on its word (one request per region: no 128-word limit, and the
+///   kernel needs no helper thread). A guest that wants service posts the word (``Parker``),
+///   which completes the wait: the region is queued.
 ///
-/// Everything a guest can write (its lanes, its doorbell) is as untrusted here as in ``Worker``:
-/// a guest that posts its doorbell without requests buys itself polls of its own lanes for one
-/// spin budget per post, and a guest that clears its flag only stops its own wake-ups.
+/// The grant passes to the next queued region when the granted one has held it for the grant
+/// quantum while others wait, or when it goes idle for the spin budget (after a first request, or
+/// a grace period for its guest to wake). The worker reads completions from the ring's memory
+/// between polls, and blocks in the ring only when no region is granted or queued. Regions are
+/// added and removed through a mailbox whose host-private futex word is waited on in the same ring.
+///
+/// Everything a guest can write (its lanes, its doorbell, its want word) is as untrusted here as
+/// in ``Worker``: a guest gets service only while its region holds the grant, so ignoring the
+/// grant word buys it nothing; ringing without requests buys it its share of grants and one spin
+/// budget of polls of its own lanes each time; clearing its flag only stops its own service.
 final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     /// A region this worker serves.
     final class Entry: @unchecked Sendable {  // handed to the worker once, then used only there
+        enum State { case granted, queued, armed }
         let id: Int
         let served: ServedLanes
         let doorbell: DoorbellView
-        /// Rounds since one of its lanes last had a request.
-        var idleRounds: UInt32 = 0
-        /// Whether a futex wait on its doorbell is in the ring (the region is inactive).
-        var armed = false
-        /// Whether it is in the active list.
-        var active = false
+        let grant: GrantView
+        var state = State.queued
 
         init(id: Int, served: consuming ServedLanes) {
             self.id = id
             self.doorbell = served.region.doorbell(0)
+            self.grant = served.region.grant
             self.served = served
         }
+
+        /// Whether the region wants the grant: a request waits, or a guest thread said it wants
+        /// one (seq-cst loads: the re-check after arming the doorbell).
+        var wantsGrant: Bool { served.anyPendingSeqCst() || grant.wants }
     }
 
     enum Command: Sendable {
@@ -52,6 +62,11 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     let policies: SpinPolicyCell
     let stop: StopFlag
     let counting: Bool
+    /// How long a grant lasts while other regions wait.
+    let grantQuantum: UInt64
+    /// How long a new grant may stay unused before the region's idleness counts: its guest's
+    /// threads may be asleep and need a wake-up.
+    static var grantGrace: UInt64 { 2_000_000 }
     private let counters: UnsafeMutableRawPointer
     private let ring: OpaquePointer
     /// Commands from the control thread, and the host-private futex word that announces them.
@@ -59,7 +74,14 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     private let mailboxWord: UnsafeMutablePointer<UInt32>
     private var mailboxArmed = false
     private var entries: [Int: Entry] = [:]
-    private var active: [Entry] = []
+    private var granted: Entry?
+    /// Queued regions, first come first granted (`queueHead` is the next one; slots before it
+    /// are nil, so that a region that left holds no memory here).
+    private var queue: [Entry?] = []
+    private var queueHead = 0
+    private var grantStart: UInt64 = 0
+    private var servedInGrant = false
+    private var idleRounds: UInt32 = 0
 
     /// Regions assigned to this worker (read by the host to balance the pool).
     let load = Atomic<Int>(0)
@@ -68,13 +90,14 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     private static var cancelData: UInt64 { 1 << 62 }
 
     init(index: Int, handler: Handler, policies: SpinPolicyCell, stop: StopFlag, counters: UnsafeMutableRawPointer,
-         counting: Bool, ringEntries: UInt32) throws(SystemError) {
+         counting: Bool, grantQuantum: UInt64, ringEntries: UInt32) throws(SystemError) {
         self.index = index
         self.handler = handler
         self.policies = policies
         self.stop = stop
         self.counters = counters
         self.counting = counting
+        self.grantQuantum = grantQuantum
         var ring: OpaquePointer?
         let rc = CShm_ring_create(ringEntries, &ring)
         guard rc == 0, let ring else { throw SystemError("io_uring_queue_init", errno: rc) }
@@ -104,6 +127,8 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         _ = CShm_futex_wake_private(mailboxWord, 1)
     }
 
+    private var queuedCount: Int { queue.count - queueHead }
+
     /// Serves until the stop flag is set.
     func run() {
         var version = policies.version
@@ -114,37 +139,37 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         while true {
             if CShm_load_acquire_u32(UnsafeMutableRawPointer(mailboxWord)) != 0 { takeCommands() }
             var servedAny = false
-            var position = 0
-            while position < active.count {
-                let entry = active[position]
-                var servedHere = false
+            if let entry = granted {
                 for slot in 0..<entry.served.count {
                     if let seq = entry.served.pending(slot) {
                         entry.served.serve(slot: slot, seq: seq, handler: handler, counting: counting)
-                        servedHere = true
+                        servedAny = true
                     }
                 }
-                if servedHere {
-                    if entry.idleRounds != 0 {
+                if servedAny {
+                    if idleRounds != 0 {
                         spin.spinSucceeded()
                         if counting { bump(counters + HostCounters.Worker.spinWins) }
                     }
-                    entry.idleRounds = 0
-                    servedAny = true
+                    idleRounds = 0
+                    servedInGrant = true
                 } else {
-                    entry.idleRounds &+= 1
-                    if entry.idleRounds >= spin.budget, deactivate(entry) {
-                        spin.hadToSleep()
-                        // Swap-remove: order among active regions does not matter.
-                        active[position] = active[active.count - 1]
-                        active.removeLast()
-                        continue
-                    }
+                    idleRounds &+= 1
                 }
-                position += 1
             }
             rounds &+= 1
-            if rounds & 0xF == 0 || active.isEmpty { reapCompletions() }
+            if rounds & 0xF == 0 || granted == nil { reapCompletions() }
+            if let entry = granted, rounds & 0x3F == 0 || idleRounds >= spin.budget {
+                let now = CShm_monotonic_ns()
+                let held = now &- grantStart
+                if queuedCount > 0, held >= grantQuantum {
+                    release(entry)  // its quantum is up and others wait
+                } else if idleRounds >= spin.budget, servedInGrant || held >= PoolWorker.grantGrace {
+                    if release(entry) == .armed { spin.hadToSleep() }
+                    idleRounds = 0
+                }
+            }
+            if granted == nil, queuedCount > 0 { grantNext() }
             if rounds & 0x3FF == 0 {
                 if stop.isSet { return }
                 publishCPU()
@@ -159,11 +184,11 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                 idle.reset()
                 continue
             }
-            if !active.isEmpty {
+            if granted != nil {
                 if idle.step() == .yielded, counting { bump(counters + HostCounters.Worker.yields) }
                 continue
             }
-            // Nothing active: sleep in the ring until a doorbell or the mailbox is posted.
+            // Nothing granted or queued: sleep in the ring until a doorbell or the mailbox is posted.
             if stop.isSet { return }
             armMailbox()
             if CShm_load_acquire_u32(UnsafeMutableRawPointer(mailboxWord)) != 0 { continue }
@@ -175,18 +200,14 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         }
     }
 
-    /// The CPU this worker ran on at its last look, published into active regions' doorbells for
-    /// guests that keep off it (``TurnPolicy/avoidWorkerCPU``).
+    /// The CPU this worker ran on at its last look, published into the granted region's doorbell
+    /// for guests that keep off it (``TurnPolicy/avoidWorkerCPU``).
     private var cpu: Int32 = -1
 
     private func publishCPU() {
-        let now = CShm_current_cpu()
-        let changed = now != cpu
-        cpu = now
-        for entry in active where changed || entry.doorbell.workerCPU != UInt32(bitPattern: now) {
-            // Relaxed: a hint; a stale value costs a guest one more check.
-            entry.doorbell.workerCPU = UInt32(bitPattern: now)
-        }
+        cpu = CShm_current_cpu()
+        // Relaxed: a hint; a stale value costs a guest one more check.
+        granted?.doorbell.workerCPU = UInt32(bitPattern: cpu)
     }
 
     /// Takes the control thread's commands.
@@ -200,54 +221,82 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
             switch command {
             case .add(let entry):
                 entries[entry.id] = entry
-                activate(entry)
+                enqueue(entry)
             case .remove(let id):
                 guard let entry = entries.removeValue(forKey: id) else { continue }
-                if entry.armed {
+                switch entry.state {
+                case .granted:
+                    granted = nil
+                case .queued:
+                    if let position = queue[queueHead...].firstIndex(where: { $0 === entry }) { queue.remove(at: position) }
+                case .armed:
                     // The wait goes before the mapping can: its completion (-ECANCELED) is ignored.
-                    _ = CShm_ring_cancel(ring, Self.userData(entry), Self.cancelData)
+                    _ = CShm_ring_cancel(ring, UInt64(entry.id), Self.cancelData)
                     _ = CShm_ring_submit(ring)
-                }
-                if entry.active, let position = active.firstIndex(where: { $0 === entry }) {
-                    active[position] = active[active.count - 1]
-                    active.removeLast()
                 }
                 load.subtract(1, ordering: .relaxed)
             }
         }
     }
 
-    private static func userData(_ entry: Entry) -> UInt64 { UInt64(entry.id) }
-
-    /// Makes a region polled again (its guest rang, or it is new).
-    private func activate(_ entry: Entry) {
-        entry.armed = false
+    /// Puts a region at the end of the queue for the grant.
+    private func enqueue(_ entry: Entry) {
+        entry.state = .queued
+        // Its guests need not ring while it waits: the worker knows.
         entry.doorbell.parker.disarm()
-        entry.idleRounds = 0
-        entry.doorbell.workerCPU = UInt32(bitPattern: cpu)
-        if !entry.active {
-            entry.active = true
-            active.append(entry)
+        if queueHead > 0, queueHead * 2 >= queue.count {
+            queue.removeFirst(queueHead)
+            queueHead = 0
         }
+        queue.append(entry)
     }
 
-    /// Arms the region's doorbell and queues a futex wait on it, unless a request came meanwhile.
-    /// Returns whether the region is inactive now.
-    private func deactivate(_ entry: Entry) -> Bool {
+    /// Gives the grant to the first queued region and wakes its guest's waiting threads.
+    private func grantNext() {
+        let next = queue[queueHead]
+        queue[queueHead] = nil
+        queueHead += 1
+        guard let entry = next else { return }
+        entry.state = .granted
+        granted = entry
+        grantStart = CShm_monotonic_ns()
+        servedInGrant = false
+        idleRounds = 0
+        entry.grant.clearWant()
+        // How long the regions queued now wait for their next grant, at most.
+        entry.grant.cycle = UInt64(queuedCount + 1) &* grantQuantum
+        entry.doorbell.workerCPU = UInt32(bitPattern: cpu)
+        entry.grant.set(true)
+    }
+
+    /// Ends the granted region's grant: back to the queue when it still wants one, else armed.
+    @discardableResult
+    private func release(_ entry: Entry) -> Entry.State {
+        entry.grant.set(false)
+        granted = nil
+        if !entry.wantsGrant, arm(entry) { return .armed }
+        enqueue(entry)
+        return .queued
+    }
+
+    /// Arms the region's doorbell and queues a futex wait on it, unless it wants the grant after
+    /// all (a request or a want that came meanwhile). Returns whether it is armed.
+    private func arm(_ entry: Entry) -> Bool {
         let parker = entry.doorbell.parker
         parker.arm()
-        if entry.served.anyPendingSeqCst() {
+        if entry.wantsGrant {
             parker.disarm()
-            entry.idleRounds = 0
             return false
         }
         guard CShm_ring_futex_wait(ring, parker.word.assumingMemoryBound(to: UInt32.self), 0, true,
-                                   Self.userData(entry)) == 0 else {
-            parker.disarm()  // the ring is full: keep polling it
+                                   UInt64(entry.id)) == 0 else {
+            parker.disarm()  // the ring is full: keep it queued
             return false
         }
-        entry.armed = true
-        entry.active = false
+        // Submitted now, not at the worker's next sleep: while the worker serves others, the wait
+        // must already be in the kernel for the guest's post to complete it.
+        _ = CShm_ring_submit(ring)
+        entry.state = .armed
         return true
     }
 
@@ -256,8 +305,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         if CShm_ring_futex_wait(ring, mailboxWord, 0, false, Self.mailboxData) == 0 { mailboxArmed = true }
     }
 
-    /// Reads every completion in the ring (no system call): posted doorbells make their regions
-    /// active.
+    /// Reads every completion in the ring (no system call): posted doorbells queue their regions.
     private func reapCompletions() {
         var data: UInt64 = 0, result: Int32 = 0, flags: UInt32 = 0
         while CShm_ring_next(ring, &data, &result, &flags) {
@@ -267,9 +315,9 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
             }
             if data == Self.cancelData || result == -ECANCELED { continue }
             // Woken (0), or the word was not 0 any more (-EAGAIN: a post came first), or the
-            // kernel refused the wait: serve the region until it idles again.
-            guard let entry = entries[Int(truncatingIfNeeded: data)], entry.armed else { continue }
-            activate(entry)
+            // kernel refused the wait: the region wants service.
+            guard let entry = entries[Int(truncatingIfNeeded: data)], entry.state == .armed else { continue }
+            enqueue(entry)
         }
     }
 }

@@ -104,6 +104,9 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     private let counting: Bool
     /// The pool's width.
     public let poolSize: Int
+    /// How long a region's grant lasts while other regions of its worker wait (docs/LAYOUT.md,
+    /// "Granted turns").
+    public let grantQuantumNanoseconds: UInt64
     /// Start `(worker, region)`, stop: set by ``start(handler:)``, typed away from the handler.
     private var addToWorker: ((Int, Int, Region, HostCounters) -> Void)?
     private var removeFromWorker: ((Int, Int) -> Void)?
@@ -124,14 +127,20 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     private let table: Mutex<(slots: [Guest?], nextID: Int, freed: UInt64)>
 
     /// A host named `name` with a pool of `poolSize` workers (default: the CPUs this process may
-    /// use). Nothing is served before ``start(handler:)``.
+    /// use minus one, at least one: each worker and the guest thread it serves spin) granting
+    /// turns of `grantQuantumNanoseconds` (10 µs...1 s). Nothing is served before ``start(handler:)``.
     public init(name: String, limits: PrivateHostLimits = PrivateHostLimits(), handler: HandlerKind = .custom, poolSize: Int? = nil,
+                grantQuantumNanoseconds: UInt64 = 1_000_000,
                 spinPolicy: SpinPolicy = WaitStrategy.auto.spinPolicy, counting: Bool = true,
                 logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         guard Region.isValidName(name) else { throw .invalidName(name) }
         try limits.validate()
         do { try spinPolicy.validate() } catch { throw .invalidConfiguration(error.description) }
-        let width = poolSize ?? max(1, CPUAffinity.allowedCPUs)
+        let width = poolSize ?? max(1, CPUAffinity.allowedCPUs - 1)
+        guard (10_000...1_000_000_000).contains(grantQuantumNanoseconds) else {
+            throw .invalidConfiguration("the grant quantum must be between 10 µs and 1 s")
+        }
+        self.grantQuantumNanoseconds = grantQuantumNanoseconds
         guard (1...Layout.maxWorkers).contains(width) else {
             throw .invalidConfiguration("pool size \(width) is not in 1...\(Layout.maxWorkers)")
         }
@@ -158,7 +167,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
             for index in 0..<poolSize {
                 workers.append(try PoolWorker(index: index, handler: handler, policies: policies, stop: stopFlag,
                                               counters: workerCounters.worker(index), counting: counting,
-                                              ringEntries: ringEntries))
+                                              grantQuantum: grantQuantumNanoseconds, ringEntries: ringEntries))
             }
             for worker in workers { threads.append(try Thread { worker.run() }) }
         } catch {
@@ -177,7 +186,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         wakeWorkers = { for worker in workers { worker.wake() } }
         workerLoads = { workers.map { $0.load.load(ordering: .relaxed) } }
         logger.info("serving private regions", metadata: [
-            "name": "\(name)", "pool": "\(poolSize)", "wait": "\(policies.load())",
+            "name": "\(name)", "pool": "\(poolSize)", "grant": "\(grantQuantumNanoseconds / 1000) µs", "wait": "\(policies.load())",
             "lanes": "\(limits.defaultLanes) (max \(limits.maxLanes))", "slot": "\(limits.slotCapacity)",
             "guests": "\(limits.maxGuests) (\(limits.maxGuestsPerUID) per user)",
         ])
@@ -229,7 +238,8 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         do {
             region = try Region.createPrivate(
                 label: name, configuration: RegionConfiguration(laneCount: lanes, slotCapacity: limits.slotCapacity,
-                                                                workerCount: 1, handler: handlerKind))
+                                                                workerCount: 1, handler: handlerKind),
+                grantQuantumNanoseconds: grantQuantumNanoseconds)
         } catch {
             return .failure(RegionRefusal("cannot create the region: \(error)"))
         }
@@ -252,8 +262,15 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         }
         guard let removed else { return }
         removed.region.setState(.stopping)
-        for lane in 0..<removed.region.laneCount { wakeSleepingGuest(lane: removed.region.lane(lane)) }
+        Self.wakeEveryone(in: removed.region)
         removeFromWorker?(removed.info.worker, id)
+    }
+
+    /// Wakes a region's sleeping guest threads: on their lanes and on the grant word (their next
+    /// check finds the host stopping, or the region gone).
+    private static func wakeEveryone(in region: Region) {
+        for lane in 0..<region.laneCount { wakeSleepingGuest(lane: region.lane(lane)) }
+        _ = CShm_futex_wake(region.grant.word, Int32.max)
     }
 
     /// The guests now.
@@ -343,7 +360,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         stopFlag.set()
         for guest in table.withLock({ $0.slots.compactMap { $0 } }) {
             guest.region.setState(.stopping)
-            for lane in 0..<guest.region.laneCount { wakeSleepingGuest(lane: guest.region.lane(lane)) }
+            Self.wakeEveryone(in: guest.region)
         }
     }
 

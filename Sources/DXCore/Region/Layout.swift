@@ -15,6 +15,8 @@
 /// │  128 state u32   136 heartbeat u64 (host, every 100 ms)                                │
 /// │  256 lanes offset u64   264 raw offset u64   272 raw count u32                          │
 /// │ 1024 + 128·w  worker w doorbell: sleeping u32, futex word u32 (w < 16)                 │
+/// │ 3072 grant u32, grants u32, grant quantum u64, grant cycle u64 (host; private regions)  │
+/// │ 3200 want u32 (guest: a thread waits for a grant)                                       │
 /// │ 4096 + 256·w  worker w turnstile: next ticket u64, serving u64, lease start u64,       │
 /// │               and at +128 32 futex wake words u32 (guests take turns per worker)       │
 /// ├──────────────────────────────── lane i (at lanes offset + i · stride) ───────────────┤
@@ -101,6 +103,22 @@ public enum Layout {
         /// The CPU the worker last ran on (u32, written by the worker when it changes; 0xFFFFFFFF
         /// until known), within a doorbell block. Guests with ``TurnPolicy/avoidWorkerCPU`` read it.
         public static let doorbellWorkerCPU = 64
+        /// Private regions' granted turns (docs/LAYOUT.md, "Granted turns"). The grant block is
+        /// host-written: the grant futex word u32 (1 while this region holds its worker's grant, 0
+        /// otherwise).
+        public static let grant = 3072
+        /// The offset of the grants flag u32: 1 when the host grants turns (private regions), set
+        /// once before the region is published; guests ignore the grant block while it is 0.
+        public static let grants = 3076
+        /// The offset of the grant quantum u64 (ns): how long a grant lasts while other regions
+        /// wait; guests fit their threads' turns into it. Set once.
+        public static let grantQuantum = 3080
+        /// The offset of the grant cycle u64 (ns): the host's latest estimate of how long a waiting
+        /// region waits for its next grant. Turn waiters sleep at least this long between checks.
+        public static let grantCycle = 3088
+        /// The offset of the want word u32 (guest-written): 1 when a guest thread waits for a
+        /// grant; stored seq-cst before it rings the doorbell.
+        public static let grantWant = 3200
         /// Worker w's turnstile: 256 bytes at `turnstiles + 256 · w`.
         public static let turnstiles = 4096
         /// The offset of the distance between turnstiles.
@@ -221,6 +239,9 @@ public enum Layout {
             field("state", Header.state, 4), field("heartbeat", Header.heartbeat, 8),
             field("lanes offset", Header.lanesOffset, 8), field("raw offset", Header.rawOffset, 8),
             field("raw count", Header.rawCount, 4),
+            field("grant", Header.grant, 4), field("grants", Header.grants, 4),
+            field("grant quantum", Header.grantQuantum, 8), field("grant cycle", Header.grantCycle, 8),
+            field("grant want", Header.grantWant, 4),
         ]
         for worker in 0..<workerCount {
             let doorbell = Header.doorbells + worker * block

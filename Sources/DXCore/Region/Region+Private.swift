@@ -12,7 +12,10 @@ extension Region {
     /// make the host fault on it. It has no name, no lock file and no header lock: the host hands
     /// its descriptor over the guest's connection, and the connection is each side's liveness.
     /// One doorbell: a pool worker serves all its lanes.
-    package static func createPrivate(label: String, configuration: RegionConfiguration) throws(RegionCreateError) -> Region {
+    /// The host grants turns in it (docs/LAYOUT.md, "Granted turns"), each grant lasting
+    /// `grantQuantumNanoseconds` while other regions wait.
+    package static func createPrivate(label: String, configuration: RegionConfiguration,
+                                      grantQuantumNanoseconds: UInt64) throws(RegionCreateError) -> Region {
         try configuration.validate()
         let size = Layout.regionSize(laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
                                      rawCount: 0)
@@ -26,6 +29,9 @@ extension Region {
                                 laneCount: configuration.laneCount, slotCapacity: configuration.slotCapacity,
                                 workerCount: 1, rawCount: 0, hostPID: pid, epoch: epoch,
                                 handler: configuration.handler, isPrivate: true)
+            // Before the header is published: guests read these once, at claim.
+            region.grant.grants = true
+            region.grant.quantum = grantQuantumNanoseconds
             region.initialize(regionSize: size)
             return region
         } catch {

@@ -99,6 +99,16 @@ extension TurnPolicy {
         return max(q / w * k, min(q, TurnPolicy.quantumFloorNanoseconds))
     }
 
+    /// The quantum in a region whose turns the host grants (private regions): the holder's turn
+    /// also ends once its share of the region's grant is used, so that every waiting thread of
+    /// the guest gets a turn within one grant: `min(quantum(w), max(G / (w + 1), 20 µs))` with
+    /// *G* the host's grant quantum (guest-visible, so clamped to 10 µs...1 s).
+    public static func quantum(waiters: UInt64, withinGrant grantQuantum: UInt64, policy: TurnPolicy) -> UInt64 {
+        let w = min(waiters, TurnPolicy.maxCountedWaiters)
+        let share = min(max(grantQuantum, 10_000), 1_000_000_000) / (w + 1)
+        return min(policy.quantum(waiters: w), max(share, 20_000))
+    }
+
     /// How old the lease of a holder with `waiters` guests queued behind it must be before a
     /// waiter takes its turn away: `2 · quantum(waiters) + 1 ms`.
     ///

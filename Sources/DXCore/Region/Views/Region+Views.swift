@@ -24,6 +24,10 @@ extension Region {
         return DoorbellView(base + Layout.Header.doorbells + index * Layout.block)
     }
 
+    /// A private region's grant block (granted turns).
+    @inlinable
+    var grant: GrantView { GrantView(base) }
+
     /// The turnstile of serving worker `index` (guests take turns per worker).
     @inlinable
     func turnstile(_ index: Int) -> TurnstileView {
