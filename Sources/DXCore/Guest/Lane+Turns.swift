@@ -144,18 +144,21 @@ extension Lane {
             // Seq-cst flag load after the seq-cst want: the host's re-check before it arms the
             // doorbell sees the want, or this sees the armed flag and posts.
             if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
-            if grant.isGranted { return nil }
+            if grant.isGranted { break }
             let now = CShm_monotonic_ns()
             if now >= deadline { return .timedOut }
             if holdsTurn { renewLease(now) }
             _ = CShm_futex_wait(grant.word, 0, min(strategy.spinPolicy.sleepTimeoutNanoseconds, deadline &- now))
-            if grant.isGranted { return nil }
+            if grant.isGranted { break }
             switch region.hostProblem() {
             case .shutdown?: return .shutdown
             case .hostGone?: return .hostGone
             case nil: break
             }
         }
+        // Granted: the want is met (a want left set would keep the region queued after its grant).
+        grant.clearWant()
+        return nil
     }
 
     /// Moves this thread off its worker's CPU when it runs there (see ``TurnPolicy/avoidWorkerCPU``).

@@ -21,8 +21,8 @@ import Synchronization
 ///   which completes the wait: the region is queued.
 ///
 /// The grant passes to the next queued region when the granted one has held it for the grant
-/// quantum while others wait, or when it goes idle for the spin budget (after a first request, or
-/// a grace period for its guest to wake). The worker reads completions from the ring's memory
+/// quantum while others wait, or when it has been idle for the spin budget and then, if others
+/// wait, for a quarter quantum (at most 1 ms): its guest's threads may be passing their turn. The worker reads completions from the ring's memory
 /// between polls, and blocks in the ring only when no region is granted or queued. Regions are
 /// added and removed through a mailbox whose host-private futex word is waited on in the same ring.
 ///
@@ -64,9 +64,6 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     let counting: Bool
     /// How long a grant lasts while other regions wait.
     let grantQuantum: UInt64
-    /// How long a new grant may stay unused before the region's idleness counts: its guest's
-    /// threads may be asleep and need a wake-up.
-    static var grantGrace: UInt64 { 2_000_000 }
     private let counters: UnsafeMutableRawPointer
     private let ring: OpaquePointer
     /// Commands from the control thread, and the host-private futex word that announces them.
@@ -80,8 +77,12 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     private var queue: [Entry?] = []
     private var queueHead = 0
     private var grantStart: UInt64 = 0
-    private var servedInGrant = false
     private var idleRounds: UInt32 = 0
+    /// When the granted region went idle for the spin budget (0: it is not).
+    private var idleSince: UInt64 = 0
+    /// How long the granted region may sit idle while others wait before it loses the grant:
+    /// long enough for its guest to pass a turn between its threads, or to wake.
+    private var idleAllowance: UInt64 { min(grantQuantum / 4, 1_000_000) }
 
     /// Regions assigned to this worker (read by the host to balance the pool).
     let load = Atomic<Int>(0)
@@ -152,7 +153,6 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                         if counting { bump(counters + HostCounters.Worker.spinWins) }
                     }
                     idleRounds = 0
-                    servedInGrant = true
                 } else {
                     idleRounds &+= 1
                 }
@@ -161,12 +161,16 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
             if rounds & 0xF == 0 || granted == nil { reapCompletions() }
             if let entry = granted, rounds & 0x3F == 0 || idleRounds >= spin.budget {
                 let now = CShm_monotonic_ns()
-                let held = now &- grantStart
-                if queuedCount > 0, held >= grantQuantum {
+                if servedAny || idleRounds < spin.budget { idleSince = 0 } else if idleSince == 0 { idleSince = now }
+                if queuedCount > 0, now &- grantStart >= grantQuantum {
                     release(entry)  // its quantum is up and others wait
-                } else if idleRounds >= spin.budget, servedInGrant || held >= PoolWorker.grantGrace {
+                } else if idleRounds >= spin.budget, queuedCount == 0 || now &- idleSince >= idleAllowance {
+                    // Idle for the spin budget with nobody else waiting: arm it, so the worker can
+                    // sleep. With others waiting, only after the idle allowance: a guest passing its
+                    // turn between its threads (a futex wake) must not lose its grant for it.
                     if release(entry) == .armed { spin.hadToSleep() }
                     idleRounds = 0
+                    idleSince = 0
                 }
             }
             if granted == nil, queuedCount > 0 { grantNext() }
@@ -260,9 +264,8 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         entry.state = .granted
         granted = entry
         grantStart = CShm_monotonic_ns()
-        servedInGrant = false
         idleRounds = 0
-        entry.grant.clearWant()
+        idleSince = 0
         // How long the regions queued now wait for their next grant, at most.
         entry.grant.cycle = UInt64(queuedCount + 1) &* grantQuantum
         entry.doorbell.workerCPU = UInt32(bitPattern: cpu)

@@ -47,8 +47,9 @@ struct GrantView {
         nonmutating set { CShm_store_relaxed_u64(base + Layout.Header.grantCycle, newValue) }
     }
 
-    /// The want word (guest-written). Guest: seq-cst store of 1, then ring the doorbell; host:
-    /// seq-cst load in its re-check before it arms the doorbell, and a relaxed clear when it grants.
+    /// The want word (guest-written). Guest: seq-cst store of 1, then ring the doorbell, and a
+    /// relaxed clear once it sees the grant; host: seq-cst load in its re-check before it arms the
+    /// doorbell or re-queues a region that loses the grant.
     var wants: Bool { CShm_load_seqcst_u32(base + Layout.Header.grantWant) != 0 }
     func want() { CShm_store_seqcst_u32(base + Layout.Header.grantWant, 1) }
     func clearWant() { CShm_store_relaxed_u32(base + Layout.Header.grantWant, 0) }
