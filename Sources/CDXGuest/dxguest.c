@@ -612,13 +612,20 @@ static int acquire_turn(dx_lane *l) {
         uint64_t holder = load64(serving, ACQUIRE);
         if (holder == l->ticket) break;
         uint64_t now = now_ns();
-        // While the region waits for its grant, the holder waits too: it is not stale. It renews
-        // its lease at least once per sleep timeout (at most 1 s) while it does, so a lease older
-        // than that as well is a holder that stopped calling, or an abandoned ticket, with nobody
-        // asking for the grant: judged all the same, or every waiter would wait out its deadline.
+        // While a thread waits for the region's grant (want 1), the holder waits too: it is not
+        // stale. It renews its lease at least once per sleep timeout (at most 1 s) while it does, so
+        // a lease older than that as well is judged all the same. Without the grant and with nobody
+        // wanting it, the holder stopped calling (or waits for a response, ~a grant cycle): judged
+        // by the period that sized the sleep. Otherwise a holder that stopped calling, or an
+        // abandoned ticket, would keep every waiter until its deadline: nobody would ask for the
+        // grant, so it would never come.
         uint64_t judged_after = stale_after;
-        if (l->grant && !granted(l))
-            judged_after = stale_after > UINT64_MAX - LONGEST_SLEEP_NS ? UINT64_MAX : stale_after + LONGEST_SLEEP_NS;
+        if (l->grant && !granted(l)) {
+            // Relaxed: a hint, like the lease; the host clears it when it grants.
+            bool wanted = load32(l->grant + DX_HEADER_GRANT_WANT - DX_HEADER_GRANT, RELAXED) != 0;
+            judged_after = sleep;
+            if (wanted) judged_after = sleep > UINT64_MAX - LONGEST_SLEEP_NS ? UINT64_MAX : sleep + LONGEST_SLEEP_NS;
+        }
         if (l->ticket - holder < (1ull << 62) && now - load64(l->turnstile + DX_TURN_LEASE, RELAXED) > judged_after) {
             // The holder neither renewed nor passed its turn: move the turn on by one ticket.
             store64(l->turnstile + DX_TURN_LEASE, now, RELAXED);
