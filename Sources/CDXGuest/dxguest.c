@@ -33,10 +33,14 @@ enum {
 
 /// How long dx_connect waits for a private host's reply ("Wait at most a few seconds (dx: 5 s)").
 static const uint64_t HANDSHAKE_TIMEOUT_NS = 5000000000ull;
+/// The longest sleep timeout a wait may have (valid_wait), so the longest a turn holder that waits
+/// for its region's grant goes without renewing its lease.
+static const uint64_t LONGEST_SLEEP_NS = 1000000000ull;
 
 // MARK: - Small helpers
 
 static uint64_t min64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+static uint64_t max64(uint64_t a, uint64_t b) { return a > b ? a : b; }
 
 /// Closes `fd` on an error path without losing the errno that DX_E_SYSTEM promises to keep.
 static void close_keeping_errno(int fd) {
@@ -357,7 +361,7 @@ dx_wait dx_wait_balanced(void) {
 
 static bool valid_wait(const dx_wait *w) {
     return w->spin_min <= w->spin_max && w->spin_start >= w->spin_min && w->spin_start <= w->spin_max &&
-           w->sleep_timeout_ns >= 1000000 && w->sleep_timeout_ns <= 1000000000 && w->turn_quantum_ns >= 10000 &&
+           w->sleep_timeout_ns >= 1000000 && w->sleep_timeout_ns <= LONGEST_SLEEP_NS && w->turn_quantum_ns >= 10000 &&
            w->turn_quantum_ns <= 1000000000;
 }
 
@@ -381,6 +385,10 @@ struct dx_lane {
     uint32_t calls_until_check, calls_in_turn;
     bool avoiding;            // affinity narrowed to keep off the worker's CPU; `saved` is the old mask
     cpu_set_t saved;
+    // Granted turns ("Private regions", Granted turns): the header's grant block when the region's
+    // host grants turns (read once, at claim), else NULL; and its grant quantum, read with it.
+    char *grant;
+    uint64_t grant_quantum_ns;
 };
 
 static void bump(char *counter) {  // single writer: a relaxed load and store, no locked instruction
@@ -449,6 +457,12 @@ static dx_lane *new_lane(dx_region *r, uint32_t index, const dx_wait *wait, int 
     l->sequence = sequence;
     l->timeout_ns = 10000000000ull;
     l->budget = wait->spin_start;
+    // Relaxed: the host writes both before it publishes the header, which we loaded with acquire
+    // at attach. Only a private region's host grants turns; named regions leave the bytes zero.
+    if (r->conn >= 0 && load32(r->base + DX_HEADER_GRANTS, RELAXED) == 1) {
+        l->grant = r->base + DX_HEADER_GRANT;
+        l->grant_quantum_ns = load64(r->base + DX_HEADER_GRANT_QUANTUM, RELAXED);
+    }
     return l;
 }
 
@@ -531,6 +545,17 @@ uint64_t dx_turn_stale_lease_ns(uint64_t quantum_ns, uint64_t waiters) {
     return quantum > (UINT64_MAX - 1000000) / 2 ? UINT64_MAX : 2 * quantum + 1000000;
 }
 
+uint64_t dx_turn_quantum_in_grant_ns(uint64_t quantum_ns, uint64_t waiters, uint64_t grant_quantum_ns) {
+    uint64_t w = min64(waiters, DX_TURN_MAX_COUNTED_WAITERS);
+    uint64_t grant = min64(max64(grant_quantum_ns, DX_TURN_GRANT_QUANTUM_MIN_NS), DX_TURN_GRANT_QUANTUM_MAX_NS);
+    return min64(dx_turn_quantum_ns(quantum_ns, w), max64(grant / (w + 1), DX_TURN_GRANT_SHARE_FLOOR_NS));
+}
+
+/// Whether the region holds its worker's grant (a private host's granted turns). Acquire: pairs
+/// with the host's release store of 1. Garbage other than 0 counts as granted: the host serves the
+/// region only while it holds the grant, whatever the word says.
+static bool granted(const dx_lane *l) { return load32(l->grant, ACQUIRE) != 0; }
+
 static char *wake_slot(dx_lane *l, uint64_t ticket) {
     return l->turnstile + DX_TURN_WAKE_SLOTS + (ticket % DX_TURN_WAKE_SLOT_COUNT) * sizeof(uint32_t);
 }
@@ -575,11 +600,33 @@ static int acquire_turn(dx_lane *l) {
             rc = DX_E_TIMEOUT;
             break;
         }
-        dx_futex_wait(slot, seen, min64(stale_after, deadline - start));
+        // Where the host grants turns, no shorter than the grant cycle (up to 1 s): a region waits
+        // that long for its grant, and waiters polling more often would only cost its worker CPU.
+        uint64_t sleep = stale_after;
+        if (l->grant) {
+            // Relaxed: an estimate the host refreshes at each grant; it sizes a bounded sleep only.
+            uint64_t cycle = load64(l->grant + DX_HEADER_GRANT_CYCLE - DX_HEADER_GRANT, RELAXED);
+            sleep = max64(stale_after, min64(cycle, LONGEST_SLEEP_NS));
+        }
+        dx_futex_wait(slot, seen, min64(sleep, deadline - start));
         uint64_t holder = load64(serving, ACQUIRE);
         if (holder == l->ticket) break;
         uint64_t now = now_ns();
-        if (l->ticket - holder < (1ull << 62) && now - load64(l->turnstile + DX_TURN_LEASE, RELAXED) > stale_after) {
+        // While a thread waits for the region's grant (want 1), the holder waits too: it is not
+        // stale. It renews its lease at least once per sleep timeout (at most 1 s) while it does, so
+        // a lease older than that as well is judged all the same. Without the grant and with nobody
+        // wanting it, the holder stopped calling (or waits for a response, ~a grant cycle): judged
+        // by the period that sized the sleep. Otherwise a holder that stopped calling, or an
+        // abandoned ticket, would keep every waiter until its deadline: nobody would ask for the
+        // grant, so it would never come.
+        uint64_t judged_after = stale_after;
+        if (l->grant && !granted(l)) {
+            // Relaxed: a hint, like the lease; the host clears it when it grants.
+            bool wanted = load32(l->grant + DX_HEADER_GRANT_WANT - DX_HEADER_GRANT, RELAXED) != 0;
+            judged_after = sleep;
+            if (wanted) judged_after = sleep > UINT64_MAX - LONGEST_SLEEP_NS ? UINT64_MAX : sleep + LONGEST_SLEEP_NS;
+        }
+        if (l->ticket - holder < (1ull << 62) && now - load64(l->turnstile + DX_TURN_LEASE, RELAXED) > judged_after) {
             // The holder neither renewed nor passed its turn: move the turn on by one ticket.
             store64(l->turnstile + DX_TURN_LEASE, now, RELAXED);
             if (cas64(serving, holder, holder + 1, SEQ_CST)) {
@@ -622,14 +669,19 @@ static int take_turns(dx_lane *l) {
         l->calls_in_turn += CALLS_BETWEEN_TURN_CHECKS;
         uint64_t age = now - l->lease_start;
         bool calls_left = l->calls_in_turn < l->wait.turn_calls;
-        // Within every quantum the rule can give: no need to count the waiters.
-        if (calls_left && age < min64(l->wait.turn_quantum_ns, DX_TURN_QUANTUM_FLOOR_NS)) return DX_OK;
+        // Within every quantum the rule can give: no need to count the waiters. Not where the host
+        // grants turns: a share of a grant may be shorter than min(q, F).
+        bool shortest = age < min64(l->wait.turn_quantum_ns, DX_TURN_QUANTUM_FLOOR_NS);
+        if (calls_left && !l->grant && shortest) return DX_OK;
         // Acquire: pairs with the seq-cst updates of other guests.
         if (load64(l->turnstile + DX_TURN_SERVING, ACQUIRE) == l->ticket) {
             uint64_t next = load64(l->turnstile + DX_TURN_NEXT, ACQUIRE);
-            // Nobody waiting counts as 0: the whole quantum.
-            if (calls_left && age < dx_turn_quantum_ns(l->wait.turn_quantum_ns, dx_turn_waiters(next, l->ticket)))
-                return DX_OK;
+            uint64_t waiters = dx_turn_waiters(next, l->ticket);
+            // Nobody waiting counts as 0: the whole quantum (or the whole grant).
+            uint64_t q = l->wait.turn_quantum_ns;
+            uint64_t quantum = l->grant ? dx_turn_quantum_in_grant_ns(q, waiters, l->grant_quantum_ns)
+                                        : dx_turn_quantum_ns(q, waiters);
+            if (calls_left && age < quantum) return DX_OK;
             if (next == l->ticket + 1) {
                 renew_lease(l, now);  // the budget is spent, but nobody waits: keep going
                 return DX_OK;
@@ -660,6 +712,34 @@ static dx_parker lane_parker(dx_lane *l) {
 /// The worker's doorbell: it sleeps on it, guests post it after storing a request.
 static dx_parker doorbell_parker(dx_lane *l) {
     return (dx_parker){l->doorbell + DX_DOORBELL_SLEEPING, l->doorbell + DX_DOORBELL_WORD};
+}
+
+/// Waits until the region holds its worker's grant ("Granted turns", Guest): says it wants one,
+/// rings the doorbell so that an idle worker wakes, and sleeps on the grant word in bounded steps,
+/// keeping a held turn's lease fresh and checking the host's liveness and the call's deadline.
+/// Returns DX_OK with the grant, or why the call cannot go on; nothing is published either way, so
+/// the lane stays usable. Counted as a turn wait.
+static int await_grant(dx_lane *l) {
+    char *want = l->grant + DX_HEADER_GRANT_WANT - DX_HEADER_GRANT;
+    bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_TURN_WAITS);
+    for (;;) {
+        // Seq-cst, and so is the doorbell's flag load after it: either the host's re-check before it
+        // arms the doorbell sees the want, or we see the armed flag and post it.
+        store32(want, 1, SEQ_CST);
+        if (dx_unpark(doorbell_parker(l))) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_DOORBELLS);
+        if (granted(l)) break;
+        uint64_t now = now_ns(), deadline = call_deadline(l, now);
+        if (now >= deadline) return DX_E_TIMEOUT;
+        if (l->holds_turn) renew_lease(l, now);  // waiting for the grant, not stale
+        // While the word is 0; the host's release store of 1 comes before its FUTEX_WAKE of all.
+        dx_futex_wait(l->grant, 0, min64(l->wait.sleep_timeout_ns, deadline - now));
+        if (granted(l)) break;
+        int problem = host_problem(l->region);
+        if (problem != DX_OK) return problem;
+    }
+    // The holder's share of the grant starts with the grant, not at the last step.
+    if (l->holds_turn) renew_lease(l, now_ns());
+    return DX_OK;
 }
 
 /// After the spin budget: bounded sleeps on the lane's parker, checking the host's lock and the
@@ -726,6 +806,12 @@ int dx_lane_call(dx_lane *l, size_t request_length, size_t *response_length) {
             l->calls_until_check -= 1;
         }
     }
+    // A private host serves one region of its worker at a time: wait for this region's grant,
+    // holding the turn (if any), before anything is published.
+    if (l->grant && !granted(l)) {
+        int rc = await_grant(l);
+        if (rc != DX_OK) return rc;
+    }
     uint64_t seq = ++l->sequence;
     store32(l->base + DX_LANE_REQUEST_LENGTH, (uint32_t)request_length, RELAXED);
     // Seq-cst: publishes the request (the worker loads it with acquire) and orders it before the
@@ -778,7 +864,7 @@ const char *dx_strerror(int error) {
     case DX_E_TOO_LARGE: return "request larger than the lane";
     case DX_E_REJECTED: return "the host rejected the request";
     case DX_E_BAD_RESPONSE: return "invalid response length";
-    case DX_E_TIMEOUT: return "timed out waiting for the turn, the response or the host's reply";
+    case DX_E_TIMEOUT: return "timed out waiting for the turn, the grant, the response or the host's reply";
     case DX_E_SHUTDOWN: return "the host shut down";
     case DX_E_HOST_GONE: return "the host is gone";
     case DX_E_BROKEN: return "an earlier call on this lane failed";

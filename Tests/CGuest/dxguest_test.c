@@ -6,6 +6,11 @@
 //   dxguest_test private NAME                  the private host NAME: dx_connect and dx_open with checked
 //                                              echoes, the lanes asked for, claims, and the refusals (the
 //                                              host's: too many lanes; ours: another uid, no host)
+//   dxguest_test granted NAME PROCESSES THREADS SECONDS   PROCESSES processes, each with a region of its own
+//                                              from the private host NAME, make checked round trips from
+//                                              THREADS threads each for SECONDS: every call must succeed,
+//                                              and every thread of every process must make calls (the
+//                                              host grants its worker to one region at a time)
 //   dxguest_test hostgone NAME shutdown|died   connects to the private host NAME, makes a call, prints
 //                                              "ready", then calls until the host is gone (the script stops
 //                                              it with SIGTERM, or kills it): the calls must then fail with
@@ -34,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -75,10 +81,14 @@ static bool response_ok(uint32_t handler, const unsigned char *request, size_t l
     return false;
 }
 
+static _Atomic uint64_t *word64(unsigned char *p) { return (_Atomic uint64_t *)(void *)p; }
+static _Atomic uint32_t *word32(unsigned char *p) { return (_Atomic uint32_t *)(void *)p; }
+
 typedef struct {
     dx_region *region;
     int index;
     long round_trips;
+    uint64_t turn_waits;           // the lane's guest counter, read before the release
     uint64_t latency_buckets[64];  // call latency, log2 buckets of nanoseconds (timed benches)
 } worker;
 
@@ -165,6 +175,9 @@ static void *bench_thread(void *argument) {
         }
         w->round_trips++;
     }
+    // The lane's guest counters, through the buffer: the payload is at DX_LANE_PAYLOAD of the lane.
+    unsigned char *counters = buffer - DX_LANE_PAYLOAD + DX_LANE_GUEST_COUNTERS;
+    w->turn_waits = atomic_load_explicit(word64(counters + DX_COUNTER_TURN_WAITS), memory_order_relaxed);
     dx_lane_release(lane);
     return NULL;
 }
@@ -253,8 +266,6 @@ static void die(const char *what) {
 static void put32(unsigned char *base, size_t offset, uint32_t value) { memcpy(base + offset, &value, 4); }
 static void put64(unsigned char *base, size_t offset, uint64_t value) { memcpy(base + offset, &value, 8); }
 
-static _Atomic uint64_t *word64(unsigned char *p) { return (_Atomic uint64_t *)(void *)p; }
-static _Atomic uint32_t *word32(unsigned char *p) { return (_Atomic uint32_t *)(void *)p; }
 
 /// Creates `/dx.<name>` with mode 0600 (then `f->mode`), writes the header with magic last, and takes
 /// the host's lock when asked.
@@ -587,6 +598,60 @@ static int private_checks(const char *name) {
     return bad == 0 ? 0 : 1;
 }
 
+/// One process of `granted`: a region of its own from the private host, THREADS threads of checked
+/// round trips (the default wait: turns) for SECONDS. Exit status 0 when no call failed and every
+/// thread made calls.
+static int granted_process(int process) {
+    dx_region *region;
+    int rc = dx_connect(region_name, thread_count, NULL, (uid_t)-1, &region);
+    if (rc != DX_OK) {
+        fprintf(stderr, "FAIL: process %d: connect '%s': %s\n", process, region_name, dx_strerror(rc));
+        return 1;
+    }
+    worker workers[64] = {0};
+    pthread_t threads[64];
+    for (int t = 0; t < thread_count; t++) {
+        workers[t] = (worker){.region = region, .index = t};
+        pthread_create(&threads[t], NULL, bench_thread, &workers[t]);
+    }
+    long total = 0, idle = 0;
+    uint64_t turn_waits = 0;
+    for (int t = 0; t < thread_count; t++) {
+        pthread_join(threads[t], NULL);
+        total += workers[t].round_trips;
+        turn_waits += workers[t].turn_waits;
+        if (workers[t].round_trips == 0) idle++;
+    }
+    dx_detach(region);
+    long failed = atomic_load(&failures);
+    printf("    process %d: %d threads, %ld round trips checked, %llu turn waits, %ld failures\n", process,
+           thread_count, total, (unsigned long long)turn_waits, failed);
+    if (idle > 0) fprintf(stderr, "FAIL: process %d: %ld threads made no call\n", process, idle);
+    return failed == 0 && idle == 0 ? 0 : 1;
+}
+
+/// `granted`: PROCESSES processes of granted_process at once against one private host.
+static int granted_processes(int processes) {
+    pid_t children[64];
+    for (int p = 0; p < processes; p++) {
+        fflush(stdout);
+        children[p] = fork();
+        if (children[p] < 0) die("fork");
+        if (children[p] == 0) {
+            int status = granted_process(p);
+            fflush(stdout);
+            _exit(status);
+        }
+    }
+    int failed = 0;
+    for (int p = 0; p < processes; p++) {
+        int status = 0;
+        if (waitpid(children[p], &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) failed++;
+    }
+    printf("c guest granted: %d processes x %d threads, %d failed\n", processes, thread_count, failed);
+    return failed == 0 ? 0 : 1;
+}
+
 /// Calls until the private host is gone, which must end a call within a few seconds with
 /// DX_E_SHUTDOWN (`shutdown`: the host was stopped) or DX_E_HOST_GONE (`died`: it was killed).
 static int host_gone(const char *name, const char *how) {
@@ -624,6 +689,17 @@ int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "version") == 0) return refusals(argv[2]);
     if (argc == 3 && strcmp(argv[1], "private") == 0) return private_checks(argv[2]);
     if (argc == 4 && strcmp(argv[1], "hostgone") == 0) return host_gone(argv[2], argv[3]);
+    if (argc == 6 && strcmp(argv[1], "granted") == 0) {
+        region_name = argv[2];
+        int processes = atoi(argv[3]);
+        thread_count = atoi(argv[4]);
+        seconds = atof(argv[5]);
+        if (processes < 1 || processes > 64 || thread_count < 1 || thread_count > 64 || seconds <= 0) {
+            fprintf(stderr, "processes and threads must be 1...64, seconds above 0\n");
+            return 2;
+        }
+        return granted_processes(processes);
+    }
     bool untimed = argc == 5 && strcmp(argv[1], "bench-untimed") == 0;
     private_host = argc == 5 && strcmp(argv[1], "connect") == 0;
     if (argc == 5 && (strcmp(argv[1], "check") == 0 || strcmp(argv[1], "bench") == 0 || untimed || private_host)) {
@@ -642,6 +718,7 @@ int main(int argc, char **argv) {
         return run_threads(bench_thread, "bench");
     }
     fprintf(stderr, "usage: dxguest_test check|connect|bench|bench-untimed NAME THREADS CALLS|SECONDS, "
-                    "dxguest_test version|private NAME, or dxguest_test hostgone NAME shutdown|died\n");
+                    "dxguest_test version|private NAME, dxguest_test granted NAME PROCESSES THREADS SECONDS, "
+                    "or dxguest_test hostgone NAME shutdown|died\n");
     return 2;
 }

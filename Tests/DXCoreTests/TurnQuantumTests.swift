@@ -83,7 +83,7 @@ import Testing
         #expect(TurnPolicy.waiters(next: 0, serving: 1 << 63) == 0)
     }
 
-    /// The C guest (Sources/CDXGuest) computes the same rule, value for value.
+    /// The C guest (Sources/CDXGuest) computes the same rule, value for value, in a grant too.
     @Test(arguments: quanta) func theCGuestComputesTheSameRule(quantum q: UInt64) {
         #expect(UInt64(DX_TURN_QUANTA_PER_ROUND) == Self.k && DX_TURN_QUANTUM_FLOOR_NS == Self.floor
             && UInt64(DX_TURN_MAX_COUNTED_WAITERS) == Self.most)
@@ -94,6 +94,19 @@ import Testing
             mismatches += 1
         }
         #expect(mismatches == 0)
+        // Within a private host's grant: min(quantum(w), max(G / (w + 1), 20 µs)), G clamped to 10 µs...1 s.
+        #expect(DX_TURN_GRANT_QUANTUM_MIN_NS == 10_000 && DX_TURN_GRANT_QUANTUM_MAX_NS == 1_000_000_000
+            && DX_TURN_GRANT_SHARE_FLOOR_NS == 20_000)
+        let grantQuanta: [UInt64] = [0, 1, 9_999, 10_000, 20_000, 100_000, 1_000_000, 4_000_000, 999_999_999,
+                                     1_000_000_000, 1_000_000_001, 1 << 40, .max]
+        var grantMismatches = 0
+        for g in grantQuanta {
+            for w in Self.counts where dx_turn_quantum_in_grant_ns(q, w, g)
+                != TurnPolicy.quantum(waiters: w, withinGrant: g, policy: policy) {
+                grantMismatches += 1
+            }
+        }
+        #expect(grantMismatches == 0)
         let words: [(UInt64, UInt64)] = [(1, 0), (8, 0), (5, .max - 1), (3, 3), (3, 7), (1 << 40, 0), (0, 1 << 63),
                                           (1 << 62, 0), ((1 << 62) + 1, 0)]
         for (next, serving) in words {

@@ -5,7 +5,8 @@
 // region of its own over the host's socket (dx_connect), claims a lane per thread, and makes calls
 // with the same wait as the Swift guest: spin with a CPU-relax hint, sched_yield now and then, an
 // adaptive spin budget, then bounded sleeps on the lane's parker (a futex word in the region, no
-// libc object); guest threads of one serving worker take turns. The host's and every lane owner's
+// libc object); guest threads of one serving worker take turns, and in a private region whose host
+// grants turns, a call first waits for the region's grant. The host's and every lane owner's
 // liveness is a kernel lock (an open-file-description lock on the region), never a pid; a private
 // region's host lives while the connection that brought the region is open. It needs only libc and
 // pthreads:
@@ -56,7 +57,7 @@ enum dx_error {
     DX_E_TOO_LARGE = -10,    ///< the request is larger than the lane's capacity
     DX_E_REJECTED = -11,     ///< the host answered with an error status (dx_lane_status says which)
     DX_E_BAD_RESPONSE = -12, ///< the response's length is outside the lane
-    DX_E_TIMEOUT = -13,      ///< no turn or no response within the call timeout (or no reply from a private host)
+    DX_E_TIMEOUT = -13,      ///< no turn, grant or response within the call timeout (or no reply from a private host)
     DX_E_SHUTDOWN = -14,     ///< the host shut down (its lock, or connection, is gone and it said it was stopping)
     DX_E_HOST_GONE = -15,    ///< the host is gone (its lock, or connection, is gone: it died)
     DX_E_BROKEN = -16,       ///< an earlier call on this lane failed; claim another lane
@@ -150,9 +151,10 @@ int dx_call(dx_lane *lane, const void *request, size_t request_length, void *res
             size_t response_capacity, size_t *response_length);
 /// The status word of the last response (1 bad length, 2 bad sequence, 3 handler failed).
 uint32_t dx_lane_status(const dx_lane *lane);
-/// The longest a call waits, for its turn and its response together (default 10 s). A turn that
-/// does not come in time fails the call with DX_E_TIMEOUT before anything is sent, and the lane
-/// stays usable; a response that does not come in time breaks the lane (DX_E_BROKEN after).
+/// The longest a call waits, for its turn (and a private region's grant) and its response together
+/// (default 10 s). A turn or grant that does not come in time fails the call with DX_E_TIMEOUT before
+/// anything is sent, and the lane stays usable; a response that does not come in time breaks the lane
+/// (DX_E_BROKEN after).
 void dx_lane_set_timeout(dx_lane *lane, uint64_t timeout_ns);
 
 const char *dx_strerror(int error);
@@ -171,6 +173,17 @@ uint64_t dx_turn_waiters(uint64_t next, uint64_t serving);
 uint64_t dx_turn_quantum_ns(uint64_t quantum_ns, uint64_t waiters);
 /// The stale-lease period for that count: 2 * dx_turn_quantum_ns(quantum_ns, waiters) + 1 ms.
 uint64_t dx_turn_stale_lease_ns(uint64_t quantum_ns, uint64_t waiters);
+
+/// Granted turns (docs/LAYOUT.md, "Private regions", Granted turns): the header's grant quantum G is
+/// host-written, so clamped to DX_TURN_GRANT_QUANTUM_MIN_NS...DX_TURN_GRANT_QUANTUM_MAX_NS, and a
+/// holder's share of a grant is never below DX_TURN_GRANT_SHARE_FLOOR_NS.
+#define DX_TURN_GRANT_QUANTUM_MIN_NS 10000ull
+#define DX_TURN_GRANT_QUANTUM_MAX_NS 1000000000ull
+#define DX_TURN_GRANT_SHARE_FLOOR_NS 20000ull
+/// The effective quantum in a region whose host grants turns: min(dx_turn_quantum_ns(quantum_ns, w),
+/// max(G / (w + 1), 20 us)), w = min(waiters, W) and G = grant_quantum_ns clamped to 10 us...1 s, so
+/// that every waiting thread of the guest gets a turn within one grant.
+uint64_t dx_turn_quantum_in_grant_ns(uint64_t quantum_ns, uint64_t waiters, uint64_t grant_quantum_ns);
 
 #ifdef __cplusplus
 }
