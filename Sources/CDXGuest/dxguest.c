@@ -619,7 +619,8 @@ static int acquire_turn(dx_lane *l) {
         // by the period that sized the sleep. Otherwise a holder that stopped calling, or an
         // abandoned ticket, would keep every waiter until its deadline: nobody would ask for the
         // grant, so it would never come.
-        uint64_t judged_after = stale_after;
+        // In a granted region the lease is judged by the period that sized the sleep.
+        uint64_t judged_after = l->grant ? sleep : stale_after;
         if (l->grant && !granted(l)) {
             // Relaxed: a hint, like the lease; the host clears it when it grants.
             bool wanted = load32(l->grant + DX_HEADER_GRANT_WANT - DX_HEADER_GRANT, RELAXED) != 0;

@@ -107,10 +107,14 @@ extension Lane {
             // constant period each.
             let holder = turnstile.servingAcquire
             let now = CShm_monotonic_ns()
-            // A holder whose region waits for its grant is not stale: it waits too (and a dead one
-            // is judged once the grant comes, which its want brought).
-            let waitingForGrant = grants && !grant.isGranted
-            if ticket &- holder < 1 << 62, now &- turnstile.lease > staleAfter, !waitingForGrant {
+            // A holder that waits for its region's grant (the grant is 0 and someone wants it) is
+            // not stale: it renews its lease at least every sleep timeout while it waits, so it is
+            // judged with a second more. Without a want, nobody waits for the grant, and a holder
+            // that stopped calling is judged as usual (else the region never gets a grant again).
+            // In a granted region the lease is judged by the period that sized the sleep.
+            let waitingForGrant = grants && !grant.isGranted && grant.wanted
+            let stale = waitingForGrant ? sleep &+ 1_000_000_000 : sleep
+            if ticket &- holder < 1 << 62, now &- turnstile.lease > stale {
                 turnstile.lease = now
                 if turnstile.moveServing(from: holder) {
                     if holder &+ 1 == ticket { break }
@@ -156,8 +160,10 @@ extension Lane {
             case nil: break
             }
         }
-        // Granted: the want is met (a want left set would keep the region queued after its grant).
+        // Granted: the want is met (a want left set would keep the region queued after its grant),
+        // and a held turn starts its share of the grant now.
         grant.clearWant()
+        if holdsTurn { renewLease(CShm_monotonic_ns()) }
         return nil
     }
 

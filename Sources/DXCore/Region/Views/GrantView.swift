@@ -51,6 +51,8 @@ struct GrantView {
     /// relaxed clear once it sees the grant; host: seq-cst load in its re-check before it arms the
     /// doorbell or re-queues a region that loses the grant.
     var wants: Bool { CShm_load_seqcst_u32(base + Layout.Header.grantWant) != 0 }
+    /// Relaxed: whether a guest thread said it wants the grant (for turn waiters' stale check).
+    var wanted: Bool { CShm_load_relaxed_u32(base + Layout.Header.grantWant) != 0 }
     func want() { CShm_store_seqcst_u32(base + Layout.Header.grantWant, 1) }
     func clearWant() { CShm_store_relaxed_u32(base + Layout.Header.grantWant, 0) }
 }
