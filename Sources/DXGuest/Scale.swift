@@ -57,11 +57,14 @@ struct Scale: ParsableCommand {
             return try? JSONDecoder().decode(StatsReply.self, from: Data(line.utf8))
         }
 
-        // One guest, one thread: the same run's reference rate.
-        let single = try ScaleGroup(count: 1, arguments: guestArguments(threads: 1, idle: false))
-        let singleThreads = hostStats()?.process.threads
-        let singleReports = try single.run()
-        let singleRate = singleReports.first.map { $0.opsPerSecond } ?? 0
+        // One guest, one thread: the same run's reference rate (not for --idle).
+        var singleThreads: Int?
+        var singleRate = 0.0
+        if !idle {
+            let single = try ScaleGroup(count: 1, arguments: guestArguments(threads: 1, idle: false))
+            singleThreads = hostStats()?.process.threads
+            singleRate = try single.run().first.map { $0.opsPerSecond } ?? 0
+        }
 
         // Then all of them.
         let group = try ScaleGroup(count: guests, arguments: guestArguments(threads: threads, idle: idle))
@@ -140,11 +143,13 @@ struct Scale: ParsableCommand {
         let victim = try ScaleGroup(count: 1, arguments: guestArguments(threads: 1, idle: true))
         try victim.waitReady()
         guard let connected = hostStats()?.guests?.count else { return nil }
+        // CLOCK_MONOTONIC is the machine's: the host's own time of the free, minus the kill's.
         let start = CShm_monotonic_ns()
         victim.killAll()
         while CShm_monotonic_ns() - start < 5_000_000_000 {
-            if let now = hostStats()?.guests?.count, now < connected {
-                return Double(CShm_monotonic_ns() - start) / 1e6
+            if let stats = hostStats(), let now = stats.guests?.count, now < connected,
+               let freed = stats.last_freed_monotonic_ns, freed >= start {
+                return Double(freed - start) / 1e6
             }
         }
         return nil
@@ -247,9 +252,16 @@ final class ScaleGroup {
 
     deinit { killAll() }
 
-    /// Waits for every guest's ready line.
+    /// Waits until every guest process has started, then has them attach one at a time, and
+    /// waits for each one's ready line.
     func waitReady() throws {
         for reader in outputs {
+            guard let line = reader.next(), (try? JSONDecoder().decode(ScaleReady.self, from: Data(line.utf8)))?.started == true else {
+                throw CommandFailure("a guest process ended before it started", exit: .failure)
+            }
+        }
+        for (reader, input) in zip(outputs, inputs) {
+            input.write(Data("attach\n".utf8))
             guard let line = reader.next() else { throw CommandFailure("a guest process ended before it was ready", exit: .failure) }
             let ready = try JSONDecoder().decode(ScaleReady.self, from: Data(line.utf8))
             guard ready.ready else { throw CommandFailure("a guest could not attach: \(ready.error ?? "?")", exit: .noHost) }
@@ -287,6 +299,8 @@ final class ScaleGroup {
 
 struct ScaleReady: Codable {
     var ready: Bool
+    /// The process is up and waits to be told to attach.
+    var started: Bool? = nil
     /// The second attach of the process (what attaching costs), and its first (with start-up).
     var attach_ns: UInt64?
     var attach_cold_ns: UInt64? = nil
@@ -335,6 +349,10 @@ struct ScaleGuest: ParsableCommand {
         // Attach twice and keep the second region: the first attach of a process also pays its
         // own start-up (the runtime's first JSON decode, the dynamic linker's first calls), the
         // second only what attaching costs. Both are reported.
+        // Attach when told (scale asks one guest at a time, so that the latency measured is the
+        // attach's, not that of a machine busy starting hundreds of processes).
+        say(ScaleReady(ready: false, started: true))
+        guard readLine() == "attach" else { return }
         var times: [UInt64] = []
         var region: Region?
         for _ in 0..<2 {
@@ -352,7 +370,8 @@ struct ScaleGuest: ParsableCommand {
         say(ScaleReady(ready: true, attach_ns: times[1], attach_cold_ns: times[0]))
         guard readLine() == "go" else { return }
         if idle {
-            while readLine() != nil {}
+            // Sit, connected, for the duration: the host's cost of idle guests is measured meanwhile.
+            CShm_sleep_ns(UInt64(duration * 1e9))
             say(ScaleGuestReport(ops: [], durationSeconds: duration))
             return
         }

@@ -2,6 +2,7 @@ import CShm
 import DXCore
 import DXTestSupport
 import Foundation
+import Synchronization
 import Testing
 
 /// `dx-host --private`: a sealed region per guest, handed over the host's socket. Every test runs
@@ -88,6 +89,62 @@ import Testing
         _ = consume lane
         _ = consume keeper
         #expect(try eventually(timeout: 5) { try guests(host).isEmpty } != nil)
+        #expect(try host.stop() == 0)
+    }
+
+    /// Guests killed in the middle of their calls, again and again, while another guest calls:
+    /// the host frees each region while its worker may still be answering it, and must neither
+    /// crash nor stop serving the others. (A region's host counters once went with the guest
+    /// before the worker let go of the region: the worker wrote into freed memory.)
+    @Test func guestsKilledMidCallNeverHurtTheHost() throws {
+        let host = try privateHost()
+        let keeper = try Region.connect(name: host.name, lanes: 1)
+        var lane = try keeper.claimLane()
+        for round in 0..<6 {
+            let victims = try (0..<3).map { _ in
+                try Background(Binaries.guest, ["bench", "--name", host.name, "--threads", "2", "--duration", "60", "--no-latency"])
+            }
+            // Killed once every victim is connected and calling (its region counts round trips).
+            let calling = try eventually(timeout: 10) {
+                let listed = try guests(host)
+                return listed.count == 4 && listed.allSatisfy { ($0["round_trips"] as? Int ?? 0) > 0 || $0["pid"] as? Int == Int(getpid()) }
+            }
+            #expect(calling != nil, "round \(round): the victims never called")
+            for victim in victims { kill(victim.process.processIdentifier, SIGKILL) }
+            for victim in victims { victim.process.waitUntilExit() }
+            #expect(try eventually(timeout: 5) { try guests(host).count == 1 } != nil, "round \(round): regions not freed")
+            let reply = try lane.call(Array("round \(round)".utf8)).get()
+            #expect(reply == Array("round \(round)".utf8))
+        }
+        #expect(host.process.isRunning)
+        _ = consume lane
+        #expect(try host.stop() == 0)
+    }
+
+    /// A guest that hangs up while its thread keeps calling, 100 times: the host frees the region
+    /// while requests still arrive in it; its worker must stop touching the region's memory and
+    /// counters only when it lets go of it, never write into freed host memory.
+    @Test func hangingUpMidTrafficIsSafe() throws {
+        let host = try privateHost(["--lanes", "1"])
+        for cycle in 0..<100 {
+            let region = try Region.connect(name: host.name, lanes: 1)
+            let calls = Atomic<Int>(0)
+            let caller = try DXCore.Thread {
+                guard var lane = try? region.claimLane() else { return }
+                lane.callTimeoutNanoseconds = 200_000_000
+                while case .success = lane.call([UInt8(truncatingIfNeeded: cycle)]) {
+                    calls.add(1, ordering: .relaxed)
+                }
+            }
+            while calls.load(ordering: .relaxed) < 50 { sched_yield() }
+            shutdown(region.connection, Int32(SHUT_RDWR))
+            caller.join()
+        }
+        #expect(host.process.isRunning, "the host died")
+        let region = try Region.connect(name: host.name, lanes: 1)
+        var lane = try region.claimLane()
+        #expect(try lane.call([7]).get() == [7])
+        _ = consume lane
         #expect(try host.stop() == 0)
     }
 

@@ -36,6 +36,8 @@ final class ControlConnection {
     var peerUID: uid_t = 0
     /// The private region this connection holds: freed when the connection closes.
     var guestID: Int?
+    /// Whether a tick has looked at what the client left unread.
+    var checkedOnce = false
 
     init(fd: Int32, slot: Int, generation: UInt32) {
         self.fd = fd
@@ -218,8 +220,17 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
     /// Periodic work: snapshots, due `watch` lines, and dropping clients that do not read or
     /// that idle.
     func tick(now: UInt64) {
-        service.tick(now: now)
+        // A private host's snapshots cover every guest: taken only while a control client (not a
+        // guest) is connected, so that idle guests cost the host nothing. Rates are then over the
+        // time since the last snapshot.
+        if service.target.privateHost == nil || clients > 0 { service.tick(now: now) }
         for connection in live where !connection.dead {
+            // A guest's connection carries nothing after its reply: once that is read, no need to
+            // ask the kernel every tick.
+            if connection.guestID != nil, connection.pendingOutput == 0, connection.lastUnread == 0, connection.checkedOnce {
+                continue
+            }
+            connection.checkedOnce = true
             // A client that stopped reading: its replies sit in the kernel's buffer (~200 KB) and
             // then in ours, below the cap. Without this, 64 of them (a `watch` at 60 s fills the
             // kernel's buffer only after a day) would lock everyone out of the control socket.

@@ -198,6 +198,10 @@ public struct StatsReply: Codable, Sendable {
     public var process: ProcessFields
     /// A private host's connected guests and their regions (absent for a named host).
     public var guests: [GuestFields]?
+    /// A private host: regions freed since it started, and when the last one was (CLOCK_MONOTONIC
+    /// ns, shared by every process of the machine).
+    public var regions_freed: UInt64?
+    public var last_freed_monotonic_ns: UInt64?
 }
 
 /// The host process as the kernel counts it (/proc/self).

@@ -215,7 +215,9 @@ final class ControlService {
                     return GuestFields(guest: guest.id, pid: guest.pid, uid: guest.uid, lanes: guest.lanes, bytes: guest.bytes,
                                        worker: guest.worker, round_trips: row?.round_trips ?? 0, ops_per_sec: row?.ops_per_sec ?? 0)
                 }
-            })
+            },
+            regions_freed: target.privateHost?.freedRegions,
+            last_freed_monotonic_ns: target.privateHost?.lastFreedNanoseconds)
     }
 
     private func config(_ change: SpinPolicyChange?) -> ([UInt8], Effect) {

@@ -22,7 +22,9 @@ import Synchronization
 ///
 /// The grant passes to the next queued region when the granted one has held it for the grant
 /// quantum while others wait, or when it has been idle for the spin budget and then, if others
-/// wait, for a quarter quantum (at most 1 ms): its guest's threads may be passing their turn. The worker reads completions from the ring's memory
+/// wait, for a quarter quantum (at most 1 ms): its guest's threads may be passing their turn. A
+/// region granted that has not called yet keeps the grant for its quantum (its guest's thread may
+/// be slow to wake). The worker reads completions from the ring's memory
 /// between polls, and blocks in the ring only when no region is granted or queued. Regions are
 /// added and removed through a mailbox whose host-private futex word is waited on in the same ring.
 ///
@@ -78,6 +80,8 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     private var queueHead = 0
     private var grantStart: UInt64 = 0
     private var idleRounds: UInt32 = 0
+    /// Whether the granted region has had a request answered in this grant.
+    private var servedInGrant = false
     /// When the granted region went idle for the spin budget (0: it is not).
     private var idleSince: UInt64 = 0
     /// How long the granted region may sit idle while others wait before it loses the grant:
@@ -153,6 +157,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                         if counting { bump(counters + HostCounters.Worker.spinWins) }
                     }
                     idleRounds = 0
+                    servedInGrant = true
                 } else {
                     idleRounds &+= 1
                 }
@@ -164,10 +169,13 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                 if servedAny || idleRounds < spin.budget { idleSince = 0 } else if idleSince == 0 { idleSince = now }
                 if queuedCount > 0, now &- grantStart >= grantQuantum {
                     release(entry)  // its quantum is up and others wait
-                } else if idleRounds >= spin.budget, queuedCount == 0 || now &- idleSince >= idleAllowance {
+                } else if idleRounds >= spin.budget,
+                          queuedCount == 0 || (servedInGrant ? now &- idleSince >= idleAllowance : now &- grantStart >= grantQuantum) {
                     // Idle for the spin budget with nobody else waiting: arm it, so the worker can
                     // sleep. With others waiting, only after the idle allowance: a guest passing its
-                    // turn between its threads (a futex wake) must not lose its grant for it.
+                    // turn between its threads (a futex wake) must not lose its grant for it; and a
+                    // guest that has not called yet keeps it for its quantum (its thread may be slow
+                    // to wake on a loaded machine).
                     if release(entry) == .armed { spin.hadToSleep() }
                     idleRounds = 0
                     idleSince = 0
@@ -266,6 +274,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         grantStart = CShm_monotonic_ns()
         idleRounds = 0
         idleSince = 0
+        servedInGrant = false
         // How long the regions queued now wait for their next grant, at most.
         entry.grant.cycle = UInt64(queuedCount + 1) &* grantQuantum
         entry.doorbell.workerCPU = UInt32(bitPattern: cpu)

@@ -124,7 +124,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         let region: Region
         let counters: HostCounters
     }
-    private let table: Mutex<(slots: [Guest?], nextID: Int, freed: UInt64)>
+    private let table: Mutex<(slots: [Guest?], nextID: Int, freed: UInt64, lastFreed: UInt64)>
 
     /// A host named `name` with a pool of `poolSize` workers (default: the CPUs this process may
     /// use minus one, at least one: each worker and the guest thread it serves spin) granting
@@ -152,7 +152,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         self.counting = counting
         self.logger = logger
         workerCounters = HostCounters(laneCount: 0, workerCount: width)
-        table = Mutex((Array(repeating: nil, count: limits.maxGuests), 1, 0))
+        table = Mutex((Array(repeating: nil, count: limits.maxGuests), 1, 0, 0))
     }
 
     /// Starts the pool. Throws when a thread or a ring cannot be made (the kernel must have io_uring
@@ -257,7 +257,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     public func closeRegion(id: Int) {
         let removed: Guest? = table.withLock { table in
             guard let slot = table.slots.firstIndex(where: { $0?.info.id == id }) else { return nil }
-            defer { table.slots[slot] = nil; table.freed += 1 }
+            defer { table.slots[slot] = nil; table.freed += 1; table.lastFreed = CShm_monotonic_ns() }
             return table.slots[slot]
         }
         guard let removed else { return }
@@ -278,6 +278,10 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
 
     /// Regions freed since the host started.
     public var freedRegions: UInt64 { table.withLock { $0.freed } }
+
+    /// When the last region was freed (CLOCK_MONOTONIC ns, which every process of the machine
+    /// shares; 0 before the first): a killed guest's region is freed this long after its death.
+    public var lastFreedNanoseconds: UInt64 { table.withLock { $0.lastFreed } }
 
     // MARK: - ControlTarget
 

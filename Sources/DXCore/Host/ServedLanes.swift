@@ -12,14 +12,18 @@ struct ServedLanes: ~Copyable {
     let capacity: Int
     /// Bases of the lanes.
     let lanes: UnsafeMutableBufferPointer<LaneView>
-    /// The host-memory counters of each of those lanes.
+    /// The host-memory counters of each of those lanes (pointers into `hostCounters`, which this
+    /// keeps alive: a private region's counters go with its guest, possibly before its worker
+    /// has let go of the region).
     let counters: UnsafeMutableBufferPointer<UnsafeMutableRawPointer>
+    private let hostCounters: HostCounters
     /// The last sequence number answered on each lane (host-private).
     let answered: UnsafeMutableBufferPointer<UInt64>
 
     /// The lanes `indices` of `region`, counted in `hostCounters`.
     init(region: Region, indices: [Int], counters hostCounters: HostCounters) {
         self.region = region
+        self.hostCounters = hostCounters
         capacity = region.slotCapacity
         lanes = .allocate(capacity: indices.count)
         _ = lanes.initialize(from: indices.map { region.lane($0) })

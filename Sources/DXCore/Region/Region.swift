@@ -51,7 +51,7 @@ public final class Region: @unchecked Sendable {
     private var isCreator: Bool { hostLock != nil }
     /// A private region's guest side: the connection to the host that handed the region over.
     /// The host lives while it is open; -1 for named regions and on the host side.
-    let connection: Int32
+    package let connection: Int32
     /// Whether the region is private: one guest's, handed over its connection (``connect(name:lanes:controlPath:hostUID:timeoutNanoseconds:)``), with no name
     /// and no locks. Its owner words are claimed without locks: the guest is one process.
     public let isPrivate: Bool
