@@ -209,6 +209,8 @@ static int attach_descriptor(dx_region *r, uid_t host_uid) {
     return host_problem(r);
 }
 
+static int adopt(dx_region *r, uid_t host_uid, const dx_grant *grant, dx_region **out);
+
 int dx_attach(const char *name, dx_region **out) { return dx_attach_as(name, getuid(), out); }
 
 int dx_attach_as(const char *name, uid_t host_uid, dx_region **out) {
@@ -231,7 +233,18 @@ int dx_attach_as(const char *name, uid_t host_uid, dx_region **out) {
         if (error == EACCES || error == EPERM) return DX_E_PERMISSION;
         return DX_E_SYSTEM;
     }
+    return adopt(r, host_uid, NULL, out);
+}
+
+/// Checks and maps the object behind r->fd (attach_descriptor), and for a private region also
+/// that the host's reply describes it; hands `r` to the caller, or detaches it on any failure.
+static int adopt(dx_region *r, uid_t host_uid, const dx_grant *grant, dx_region **out) {
     int rc = attach_descriptor(r, host_uid);
+    // The reply must describe the region it came with.
+    if (rc == DX_OK && grant &&
+        (grant->size != r->size || (grant->lanes >= 0 && (uint64_t)grant->lanes != r->lane_count) ||
+         (grant->slot_size >= 0 && (uint64_t)grant->slot_size != r->capacity)))
+        rc = DX_E_PROTOCOL;
     if (rc != DX_OK) {
         int error = errno;
         dx_detach(r);
@@ -273,20 +286,7 @@ int dx_connect(const char *name, int lanes, const char *socket_path, uid_t host_
     }
     r->fd = grant.region;
     r->conn = grant.conn;
-    rc = attach_descriptor(r, host_uid);
-    // The reply must describe the region it came with.
-    if (rc == DX_OK && (grant.size != r->size || (grant.lanes >= 0 && (uint64_t)grant.lanes != r->lane_count) ||
-                        (grant.slot_size >= 0 && (uint64_t)grant.slot_size != r->capacity)))
-        rc = DX_E_PROTOCOL;
-    if (rc != DX_OK) {
-        int error = errno;
-        dx_detach(r);
-        errno = error;
-        return rc;
-    }
-    r->own_pid = (uint32_t)getpid();
-    *out = r;
-    return DX_OK;
+    return adopt(r, host_uid, &grant, out);
 }
 
 int dx_open(const char *name, int lanes, const char *socket_path, uid_t host_uid, dx_region **out) {
@@ -723,6 +723,7 @@ static dx_parker doorbell_parker(dx_lane *l) {
 static int await_grant(dx_lane *l) {
     char *want = l->grant + DX_HEADER_GRANT_WANT - DX_HEADER_GRANT;
     bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_TURN_WAITS);
+    int rc = DX_OK;
     for (;;) {
         // Seq-cst, and so is the doorbell's flag load after it: either the host's re-check before it
         // arms the doorbell sees the want, or we see the armed flag and post it.
@@ -730,17 +731,23 @@ static int await_grant(dx_lane *l) {
         if (dx_unpark(doorbell_parker(l))) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_DOORBELLS);
         if (granted(l)) break;
         uint64_t now = now_ns(), deadline = call_deadline(l, now);
-        if (now >= deadline) return DX_E_TIMEOUT;
+        if (now >= deadline) {
+            rc = DX_E_TIMEOUT;
+            break;
+        }
         if (l->holds_turn) renew_lease(l, now);  // waiting for the grant, not stale
         // While the word is 0; the host's release store of 1 comes before its FUTEX_WAKE of all.
         dx_futex_wait(l->grant, 0, min64(l->wait.sleep_timeout_ns, deadline - now));
         if (granted(l)) break;
-        int problem = host_problem(l->region);
-        if (problem != DX_OK) return problem;
+        rc = host_problem(l->region);
+        if (rc != DX_OK) break;
     }
+    // Whatever ended the wait, the want goes with it (relaxed): a want left set would keep asking
+    // the host for grants nobody uses.
+    store32(want, 0, RELAXED);
     // The holder's share of the grant starts with the grant, not at the last step.
-    if (l->holds_turn) renew_lease(l, now_ns());
-    return DX_OK;
+    if (rc == DX_OK && l->holds_turn) renew_lease(l, now_ns());
+    return rc;
 }
 
 /// After the spin budget: bounded sleeps on the lane's parker, checking the host's lock and the

@@ -491,6 +491,23 @@ int CShm_unix_connect(const char *path) {
     return fd;
 }
 
+int CShm_unix_connect_within(const char *path, uint64_t timeout_ns) {
+    struct sockaddr_un address;
+    int rc = unix_address(path, &address);
+    if (rc) return rc;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    rc = CShm_socket_timeouts(fd, timeout_ns);
+    if (rc == 0) {
+        do { rc = connect(fd, (struct sockaddr *)&address, sizeof address) == 0 ? 0 : errno; } while (rc == EINTR);
+    }
+    if (rc != 0) {
+        close(fd);
+        return -(rc == EINPROGRESS ? EAGAIN : rc);
+    }
+    return fd;
+}
+
 int CShm_socket_timeouts(int fd, uint64_t timeout_ns) {
     struct timeval timeout = {
         .tv_sec = (time_t)(timeout_ns / 1000000000ull),
@@ -605,6 +622,16 @@ int CShm_seals(int fd) {
 bool CShm_seals_complete(int seals) {
     int needed = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
     return seals >= 0 && (seals & needed) == needed;
+}
+
+int64_t CShm_raise_descriptor_limit(void) {
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return -errno;
+    if (limit.rlim_cur < limit.rlim_max) {
+        struct rlimit raised = {.rlim_cur = limit.rlim_max, .rlim_max = limit.rlim_max};
+        if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+    }
+    return limit.rlim_cur == RLIM_INFINITY ? INT64_MAX : (int64_t)limit.rlim_cur;
 }
 
 int CShm_forbid_inspection(void) {

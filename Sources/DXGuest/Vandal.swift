@@ -22,6 +22,9 @@ enum VandalMode: String, ExpressibleByArgument, CaseIterable {
     /// Claims lanes and writes huge, decreasing and random values into every lane's guest
     /// counters (which the host passes to swift-metrics).
     case counters
+    /// A private region: says it wants the grant (want word 1) and rings the doorbell once, then
+    /// never calls, and stays connected for the duration.
+    case want
     /// Claims raw channel 0 for real (lock and owner word) and posts its server's parker every
     /// 50 ms without ever pinging.
     case rawPosts = "raw-posts"
@@ -69,6 +72,7 @@ struct Vandal: ParsableCommand {
         switch mode {
         case .lanes: try vandaliseLanes(region, base, end, &attacks)
         case .counters: try counters(region, base, end, &attacks)
+        case .want: wantAndSleep(region, base, end, &attacks)
         case .fill: fill(base, size, end, &attacks)
         case .random: scribble(base, size, end, &attacks)
         case .fields: fields(region, base, end, &attacks)
@@ -146,6 +150,21 @@ struct Vandal: ParsableCommand {
     /// Guest counters: every lane's, while holding some lanes so that the host keeps series for them.
     /// Each round writes one kind of value into all of them: the largest, just past `Int64.max`,
     /// `Int64.max`, zero, a value lower than the last, or noise.
+    private func wantAndSleep(_ region: Region, _ base: UnsafeMutableRawPointer, _ end: UInt64,
+                              _ attacks: inout [String: Int]) {
+        CShm_store_seqcst_u32(base + Layout.Header.grantWant, 1)
+        // Post the doorbell the way a guest does: flag 1 → 0, word 1, wake.
+        let flag = base + Layout.Header.doorbells + Layout.Header.doorbellSleeping
+        let word = base + Layout.Header.doorbells + Layout.Header.doorbellWord
+        if CShm_cas_acqrel_u32(flag, 1, 0) {
+            CShm_store_release_u32(word, 1)
+            _ = CShm_futex_wake(word.assumingMemoryBound(to: UInt32.self), 1)
+        }
+        attacks["want without calls", default: 0] += 1
+        let now = CShm_monotonic_ns()
+        if end > now { CShm_sleep_ns(end - now) }
+    }
+
     private func counters(_ region: Region, _ base: UnsafeMutableRawPointer, _ end: UInt64,
                           _ attacks: inout [String: Int]) throws {
         let held = try claimFromTop(region)

@@ -87,20 +87,21 @@ struct Run: AsyncParsableCommand {
     @Option(name: .customLong("max-guests"), help: "Private mode: regions at once, in all.")
     var maxGuests: Int = 1024
 
-    @Option(name: .customLong("max-guests-per-uid"), help: "Private mode: regions at once, per user.")
-    var maxGuestsPerUID: Int = 256
+    @Option(name: .customLong("max-guests-per-uid"), help: "Private mode: regions at once, per user (default: 256, at most --max-guests).")
+    var maxGuestsPerUID: Int?
 
     @Option(name: .customLong("max-mib"), help: "Private mode: MiB of regions at once, in all.")
     var maxMiB: Int = 1024
 
-    @Option(name: .customLong("max-mib-per-uid"), help: "Private mode: MiB of regions at once, per user.")
-    var maxMiBPerUID: Int = 256
+    @Option(name: .customLong("max-mib-per-uid"), help: "Private mode: MiB of regions at once, per user (default: 256, at most --max-mib).")
+    var maxMiBPerUID: Int?
 
     @OptionGroup var wait: SpinOptions
 
     var limits: PrivateHostLimits {
         PrivateHostLimits(maxLanes: maxLanes, defaultLanes: lanes, slotCapacity: slotSize, maxGuests: maxGuests,
-                          maxGuestsPerUID: maxGuestsPerUID, maxBytes: maxMiB << 20, maxBytesPerUID: maxMiBPerUID << 20,
+                          maxGuestsPerUID: maxGuestsPerUID ?? min(256, maxGuests), maxBytes: maxMiB << 20,
+                          maxBytesPerUID: (maxMiBPerUID ?? min(256, maxMiB)) << 20,
                           allowedUIDs: Set(allowUIDs), allowedGIDs: Set(allowGIDs))
     }
 

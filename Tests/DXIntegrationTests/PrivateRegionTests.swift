@@ -148,6 +148,53 @@ import Testing
         #expect(try host.stop() == 0)
     }
 
+    /// A guest that says it wants the grant and never calls (review: it kept the worker granting
+    /// it at 100 % of a CPU): the host arms its region after one grant and idles, while it stays
+    /// connected.
+    @Test func aWantWithoutCallsBuysNoSpinning() throws {
+        let host = try privateHost()
+        let vandal = try Background(Binaries.guest, ["vandal", "--name", host.name, "--mode", "want", "--duration", "4"])
+        #expect(try eventually(timeout: 5) { try guests(host).count == 1 } != nil)
+        // Over a second while it sits there, connected, wanting: below 10 % of a CPU.
+        let cpu = HostileTests().hostCPU(host, over: 1)
+        print("private: host CPU beside a want without calls \(String(format: "%.1f", cpu * 100)) %")
+        #expect(cpu < 0.10)
+        #expect(try guests(host).count == 1, "the vandal left before the measurement ended")
+        #expect(vandal.wait(timeout: 10) != nil)
+        #expect(try host.stop() == 0)
+    }
+
+    /// A flood of connections (260 held open: the 64 clients it takes, those it refuses, a full
+    /// listen backlog) does not make the host spin, and it serves again once they go.
+    @Test func aFloodOfConnectionsDoesNotSpinTheHost() throws {
+        let host = try privateHost(["--max-guests", "30"])
+        let socket = ControlPath.socket(for: host.name)
+        var held: [Int32] = []
+        defer { for fd in held { close(fd) } }
+        for _ in 0..<260 {
+            let fd = CShm_unix_connect_within(socket, 200_000_000)
+            if fd >= 0 { held.append(fd) }
+        }
+        let cpu = HostileTests().hostCPU(host, over: 1)
+        print("private: host CPU with \(held.count) connections held: \(String(format: "%.1f", cpu * 100)) %")
+        #expect(cpu < 0.10)
+        for fd in held { close(fd) }
+        held.removeAll()
+        #expect(eventually(timeout: 10) { (try? Region.connect(name: host.name, lanes: 1)) != nil } != nil)
+        #expect(try host.stop() == 0)
+    }
+
+    /// A descriptor limit too low for the guest limit (each guest holds two of the host's
+    /// descriptors) is refused at start, with a sentence, instead of showing once the host is full.
+    @Test func aDescriptorLimitBelowTheGuestLimitIsRefused() throws {
+        let outcome = try run(URL(fileURLWithPath: "/bin/sh"),
+                              ["-c", "ulimit -n 100 && exec \"$0\" --name \"$1\" --private --max-guests 30",
+                               Binaries.host.path, uniqueName()], timeout: 20)
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains("the descriptor limit (100, ulimit -n) is below the 188 that 30 guests need"),
+                "\(outcome.stderr)")
+    }
+
     /// 1000 connect/disconnect cycles: the host's descriptors and threads come back to where they
     /// were, and its memory grows by less than 4 MiB.
     @Test func connectDisconnectCyclesLeaveTheHostFlat() throws {

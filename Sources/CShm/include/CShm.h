@@ -243,6 +243,10 @@ int CShm_accept_nonblocking(int fd);
 int CShm_unix_listen(const char *path, int backlog);
 /// A blocking, close-on-exec Unix stream socket connected to `path`, or -errno.
 int CShm_unix_connect(const char *path);
+/// The same, with every wait of the socket bounded by `timeout_ns` from the start (SO_SNDTIMEO and
+/// SO_RCVTIMEO are set before `connect`, which a full listen backlog would otherwise block for
+/// ever). Returns the descriptor or -errno (-EAGAIN when the host did not accept in time).
+int CShm_unix_connect_within(const char *path, uint64_t timeout_ns);
 /// Bytes sent on `fd` that its peer has not read yet (`ioctl(SIOCOUTQ)`), or -errno.
 int CShm_socket_unread(int fd);
 /// Sets SO_RCVTIMEO and SO_SNDTIMEO. Returns 0 or an errno.
@@ -287,6 +291,9 @@ bool CShm_process_alive(pid_t pid);
 /// Keeps other processes of the same user from reading this one's memory and descriptors
 /// (`prctl(PR_SET_DUMPABLE, 0)`: /proc/PID/fd and ptrace need root then). Returns 0 or an errno.
 int CShm_forbid_inspection(void);
+/// Raises this process's soft limit of open descriptors to its hard limit. Returns the soft limit
+/// now, or -errno.
+int64_t CShm_raise_descriptor_limit(void);
 /// Threads of the calling process (the Threads: line of /proc/self/status), or -1.
 int CShm_self_threads(void);
 /// Resident memory of the calling process in KiB (VmRSS), or -1.

@@ -59,6 +59,10 @@ final class ControlConnection {
 final class ControlConnections: @unchecked Sendable {  // handed to the control thread, used only there
     /// Control clients at once (a private host's guests come on top, up to its guest limit).
     static let maxConnections = 64
+    /// Connections of one other user (allowed to ask a private host for regions) that have not
+    /// asked yet; each is closed after its first line, or after ``handshakeTimeoutNanoseconds``.
+    static let maxHandshakesPerUser = 8
+    static let handshakeTimeoutNanoseconds: UInt64 = 5_000_000_000
     /// A client that lets more than this much output pile up in the host (pipelined requests or a
     /// `watch` it never reads, on top of what the kernel buffers) is closed and counted. One reply
     /// may exceed it (a `lanes` reply of a large host); the next request is not answered then.
@@ -108,6 +112,12 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
             refuse(fd, "permission denied: this host serves uid \(getuid()) only")
             return nil
         }
+        // Another user may ask for regions, not hold the socket: a few connections at a time.
+        if !owner, live.filter({ $0.restricted && $0.guestID == nil && $0.peerUID == uid }).count
+            >= ControlConnections.maxHandshakesPerUser {
+            refuse(fd, "too many connections of uid \(uid) waiting to ask for a region; try again later")
+            return nil
+        }
         guard clients < ControlConnections.maxConnections + (privateHost == nil ? 0 : 1),
               let slot = connections.firstIndex(where: { $0 == nil }) else {
             refuse(fd, "too many control connections (\(ControlConnections.maxConnections)); try again later")
@@ -151,11 +161,18 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
             case .none: break
             case .region(let lanes):
                 if !handOverRegion(connection, lanes: lanes) { return }
+                continue
             case .watch(let interval):
                 connection.watchInterval = interval
                 connection.nextWatch = CShm_monotonic_ns() &+ interval
             case .shutdown:
                 shutdownRequested = true
+            }
+            if connection.restricted {
+                // Another user's line that asked for no region (refused): nothing more for it here.
+                connection.closeAfterOutput = true
+                connection.input.removeAll()
+                return
             }
         }
         connection.input.removeFirst(start)
@@ -243,6 +260,10 @@ final class ControlConnections: @unchecked Sendable {  // handed to the control 
             }
             connection.lastUnread = unread
             if connection.guestID != nil { continue }  // a guest's connection is its region's life
+            if connection.restricted, now &- connection.lastRequest > ControlConnections.handshakeTimeoutNanoseconds {
+                drop(connection)  // another user that connected and did not ask for a region
+                continue
+            }
             if connection.watchInterval == 0 {
                 if now &- connection.lastRequest > idleTimeoutNanoseconds, connection.pendingOutput == 0 { drop(connection) }
                 continue

@@ -58,7 +58,14 @@ final class UringControlLoop: ControlLoop, @unchecked Sendable {
         var multishot = true
         _ = CShm_ring_accept(ring, listener, Self.userData(.accept), multishot)
         var shutdownSince: UInt64?
+        // After an accept that failed for want of descriptors (EMFILE, ENFILE), the next one waits a
+        // tick: the pending client would fail again at once, for as long as the host is full.
+        var acceptAgainAt: UInt64?
         while true {
+            if let at = acceptAgainAt, CShm_monotonic_ns() >= at {
+                acceptAgainAt = nil
+                _ = CShm_ring_accept(ring, listener, Self.userData(.accept), multishot)
+            }
             for connection in connections.live where !connection.dead {
                 if !connection.receiving && !connection.closeAfterOutput {
                     let buffer = connection.receiveBuffer ?? .allocate(byteCount: Self.bufferSize, alignment: 16)
@@ -91,7 +98,11 @@ final class UringControlLoop: ControlLoop, @unchecked Sendable {
                     } else if result == -EINVAL && multishot {
                         multishot = false  // an older kernel: accept one at a time
                     }
-                    if !CShm_ring_more(flags) { _ = CShm_ring_accept(ring, listener, Self.userData(.accept), multishot) }
+                    if result == -EMFILE || result == -ENFILE || result == -ENOBUFS || result == -ENOMEM {
+                        if !CShm_ring_more(flags) { acceptAgainAt = CShm_monotonic_ns() &+ controlTickNanoseconds }
+                    } else if !CShm_ring_more(flags) {
+                        _ = CShm_ring_accept(ring, listener, Self.userData(.accept), multishot)
+                    }
                 case .receive?:
                     guard let connection else { continue }
                     connection.receiving = false
@@ -131,9 +142,13 @@ final class PollControlLoop: ControlLoop, @unchecked Sendable {
     func run(listener: Int32, connections: ControlConnections, stop: StopFlag, onShutdown: () -> Void) {
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
         var shutdownSince: UInt64?
+        // After an accept that failed for want of descriptors, the listener rests a tick (its
+        // POLLIN would stay set and every accept fail again).
+        var acceptAgainAt: UInt64 = 0
         while true {
             let live = connections.live.filter { !$0.dead }
-            var descriptors = [pollfd(fd: listener, events: Int16(POLLIN), revents: 0)]
+            let listening = CShm_monotonic_ns() >= acceptAgainAt
+            var descriptors = [pollfd(fd: listener, events: listening ? Int16(POLLIN) : 0, revents: 0)]
             for connection in live {
                 var events = connection.closeAfterOutput ? 0 : Int16(POLLIN)
                 if connection.pendingOutput > 0 { events |= Int16(POLLOUT) }
@@ -143,6 +158,9 @@ final class PollControlLoop: ControlLoop, @unchecked Sendable {
             if descriptors[0].revents & Int16(POLLIN) != 0 {
                 while true {
                     let fd = CShm_accept_nonblocking(listener)
+                    if fd == -EMFILE || fd == -ENFILE || fd == -ENOBUFS || fd == -ENOMEM {
+                        acceptAgainAt = CShm_monotonic_ns() &+ controlTickNanoseconds
+                    }
                     if fd < 0 { break }
                     connections.accept(fd)
                 }

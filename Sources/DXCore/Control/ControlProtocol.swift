@@ -198,9 +198,10 @@ public struct StatsReply: Codable, Sendable {
     public var process: ProcessFields
     /// A private host's connected guests and their regions (absent for a named host).
     public var guests: [GuestFields]?
-    /// A private host: regions freed since it started, and when the last one was (CLOCK_MONOTONIC
-    /// ns, shared by every process of the machine).
+    /// A private host: regions freed since it started.
     public var regions_freed: UInt64?
+    /// A private host: when the last region was freed (CLOCK_MONOTONIC ns, which every process of
+    /// the machine shares).
     public var last_freed_monotonic_ns: UInt64?
 }
 

@@ -138,6 +138,9 @@ extension Lane {
     /// keeping its turn's lease fresh and checking the host's health and the call timeout.
     @usableFromInline @inline(never)
     mutating func waitForGrant(waitStart: inout UInt64) -> CallError? {
+        // Whatever ends the wait, the want goes with it: a want left set would keep asking the
+        // host for grants nobody uses.
+        defer { grant.clearWant() }
         let start = CShm_monotonic_ns()
         if waitStart == 0 { waitStart = start }
         let deadline = waitStart &+ callTimeoutNanoseconds
@@ -160,9 +163,7 @@ extension Lane {
             case nil: break
             }
         }
-        // Granted: the want is met (a want left set would keep the region queued after its grant),
-        // and a held turn starts its share of the grant now.
-        grant.clearWant()
+        // Granted: a held turn starts its share of the grant now.
         if holdsTurn { renewLease(CShm_monotonic_ns()) }
         return nil
     }

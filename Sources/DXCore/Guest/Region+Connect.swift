@@ -32,11 +32,14 @@ extension Region {
                                timeoutNanoseconds: UInt64 = 5_000_000_000) throws(RegionAttachError) -> Region {
         guard isValidName(name) else { throw .invalidName(name) }
         let path = controlPath ?? ControlPath.socket(for: name)
-        let socket = CShm_unix_connect(path)
+        // One deadline for the connect, the request and the reply.
+        let deadline = CShm_monotonic_ns() &+ timeoutNanoseconds
+        let socket = CShm_unix_connect_within(path, timeoutNanoseconds)
         guard socket >= 0 else {
             switch -socket {
             case ENOENT, ECONNREFUSED: throw .noSuchRegion(name: name)
             case EACCES, EPERM: throw .connection(.permissionDenied(path: path))
+            case EAGAIN: throw .connection(.badAnswer("the host did not accept the connection within the timeout"))
             default: throw .connection(.system(SystemError("connect \(path)", errno: -socket)))
             }
         }
@@ -46,13 +49,12 @@ extension Region {
             let expected = hostUID ?? getuid()
             let peer = CShm_peer_uid(socket)
             guard peer == Int64(expected) else { throw RegionAttachError.connection(.wrongOwner(path: path, owner: peer, expected: expected)) }
-            _ = CShm_socket_timeouts(socket, timeoutNanoseconds)
             let request = Array(#"{"v":\#(ControlProtocol.version),"cmd":"region","lanes":\#(lanes)}"#.utf8) + [UInt8(ascii: "\n")]
             let sent = request.withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             guard sent == request.count else {
                 throw RegionAttachError.connection(.system(SystemError("send \(path)", errno: sent < 0 ? errno : EPIPE)))
             }
-            let line = try readReply(socket, name: name, path: path, descriptor: &descriptor)
+            let line = try readReply(socket, name: name, path: path, deadline: deadline, descriptor: &descriptor)
             let reply: PrivateRegionReply
             do { reply = try JSONDecoder().decode(PrivateRegionReply.self, from: Data(line)) } catch {
                 throw RegionAttachError.connection(.badAnswer(String(decoding: line.prefix(200), as: UTF8.self)))
@@ -85,10 +87,15 @@ extension Region {
     }
 
     /// Reads the handshake's one reply line, and the descriptor that comes with its bytes.
-    private static func readReply(_ socket: Int32, name: String, path: String, descriptor: inout Int32) throws(RegionAttachError) -> [UInt8] {
+    private static func readReply(_ socket: Int32, name: String, path: String, deadline: UInt64,
+                                  descriptor: inout Int32) throws(RegionAttachError) -> [UInt8] {
         var line: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while line.count < ControlProtocol.maxLineBytes {
+            // Each read waits at most what remains of the handshake's deadline.
+            let now = CShm_monotonic_ns()
+            guard now < deadline else { throw .connection(.badAnswer("no answer within the timeout")) }
+            _ = CShm_socket_timeouts(socket, max(deadline &- now, 1_000))
             var passed: Int32 = -1
             let count = chunk.withUnsafeMutableBytes { CShm_recv_with_fd(socket, $0.baseAddress, $0.count, &passed) }
             if passed >= 0 {

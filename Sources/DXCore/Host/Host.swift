@@ -30,7 +30,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
     private let stopFlag = StopFlag()
     private var threads: [Thread] = []
     private var stopped = false
-    private let shutdownHandler = Mutex<(@Sendable () -> Void)?>(nil)
+    private let shutdownRequests: ShutdownRequests
 
     /// CPUs to pin the serving workers to (worker w on `workerCPUs[w % count]`); empty leaves
     /// them to the scheduler (the default). Set it before ``start(handler:)``. See ``CPUAffinity``.
@@ -55,6 +55,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
         self.metrics = HostMetrics(region: name, laneCount: region.laneCount, workerCount: region.workerCount,
                                    factory: MetricsSystem.factory)
         self.logger = logger
+        self.shutdownRequests = ShutdownRequests(logger: logger)
     }
 
     /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
@@ -123,17 +124,12 @@ public final class Host: ControlTarget, @unchecked Sendable {
     /// finds the region truncated. ``HostService`` sets it to end its `run()`. Without a handler
     /// such requests are logged and ignored.
     public func onShutdownRequest(_ handler: @escaping @Sendable () -> Void) {
-        shutdownHandler.withLock { $0 = handler }
+        shutdownRequests.onRequest(handler)
     }
 
     /// Asks the host's owner to shut down: runs the ``onShutdownRequest(_:)`` handler.
     public func requestShutdown() {
-        if let handler = shutdownHandler.withLock({ $0 }) {
-            logger.info("shutdown requested")
-            handler()
-        } else {
-            logger.warning("shutdown requested, but this host has no shutdown handler (see onShutdownRequest)")
-        }
+        shutdownRequests.request()
     }
 
     /// Every counter now: the host's own (from host memory) and the guests' (from the region).

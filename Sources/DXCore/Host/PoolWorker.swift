@@ -282,21 +282,25 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     }
 
     /// Ends the granted region's grant: back to the queue when it still wants one, else armed.
+    /// A want alone re-queues it only if it used its grant (a request was answered): a region
+    /// that leaves its want word set and never calls is armed, and must ring again to be queued,
+    /// so it cannot keep a worker granting it for nothing.
     @discardableResult
     private func release(_ entry: Entry) -> Entry.State {
         entry.grant.set(false)
         granted = nil
-        if !entry.wantsGrant, arm(entry) { return .armed }
+        let wants = servedInGrant ? entry.wantsGrant : entry.served.anyPendingSeqCst()
+        if !wants, arm(entry, requestsOnly: !servedInGrant) { return .armed }
         enqueue(entry)
         return .queued
     }
 
     /// Arms the region's doorbell and queues a futex wait on it, unless it wants the grant after
     /// all (a request or a want that came meanwhile). Returns whether it is armed.
-    private func arm(_ entry: Entry) -> Bool {
+    private func arm(_ entry: Entry, requestsOnly: Bool = false) -> Bool {
         let parker = entry.doorbell.parker
         parker.arm()
-        if entry.wantsGrant {
+        if requestsOnly ? entry.served.anyPendingSeqCst() : entry.wantsGrant {
             parker.disarm()
             return false
         }

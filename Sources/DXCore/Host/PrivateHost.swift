@@ -115,7 +115,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     private var threads: [Thread] = []
     private let workerCounters: HostCounters
     private var stopped = false
-    private let shutdownHandler = Mutex<(@Sendable () -> Void)?>(nil)
+    private let shutdownRequests: ShutdownRequests
     private let startTime = CShm_monotonic_ns()
 
     /// The guests' table: guarded by its mutex (the control thread writes it, snapshots read it).
@@ -141,6 +141,14 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
             throw .invalidConfiguration("the grant quantum must be between 10 µs and 1 s")
         }
         self.grantQuantumNanoseconds = grantQuantumNanoseconds
+        // Each guest holds two of the host's descriptors (its connection and its region), on top
+        // of the control clients and the host's own: a limit below that would show only once the
+        // host is full, as refused connections.
+        let needed = 2 * limits.maxGuests + ControlConnections.maxConnections + 64
+        let available = CShm_raise_descriptor_limit()
+        guard available < 0 || available >= Int64(needed) else {
+            throw .invalidConfiguration("the descriptor limit (\(available), ulimit -n) is below the \(needed) that \(limits.maxGuests) guests need; raise it or lower the guest limit")
+        }
         guard (1...Layout.maxWorkers).contains(width) else {
             throw .invalidConfiguration("pool size \(width) is not in 1...\(Layout.maxWorkers)")
         }
@@ -151,6 +159,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
         self.policies = SpinPolicyCell(spinPolicy)
         self.counting = counting
         self.logger = logger
+        self.shutdownRequests = ShutdownRequests(logger: logger)
         workerCounters = HostCounters(laneCount: 0, workerCount: width)
         table = Mutex((Array(repeating: nil, count: limits.maxGuests), 1, 0, 0))
     }
@@ -209,9 +218,12 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
             return .failure(RegionRefusal("lanes must be between 1 and \(limits.maxLanes), not \(lanes)"))
         }
         let bytes = Layout.regionSize(laneCount: lanes, slotCapacity: limits.slotCapacity, rawCount: 0)
-        let limits = limits
-        // Reserve the slot and the bytes first, under the lock; create the region outside it.
-        let reserved: Result<(slot: Int, id: Int), RegionRefusal> = table.withLock { table in
+        let limits = limits, name = name, handlerKind = handlerKind, quantum = grantQuantumNanoseconds
+        let loads = workerLoads()
+        let worker = loads.indices.min { loads[$0] < loads[$1] } ?? 0
+        // Checked and taken under one lock, the region made inside it (a memfd and a mapping): two
+        // callers at once can neither pass the same limit nor get the same slot.
+        let made: Result<(PrivateGuest, Region, HostCounters), RegionRefusal> = table.withLock { table in
             let live = table.slots.compactMap { $0?.info }
             guard let slot = table.slots.firstIndex(where: { $0 == nil }) else {
                 return .failure(RegionRefusal("the host serves its limit of \(limits.maxGuests) guests"))
@@ -226,30 +238,29 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
             guard mine.reduce(0, { $0 + $1.bytes }) + bytes <= limits.maxBytesPerUID else {
                 return .failure(RegionRefusal("uid \(uid)'s regions would exceed its limit of \(limits.maxBytesPerUID) bytes"))
             }
+            let region: Region
+            do {
+                region = try Region.createPrivate(
+                    label: name, configuration: RegionConfiguration(laneCount: lanes, slotCapacity: limits.slotCapacity,
+                                                                    workerCount: 1, handler: handlerKind),
+                    grantQuantumNanoseconds: quantum)
+            } catch {
+                return .failure(RegionRefusal("cannot create the region: \(error)"))
+            }
             let id = table.nextID
             table.nextID += 1
-            return .success((slot, id))
+            let guest = PrivateGuest(id: id, slot: slot, pid: pid, uid: uid, lanes: lanes, bytes: bytes, worker: worker)
+            let counters = HostCounters(laneCount: lanes, workerCount: 1)
+            table.slots[slot] = Guest(info: guest, region: region, counters: counters)
+            return .success((guest, region, counters))
         }
-        guard case .success(let (slot, id)) = reserved else {
-            if case .failure(let refusal) = reserved { return .failure(refusal) }
-            return .failure(RegionRefusal("refused"))
+        switch made {
+        case .failure(let refusal):
+            return .failure(refusal)
+        case .success(let (guest, region, counters)):
+            addToWorker(worker, guest.id, region, counters)
+            return .success((guest, region))
         }
-        let region: Region
-        do {
-            region = try Region.createPrivate(
-                label: name, configuration: RegionConfiguration(laneCount: lanes, slotCapacity: limits.slotCapacity,
-                                                                workerCount: 1, handler: handlerKind),
-                grantQuantumNanoseconds: grantQuantumNanoseconds)
-        } catch {
-            return .failure(RegionRefusal("cannot create the region: \(error)"))
-        }
-        let loads = workerLoads()
-        let worker = loads.indices.min { loads[$0] < loads[$1] } ?? 0
-        let guest = PrivateGuest(id: id, slot: slot, pid: pid, uid: uid, lanes: lanes, bytes: bytes, worker: worker)
-        let counters = HostCounters(laneCount: lanes, workerCount: 1)
-        table.withLock { $0.slots[slot] = Guest(info: guest, region: region, counters: counters) }
-        addToWorker(worker, id, region, counters)
-        return .success((guest, region))
     }
 
     /// Frees a guest's region: its worker stops serving it, and the memory goes with the last
@@ -343,17 +354,12 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
 
     /// What to do when a control client asks the host to shut down (``HostService`` sets it).
     public func onShutdownRequest(_ handler: @escaping @Sendable () -> Void) {
-        shutdownHandler.withLock { $0 = handler }
+        shutdownRequests.onRequest(handler)
     }
 
     /// Asks the host's owner to shut down: runs the ``onShutdownRequest(_:)`` handler.
     public func requestShutdown() {
-        if let handler = shutdownHandler.withLock({ $0 }) {
-            logger.info("shutdown requested")
-            handler()
-        } else {
-            logger.warning("shutdown requested, but this host has no shutdown handler (see onShutdownRequest)")
-        }
+        shutdownRequests.request()
     }
 
     // MARK: - Stopping
