@@ -23,6 +23,8 @@ import CShm
 extension Lane {
     @usableFromInline
     static let callsBetweenTurnChecks: UInt32 = 64
+    /// The longest step of a wait for a private region's grant (a dead host is noticed within it).
+    static let grantWaitStep: UInt64 = 500_000_000
 
     /// Keeps, passes or waits for the turn. Returns why the call cannot go on, or nil; sets
     /// `waitStart` when it had to wait (the call timeout counts from there).
@@ -94,9 +96,11 @@ extension Lane {
             let staleAfter = policy.staleLeaseNanoseconds(waiters: TurnPolicy.waiters(next: turnstile.next, serving: serving))
             let beforeWait = CShm_monotonic_ns()
             if beforeWait >= deadline { return .timedOut }
-            // In a region whose turns the host grants, waiters check no more than once per grant
-            // cycle: hundreds of them polling every stale period would cost more than they wait.
-            let sleep = grants ? max(staleAfter, min(grant.cycle, 1_000_000_000)) : staleAfter
+            // In a region whose turns the host grants, waiters check a few times less often than
+            // once per grant cycle: hundreds of them waking every stale period would cost more than
+            // they wait (each wake-up also preempts whatever runs, the host's worker included).
+            // They are woken when their turn comes; the check only skips a dead holder.
+            let sleep = grants ? max(staleAfter, min(grant.cycle &* 4, 1_000_000_000)) : staleAfter
             turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: min(sleep, deadline &- beforeWait))
             if turnstile.servingAcquire == ticket { break }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
@@ -155,7 +159,10 @@ extension Lane {
             let now = CShm_monotonic_ns()
             if now >= deadline { return .timedOut }
             if holdsTurn { renewLease(now) }
-            _ = CShm_futex_wait(grant.word, 0, min(strategy.spinPolicy.sleepTimeoutNanoseconds, deadline &- now))
+            // The host wakes the word when it grants, stops or frees the region: the bounded step
+            // only notices a host that died, so it is long (each wake-up preempts whatever runs).
+            _ = CShm_futex_wait(grant.word, 0, min(max(strategy.spinPolicy.sleepTimeoutNanoseconds, Lane.grantWaitStep),
+                                                   deadline &- now))
             if grant.isGranted { break }
             switch region.hostProblem() {
             case .shutdown?: return .shutdown
