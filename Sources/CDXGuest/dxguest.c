@@ -554,7 +554,11 @@ uint64_t dx_turn_quantum_in_grant_ns(uint64_t quantum_ns, uint64_t waiters, uint
 /// Whether the region holds its worker's grant (a private host's granted turns). Acquire: pairs
 /// with the host's release store of 1. Garbage other than 0 counts as granted: the host serves the
 /// region only while it holds the grant, whatever the word says.
-static bool granted(const dx_lane *l) { return load32(l->grant, ACQUIRE) != 0; }
+/// The grant word is a counter the host advances at every grant and revoke: odd while granted.
+/// The longest step of a grant wait (a host that died is noticed within it).
+static const uint64_t GRANT_WAIT_STEP_NS = 500000000ull;
+
+static bool granted(const dx_lane *l) { return (load32(l->grant, ACQUIRE) & 1) != 0; }
 
 static char *wake_slot(dx_lane *l, uint64_t ticket) {
     return l->turnstile + DX_TURN_WAKE_SLOTS + (ticket % DX_TURN_WAKE_SLOT_COUNT) * sizeof(uint32_t);
@@ -600,21 +604,23 @@ static int acquire_turn(dx_lane *l) {
             rc = DX_E_TIMEOUT;
             break;
         }
-        // Where the host grants turns, no shorter than the grant cycle (up to 1 s): a region waits
-        // that long for its grant, and waiters polling more often would only cost its worker CPU.
+        // Where the host grants turns, no shorter than four grant cycles (up to 1 s): a region
+        // waits a cycle for its grant, and waiters waking more often would only preempt its worker
+        // (they are woken when their turn comes; this only skips a dead holder).
         uint64_t sleep = stale_after;
         if (l->grant) {
             // Relaxed: an estimate the host refreshes at each grant; it sizes a bounded sleep only.
             uint64_t cycle = load64(l->grant + DX_HEADER_GRANT_CYCLE - DX_HEADER_GRANT, RELAXED);
-            sleep = max64(stale_after, min64(cycle, LONGEST_SLEEP_NS));
+            uint64_t four = cycle > UINT64_MAX / 4 ? UINT64_MAX : cycle * 4;
+            sleep = max64(stale_after, min64(four, LONGEST_SLEEP_NS));
         }
         dx_futex_wait(slot, seen, min64(sleep, deadline - start));
         uint64_t holder = load64(serving, ACQUIRE);
         if (holder == l->ticket) break;
         uint64_t now = now_ns();
         // While a thread waits for the region's grant (want 1), the holder waits too: it is not
-        // stale. It renews its lease at least once per sleep timeout (at most 1 s) while it does, so
-        // a lease older than that as well is judged all the same. Without the grant and with nobody
+        // stale. It renews its lease at every step of that wait (at most 500 ms apart, see
+        // await_grant), so a lease older than the sleep period and 1 s more is judged all the same. Without the grant and with nobody
         // wanting it, the holder stopped calling (or waits for a response, ~a grant cycle): judged
         // by the period that sized the sleep. Otherwise a holder that stopped calling, or an
         // abandoned ticket, would keep every waiter until its deadline: nobody would ask for the
@@ -622,7 +628,8 @@ static int acquire_turn(dx_lane *l) {
         // In a granted region the lease is judged by the period that sized the sleep.
         uint64_t judged_after = l->grant ? sleep : stale_after;
         if (l->grant && !granted(l)) {
-            // Relaxed: a hint, like the lease; the host clears it when it grants.
+            // Relaxed: a hint, like the lease (the guest clears it when its wait ends, the host
+            // when it grants).
             bool wanted = load32(l->grant + DX_HEADER_GRANT_WANT - DX_HEADER_GRANT, RELAXED) != 0;
             judged_after = sleep;
             if (wanted) judged_after = sleep > UINT64_MAX - LONGEST_SLEEP_NS ? UINT64_MAX : sleep + LONGEST_SLEEP_NS;
@@ -725,19 +732,24 @@ static int await_grant(dx_lane *l) {
     bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_TURN_WAITS);
     int rc = DX_OK;
     for (;;) {
+        // The counter as seen before the want: a grant (or a revoke) after this read changes it,
+        // and the futex wait below returns at once.
+        uint32_t seen = load32(l->grant, ACQUIRE);
+        if (seen & 1) break;
         // Seq-cst, and so is the doorbell's flag load after it: either the host's re-check before it
         // arms the doorbell sees the want, or we see the armed flag and post it.
         store32(want, 1, SEQ_CST);
         if (dx_unpark(doorbell_parker(l))) bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_DOORBELLS);
-        if (granted(l)) break;
         uint64_t now = now_ns(), deadline = call_deadline(l, now);
         if (now >= deadline) {
             rc = DX_E_TIMEOUT;
             break;
         }
         if (l->holds_turn) renew_lease(l, now);  // waiting for the grant, not stale
-        // While the word is 0; the host's release store of 1 comes before its FUTEX_WAKE of all.
-        dx_futex_wait(l->grant, 0, min64(l->wait.sleep_timeout_ns, deadline - now));
+        // The host wakes the word when it grants, stops or frees the region: the bounded step only
+        // notices a host that died, so it is long (each wake-up preempts whatever runs).
+        uint64_t step = max64(l->wait.sleep_timeout_ns, GRANT_WAIT_STEP_NS);
+        dx_futex_wait(l->grant, seen, min64(step, deadline - now));
         if (granted(l)) break;
         rc = host_problem(l->region);
         if (rc != DX_OK) break;

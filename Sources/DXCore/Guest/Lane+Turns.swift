@@ -151,18 +151,21 @@ extension Lane {
         turnWaits &+= 1
         if counting { view.bump(.turnWaits) }
         while true {
+            // The counter as seen before the want: any grant (or revoke) after this read changes
+            // it, and the futex wait below returns at once.
+            let seen = grant.value
+            if seen & 1 == 1 { break }
             grant.want()
             // Seq-cst flag load after the seq-cst want: the host's re-check before it arms the
             // doorbell sees the want, or this sees the armed flag and posts.
             if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
-            if grant.isGranted { break }
             let now = CShm_monotonic_ns()
             if now >= deadline { return .timedOut }
             if holdsTurn { renewLease(now) }
             // The host wakes the word when it grants, stops or frees the region: the bounded step
             // only notices a host that died, so it is long (each wake-up preempts whatever runs).
-            _ = CShm_futex_wait(grant.word, 0, min(max(strategy.spinPolicy.sleepTimeoutNanoseconds, Lane.grantWaitStep),
-                                                   deadline &- now))
+            _ = CShm_futex_wait(grant.word, seen, min(max(strategy.spinPolicy.sleepTimeoutNanoseconds, Lane.grantWaitStep),
+                                                      deadline &- now))
             if grant.isGranted { break }
             switch region.hostProblem() {
             case .shutdown?: return .shutdown

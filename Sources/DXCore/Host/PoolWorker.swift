@@ -41,6 +41,16 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         let doorbell: DoorbellView
         let grant: GrantView
         var state = State.queued
+        /// The grant counter as the host last stored it (host memory: the word is the guest's
+        /// to scribble on), odd while granted.
+        var grantCounter: UInt32 = 0
+
+        /// Advances the grant counter to the next odd (granted) or even value and stores it.
+        func advanceGrant(to granted: Bool) {
+            grantCounter &+= 1
+            if (grantCounter & 1 == 1) != granted { grantCounter &+= 1 }
+            grant.set(grantCounter)
+        }
 
         init(id: Int, served: consuming ServedLanes) {
             self.id = id
@@ -278,29 +288,31 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         // How long the regions queued now wait for their next grant, at most.
         entry.grant.cycle = UInt64(queuedCount + 1) &* grantQuantum
         entry.doorbell.workerCPU = UInt32(bitPattern: cpu)
-        entry.grant.set(true)
+        // Only a want stored after this grant counts when it ends: a guest that leaves its want set
+        // and never calls gets one grant per ring.
+        entry.grant.clearWant()
+        entry.advanceGrant(to: true)
     }
 
-    /// Ends the granted region's grant: back to the queue when it still wants one, else armed.
-    /// A want alone re-queues it only if it used its grant (a request was answered): a region
-    /// that leaves its want word set and never calls is armed, and must ring again to be queued,
-    /// so it cannot keep a worker granting it for nothing.
+    /// Ends the granted region's grant: back to the queue when it still wants one (a request
+    /// waits, or a want stored since the grant), else armed. A region that leaves its want word
+    /// set and never calls is armed after one grant (the grant cleared its want), and must ring
+    /// again to be queued, so it cannot keep a worker granting it for nothing.
     @discardableResult
     private func release(_ entry: Entry) -> Entry.State {
-        entry.grant.set(false)
+        entry.advanceGrant(to: false)
         granted = nil
-        let wants = servedInGrant ? entry.wantsGrant : entry.served.anyPendingSeqCst()
-        if !wants, arm(entry, requestsOnly: !servedInGrant) { return .armed }
+        if !entry.wantsGrant, arm(entry) { return .armed }
         enqueue(entry)
         return .queued
     }
 
     /// Arms the region's doorbell and queues a futex wait on it, unless it wants the grant after
     /// all (a request or a want that came meanwhile). Returns whether it is armed.
-    private func arm(_ entry: Entry, requestsOnly: Bool = false) -> Bool {
+    private func arm(_ entry: Entry) -> Bool {
         let parker = entry.doorbell.parker
         parker.arm()
-        if requestsOnly ? entry.served.anyPendingSeqCst() : entry.wantsGrant {
+        if entry.wantsGrant {
             parker.disarm()
             return false
         }

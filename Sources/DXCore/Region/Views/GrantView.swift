@@ -10,23 +10,24 @@ struct GrantView {
 
     @inlinable init(_ base: UnsafeMutableRawPointer) { self.base = base }
 
-    /// The grant futex word: 1 while the region holds the grant.
+    /// The grant futex word: a counter the host advances at every grant and every revoke, odd
+    /// while the region holds the grant. A waiter sleeps on the value it saw, so a grant and a
+    /// revoke that both happen before it sleeps still wake it (no ABA).
     @inlinable var word: UnsafeMutablePointer<UInt32> {
         (base + Layout.Header.grant).assumingMemoryBound(to: UInt32.self)
     }
 
-    /// Acquire: whether the region holds the grant (pairs with the host's release store).
-    @inlinable var isGranted: Bool { CShm_load_acquire_u32(base + Layout.Header.grant) != 0 }
+    /// Acquire: the grant counter (pairs with the host's release store).
+    @inlinable var value: UInt32 { CShm_load_acquire_u32(base + Layout.Header.grant) }
 
-    /// Host: grants (release, then wakes every waiter) or revokes (relaxed: guests find out at
-    /// their next call).
-    func set(_ granted: Bool) {
-        if granted {
-            CShm_store_release_u32(base + Layout.Header.grant, 1)
-            _ = CShm_futex_wake(word, Int32.max)
-        } else {
-            CShm_store_relaxed_u32(base + Layout.Header.grant, 0)
-        }
+    /// Whether the region holds the grant: the counter is odd.
+    @inlinable var isGranted: Bool { value & 1 == 1 }
+
+    /// Host: stores the next counter value (`counter` is the host's own copy: the word is
+    /// guest-writable) with release order; a grant also wakes every waiter.
+    func set(_ counter: UInt32) {
+        CShm_store_release_u32(base + Layout.Header.grant, counter)
+        if counter & 1 == 1 { _ = CShm_futex_wake(word, Int32.max) }
     }
 
     /// Whether the host grants turns in this region (set once, before publishing).
@@ -48,7 +49,8 @@ struct GrantView {
     }
 
     /// The want word (guest-written). Guest: seq-cst store of 1, then ring the doorbell, and a
-    /// relaxed clear once it sees the grant; host: seq-cst load in its re-check before it arms the
+    /// relaxed clear when its wait ends; host: a relaxed clear when it grants (so only a want
+    /// stored after the grant counts), and a seq-cst load in its re-check before it arms the
     /// doorbell or re-queues a region that loses the grant.
     var wants: Bool { CShm_load_seqcst_u32(base + Layout.Header.grantWant) != 0 }
     /// Relaxed: whether a guest thread said it wants the grant (for turn waiters' stale check).
