@@ -242,8 +242,10 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         for command in taken {
             switch command {
             case .add(let entry):
+                // Armed, not queued: its guest's first call asks for the grant (rings), so a guest
+                // that connects and never calls, or reconnects over and over, costs no grant.
                 entries[entry.id] = entry
-                enqueue(entry)
+                if !arm(entry) { enqueue(entry) }
             case .remove(let id):
                 guard let entry = entries.removeValue(forKey: id) else { continue }
                 switch entry.state {

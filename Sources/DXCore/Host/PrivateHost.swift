@@ -129,6 +129,9 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     /// A host named `name` with a pool of `poolSize` workers (default: the CPUs this process may
     /// use minus one, at least one: each worker and the guest thread it serves spin) granting
     /// turns of `grantQuantumNanoseconds` (10 µs...1 s). Nothing is served before ``start(handler:)``.
+    ///
+    /// It raises the process's soft limit of open descriptors to the hard limit (each guest holds
+    /// two of the host's), and throws when even that is below what `limits.maxGuests` needs.
     public init(name: String, limits: PrivateHostLimits = PrivateHostLimits(), handler: HandlerKind = .custom, poolSize: Int? = nil,
                 grantQuantumNanoseconds: UInt64 = 1_000_000,
                 spinPolicy: SpinPolicy = WaitStrategy.auto.spinPolicy, counting: Bool = true,
