@@ -83,7 +83,12 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     private let mailboxWord: UnsafeMutablePointer<UInt32>
     private var mailboxArmed = false
     private var entries: [Int: Entry] = [:]
-    private var granted: Entry?
+    /// The granted region, unretained: `entries` holds every region the worker serves (the
+    /// granted one included, until `takeCommands` removes it and clears this first). A class
+    /// reference here cost a retain and a release in every round of the serving loop.
+    private var grantedHandle: Unmanaged<Entry>?
+    /// The granted region, for the loop's slower paths (a retained reference).
+    private var granted: Entry? { grantedHandle?.takeUnretainedValue() }
     /// Queued regions, first come first granted (`queueHead` is the next one; slots before it
     /// are nil, so that a region that left holds no memory here).
     private var queue: [Entry?] = []
@@ -154,13 +159,9 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         while true {
             if CShm_load_acquire_u32(UnsafeMutableRawPointer(mailboxWord)) != 0 { takeCommands() }
             var servedAny = false
-            if let entry = granted {
-                for slot in 0..<entry.served.count {
-                    if let seq = entry.served.pending(slot) {
-                        entry.served.serve(slot: slot, seq: seq, handler: handler, counting: counting)
-                        servedAny = true
-                    }
-                }
+            if let handle = grantedHandle {
+                // Borrowed, not retained: `entries` keeps the region alive (see `grantedHandle`).
+                servedAny = handle._withUnsafeGuaranteedRef { serveAll($0) }
                 if servedAny {
                     if idleRounds != 0 {
                         spin.spinSucceeded()
@@ -173,8 +174,8 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                 }
             }
             rounds &+= 1
-            if rounds & 0xF == 0 || granted == nil { reapCompletions() }
-            if let entry = granted, rounds & 0x3F == 0 || idleRounds >= spin.budget {
+            if rounds & 0xF == 0 || grantedHandle == nil { reapCompletions() }
+            if grantedHandle != nil, rounds & 0x3F == 0 || idleRounds >= spin.budget, let entry = granted {
                 let now = CShm_monotonic_ns()
                 if servedAny || idleRounds < spin.budget { idleSince = 0 } else if idleSince == 0 { idleSince = now }
                 if queuedCount > 0, now &- grantStart >= grantQuantum {
@@ -191,7 +192,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                     idleSince = 0
                 }
             }
-            if granted == nil, queuedCount > 0 { grantNext() }
+            if grantedHandle == nil, queuedCount > 0 { grantNext() }
             if rounds & 0x3FF == 0 {
                 if stop.isSet { return }
                 publishCPU()
@@ -206,7 +207,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                 idle.reset()
                 continue
             }
-            if granted != nil {
+            if grantedHandle != nil {
                 if idle.step() == .yielded, counting { bump(counters + HostCounters.Worker.yields) }
                 continue
             }
@@ -220,6 +221,19 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
             reapCompletions()
             idle.reset()
         }
+    }
+
+    /// Answers every waiting request of the granted region; returns whether there was one.
+    @inline(__always)
+    private func serveAll(_ entry: Entry) -> Bool {
+        var served = false
+        for slot in 0..<entry.served.count {
+            if let seq = entry.served.pending(slot) {
+                entry.served.serve(slot: slot, seq: seq, handler: handler, counting: counting)
+                served = true
+            }
+        }
+        return served
     }
 
     /// The CPU this worker ran on at its last look, published into the granted region's doorbell
@@ -250,7 +264,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                 guard let entry = entries.removeValue(forKey: id) else { continue }
                 switch entry.state {
                 case .granted:
-                    granted = nil
+                    grantedHandle = nil
                 case .queued:
                     if let position = queue[queueHead...].firstIndex(where: { $0 === entry }) { queue.remove(at: position) }
                 case .armed:
@@ -282,7 +296,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         queueHead += 1
         guard let entry = next else { return }
         entry.state = .granted
-        granted = entry
+        grantedHandle = Unmanaged.passUnretained(entry)
         grantStart = CShm_monotonic_ns()
         idleRounds = 0
         idleSince = 0
@@ -303,7 +317,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     @discardableResult
     private func release(_ entry: Entry) -> Entry.State {
         entry.advanceGrant(to: false)
-        granted = nil
+        grantedHandle = nil
         if !entry.wantsGrant, arm(entry) { return .armed }
         enqueue(entry)
         return .queued
