@@ -30,35 +30,8 @@ extension Lane {
     /// `waitStart` when it had to wait (the call timeout counts from there).
     @usableFromInline
     mutating func takeTurns(waitStart: inout UInt64) -> CallError? {
-        callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
         if strategy.turnPolicy.avoidWorkerCPU { keepOffWorkerCPU() }
-        let now = CShm_monotonic_ns()
-        if holdsTurn {
-            let policy = strategy.turnPolicy
-            callsInTurn &+= Lane.callsBetweenTurnChecks
-            let age = now &- leaseStart
-            // Within every quantum the rule can give: no need to count the waiters.
-            if callsInTurn < policy.turnCalls, age < policy.shortestQuantumNanoseconds, !grants { return nil }
-            if turnstile.servingAcquire == turnTicket {
-                let next = turnstile.next
-                // Nobody waiting counts as 0: the whole quantum.
-                let waiters = TurnPolicy.waiters(next: next, serving: turnTicket)
-                let quantum = grants ? TurnPolicy.quantum(waiters: waiters, withinGrant: grant.quantum, policy: policy)
-                    : policy.quantum(waiters: waiters)
-                if callsInTurn < policy.turnCalls, age < quantum { return nil }
-                if next == turnTicket &+ 1 {
-                    renewLease(now)  // the budget is spent, but nobody waits: keep going
-                    return nil
-                }
-                passTurn(now)
-                turnPasses &+= 1
-            }
-            holdsTurn = false  // passed, or taken by a waiter while we were away
-            if avoidingWorkerCPU {
-                CShm_restore_affinity()
-                avoidingWorkerCPU = false
-            }
-        }
+        if keepTurn() { return nil }
         if let error = acquireTurn(waitStart: &waitStart) {
             callsUntilTurnCheck = 0  // the next call asks for a turn again
             return error
@@ -66,43 +39,137 @@ extension Lane {
         return nil
     }
 
+    /// The turn check every `callsBetweenTurnChecks` calls: keeps the turn while its budget
+    /// lasts or nobody waits, else passes it. Returns whether this lane still holds it (if not,
+    /// the caller takes a ticket).
+    mutating func keepTurn() -> Bool {
+        callsUntilTurnCheck = Lane.callsBetweenTurnChecks - 1
+        guard holdsTurn else { return false }
+        let now = CShm_monotonic_ns()
+        let policy = strategy.turnPolicy
+        callsInTurn &+= Lane.callsBetweenTurnChecks
+        let age = now &- leaseStart
+        // Within every quantum the rule can give: no need to count the waiters.
+        if callsInTurn < policy.turnCalls, age < policy.shortestQuantumNanoseconds, !grants { return true }
+        if turnstile.servingAcquire == turnTicket {
+            let next = turnstile.next
+            // Nobody waiting counts as 0: the whole quantum.
+            let waiters = TurnPolicy.waiters(next: next, serving: turnTicket)
+            let quantum = grants ? TurnPolicy.quantum(waiters: waiters, withinGrant: grant.quantum, policy: policy)
+                : policy.quantum(waiters: waiters)
+            if callsInTurn < policy.turnCalls, age < quantum { return true }
+            if next == turnTicket &+ 1 {
+                renewLease(now)  // the budget is spent, but nobody waits: keep going
+                return true
+            }
+            passTurn(now)
+            turnPasses &+= 1
+        }
+        dropTurn()  // passed, or taken by a waiter while we were away
+        return false
+    }
+
+    /// Forgets the turn (after passing it, or losing it) and undoes ``keepOffWorkerCPU()``.
+    mutating func dropTurn() {
+        holdsTurn = false
+        if avoidingWorkerCPU {
+            CShm_restore_affinity()
+            avoidingWorkerCPU = false
+        }
+    }
+
+    /// Before a call sleeps for its response (a slow handler, a busy worker): passes the turn
+    /// when someone waits for it, so that the worker's other lanes keep moving meanwhile. The
+    /// next call takes a ticket again.
+    mutating func passTurnBeforeSleeping() {
+        guard holdsTurn, turnstile.servingAcquire == turnTicket, turnstile.next != turnTicket &+ 1 else { return }
+        passTurn(CShm_monotonic_ns())
+        turnPasses &+= 1
+        dropTurn()
+        callsUntilTurnCheck = 0
+    }
+
     /// Takes a ticket and waits (sleeping) until it is served, the host goes, or the call timeout
     /// passes (then the ticket is abandoned: waiters skip it like a dead one's).
     mutating func acquireTurn(waitStart: inout UInt64) -> CallError? {
-        let policy = strategy.turnPolicy
-        let start = CShm_monotonic_ns()
-        let deadline = start &+ callTimeoutNanoseconds
-        turnTicket = turnstile.takeTicket()
-        let ticket = turnTicket
-        let word = turnstile.wakeWord(for: ticket)
-        var waited = false
-        defer {
-            if waited {
-                turnWaits &+= 1
-                if counting { view.bump(.turnWaits) }
+        var wait = beginTurnWait()
+        defer { endTurnWait(wait) }
+        while true {
+            switch turnWaitStep(&wait, waitStart: &waitStart) {
+            case .done: return nil
+            case .failed(let error): return error
+            case .sleep(let word, let seen, let timeout): turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: timeout)
             }
         }
+    }
+
+    /// Waits until the region holds its worker's grant (a private host grants its worker to one
+    /// region at a time; docs/LAYOUT.md, "Granted turns"), sleeping on the grant word in bounded
+    /// steps (see ``grantWaitStep(_:waitStart:)``).
+    @usableFromInline @inline(never)
+    mutating func waitForGrant(waitStart: inout UInt64) -> CallError? {
+        // Whatever ends the wait, the want goes with it: a want left set would keep asking the
+        // host for grants nobody uses.
+        defer { grant.clearWant() }
+        var wait = beginGrantWait(waitStart: &waitStart)
         while true {
-            // Read the word before re-checking `serving`; the passer changes `serving` before the
-            // word, so a pass between the two makes the futex wait return at once.
-            let seen = turnstile.seen(word)
-            // Served (or a vandalised counter already past us): go.
-            let serving = turnstile.serving
-            if serving &- ticket < 1 << 62 { break }
-            waited = true
-            waitStart = start
-            // The stale period for the queue as it is now (this waiter included): it sizes the
-            // sleep, and the lease is judged by the same period after it.
-            let staleAfter = policy.staleLeaseNanoseconds(waiters: TurnPolicy.waiters(next: turnstile.next, serving: serving))
-            let beforeWait = CShm_monotonic_ns()
-            if beforeWait >= deadline { return .timedOut }
-            // In a region whose turns the host grants, waiters check a few times less often than
-            // once per grant cycle: hundreds of them waking every stale period would cost more than
-            // they wait (each wake-up also preempts whatever runs, the host's worker included).
-            // They are woken when their turn comes; the check only skips a dead holder.
-            let sleep = grants ? max(staleAfter, min(grant.cycle &* 4, 1_000_000_000)) : staleAfter
-            turnstile.sleep(on: word, seen: seen, timeoutNanoseconds: min(sleep, deadline &- beforeWait))
-            if turnstile.servingAcquire == ticket { break }
+            switch grantWaitStep(&wait, waitStart: &waitStart) {
+            case .done: return nil
+            case .failed(let error): return error
+            case .sleep(let word, let seen, let timeout): _ = CShm_futex_wait(word, seen, timeout)
+            }
+        }
+    }
+
+    // MARK: - The waits, step by step
+
+    // Each wait is a loop of steps that decide, and sleeps between them. The blocking call
+    // (above) sleeps in a futex wait; the suspending one (Lane+Async.swift) hands the same word to
+    // the process's `FutexWaiter`. The steps are the one home of what the waits decide.
+
+    /// What a wait does next.
+    enum WaitStep {
+        /// The wait is over.
+        case done
+        /// The call cannot go on.
+        case failed(CallError)
+        /// Sleep while `word` holds `seen`, for at most `timeout` ns; then take the next step.
+        case sleep(word: UnsafeMutablePointer<UInt32>, seen: UInt32, timeout: UInt64)
+    }
+
+    /// A wait for a turn in progress.
+    struct TurnWait {
+        let ticket: UInt64
+        let word: UnsafeMutablePointer<UInt32>
+        let start: UInt64
+        let deadline: UInt64
+        /// Whether it slept at all (counted as a turn wait), and the sleep before this step (0: none).
+        var waited = false
+        var slept: UInt64 = 0
+    }
+
+    /// Takes a ticket.
+    mutating func beginTurnWait() -> TurnWait {
+        let start = CShm_monotonic_ns()
+        turnTicket = turnstile.takeTicket()
+        return TurnWait(ticket: turnTicket, word: turnstile.wakeWord(for: turnTicket), start: start,
+                        deadline: start &+ callTimeoutNanoseconds)
+    }
+
+    /// Counts a wait that slept.
+    mutating func endTurnWait(_ wait: TurnWait) {
+        guard wait.waited else { return }
+        turnWaits &+= 1
+        if counting { view.bump(.turnWaits) }
+    }
+
+    /// One step of a wait for a turn: after a sleep, skips a stale holder and checks the host; then
+    /// goes when served, or says how long to sleep.
+    mutating func turnWaitStep(_ wait: inout TurnWait, waitStart: inout UInt64) -> WaitStep {
+        let policy = strategy.turnPolicy
+        let ticket = wait.ticket
+        if wait.slept != 0 {
+            if turnstile.servingAcquire == ticket { return tookTurn() }
             // The holder has neither renewed nor passed its turn for too long (it stopped calling,
             // or died, possibly with dead waiters queued behind it): move the turn on by one
             // ticket. Every waiter may do this, so dead tickets cannot stall the queue; each costs
@@ -117,65 +184,97 @@ extension Lane {
             // that stopped calling is judged as usual (else the region never gets a grant again).
             // In a granted region the lease is judged by the period that sized the sleep.
             let waitingForGrant = grants && !grant.isGranted && grant.wanted
-            let stale = waitingForGrant ? sleep &+ 1_000_000_000 : sleep
+            let stale = waitingForGrant ? wait.slept &+ 1_000_000_000 : wait.slept
             if ticket &- holder < 1 << 62, now &- turnstile.lease > stale {
                 turnstile.lease = now
                 if turnstile.moveServing(from: holder) {
-                    if holder &+ 1 == ticket { break }
+                    if holder &+ 1 == ticket { return tookTurn() }
                     turnstile.wake(holder &+ 1)
                 }
             }
             switch region.hostProblem() {
-            case .shutdown?: return .shutdown
-            case .hostGone?: return .hostGone
+            case .shutdown?: return .failed(.shutdown)
+            case .hostGone?: return .failed(.hostGone)
             case nil: break
             }
         }
-        holdsTurn = true
-        renewLease(CShm_monotonic_ns())
-        return nil
+        // Read the word before re-checking `serving`; the passer changes `serving` before the
+        // word, so a pass between the two makes the futex wait return at once.
+        let seen = turnstile.seen(wait.word)
+        // Served (or a vandalised counter already past us): go.
+        let serving = turnstile.serving
+        if serving &- ticket < 1 << 62 { return tookTurn() }
+        wait.waited = true
+        waitStart = wait.start
+        // The stale period for the queue as it is now (this waiter included): it sizes the
+        // sleep, and the lease is judged by the same period after it.
+        let staleAfter = policy.staleLeaseNanoseconds(waiters: TurnPolicy.waiters(next: turnstile.next, serving: serving))
+        let beforeWait = CShm_monotonic_ns()
+        if beforeWait >= wait.deadline { return .failed(.timedOut) }
+        // In a region whose turns the host grants, waiters check a few times less often than
+        // once per grant cycle: hundreds of them waking every stale period would cost more than
+        // they wait (each wake-up also preempts whatever runs, the host's worker included).
+        // They are woken when their turn comes; the check only skips a dead holder.
+        wait.slept = grants ? max(staleAfter, min(grant.cycle &* 4, 1_000_000_000)) : staleAfter
+        return .sleep(word: wait.word, seen: seen, timeout: min(wait.slept, wait.deadline &- beforeWait))
     }
 
-    /// Waits until the region holds its worker's grant (a private host grants its worker to one
-    /// region at a time; docs/LAYOUT.md, "Granted turns"): says it wants one (want word, seq-cst),
-    /// rings the doorbell so an idle worker wakes, and sleeps on the grant word in bounded steps,
-    /// keeping its turn's lease fresh and checking the host's health and the call timeout.
-    @usableFromInline @inline(never)
-    mutating func waitForGrant(waitStart: inout UInt64) -> CallError? {
-        // Whatever ends the wait, the want goes with it: a want left set would keep asking the
-        // host for grants nobody uses.
-        defer { grant.clearWant() }
-        let start = CShm_monotonic_ns()
-        if waitStart == 0 { waitStart = start }
-        let deadline = waitStart &+ callTimeoutNanoseconds
+    /// The turn is this lane's.
+    mutating func tookTurn() -> WaitStep {
+        holdsTurn = true
+        renewLease(CShm_monotonic_ns())
+        return .done
+    }
+
+    /// A wait for the region's grant in progress.
+    struct GrantWait {
+        let deadline: UInt64
+        var slept = false
+    }
+
+    /// Counts the wait; the call timeout counts from `waitStart` (set here if the call had not
+    /// waited yet).
+    mutating func beginGrantWait(waitStart: inout UInt64) -> GrantWait {
+        if waitStart == 0 { waitStart = CShm_monotonic_ns() }
         turnWaits &+= 1
         if counting { view.bump(.turnWaits) }
-        while true {
-            // The counter as seen before the want: any grant (or revoke) after this read changes
-            // it, and the futex wait below returns at once.
-            let seen = grant.value
-            if seen & 1 == 1 { break }
-            grant.want()
-            // Seq-cst flag load after the seq-cst want: the host's re-check before it arms the
-            // doorbell sees the want, or this sees the armed flag and posts.
-            if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
-            let now = CShm_monotonic_ns()
-            if now >= deadline { return .timedOut }
-            if holdsTurn { renewLease(now) }
-            // The host wakes the word when it grants, stops or frees the region: the bounded step
-            // only notices a host that died, so it is long (each wake-up preempts whatever runs).
-            _ = CShm_futex_wait(grant.word, seen, min(max(strategy.spinPolicy.sleepTimeoutNanoseconds, Lane.grantWaitStep),
-                                                      deadline &- now))
-            if grant.isGranted { break }
+        return GrantWait(deadline: waitStart &+ callTimeoutNanoseconds)
+    }
+
+    /// One step of a wait for the grant: says it wants one (want word, seq-cst), rings the
+    /// doorbell so an idle worker wakes, keeps its turn's lease fresh, and checks the host's
+    /// health and the call timeout. The caller clears the want when the wait ends, however.
+    mutating func grantWaitStep(_ wait: inout GrantWait, waitStart: inout UInt64) -> WaitStep {
+        if wait.slept {
+            if grant.isGranted { return granted() }
             switch region.hostProblem() {
-            case .shutdown?: return .shutdown
-            case .hostGone?: return .hostGone
+            case .shutdown?: return .failed(.shutdown)
+            case .hostGone?: return .failed(.hostGone)
             case nil: break
             }
         }
-        // Granted: a held turn starts its share of the grant now.
+        // The counter as seen before the want: any grant (or revoke) after this read changes
+        // it, and the futex wait returns at once.
+        let seen = grant.value
+        if seen & 1 == 1 { return granted() }
+        grant.want()
+        // Seq-cst flag load after the seq-cst want: the host's re-check before it arms the
+        // doorbell sees the want, or this sees the armed flag and posts.
+        if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
+        let now = CShm_monotonic_ns()
+        if now >= wait.deadline { return .failed(.timedOut) }
+        if holdsTurn { renewLease(now) }
+        wait.slept = true
+        // The host wakes the word when it grants, stops or frees the region: the bounded step
+        // only notices a host that died, so it is long (each wake-up preempts whatever runs).
+        return .sleep(word: grant.word, seen: seen,
+                      timeout: min(max(strategy.spinPolicy.sleepTimeoutNanoseconds, Lane.grantWaitStep), wait.deadline &- now))
+    }
+
+    /// Granted: a held turn starts its share of the grant now.
+    mutating func granted() -> WaitStep {
         if holdsTurn { renewLease(CShm_monotonic_ns()) }
-        return nil
+        return .done
     }
 
     /// Moves this thread off its worker's CPU when it runs there (see ``TurnPolicy/avoidWorkerCPU``).

@@ -35,6 +35,15 @@ public struct Lane: ~Copyable {
     @usableFromInline var sequence: UInt64
     @usableFromInline var spin: AdaptiveSpin
     @usableFromInline var failure: CallError?
+    /// The request of a call whose task was cancelled while it waited (0: none). The host still
+    /// answers it, in place, so the next call waits for that answer (and drops it) before it
+    /// writes its own request (see Lane+Async.swift).
+    @usableFromInline var abandoned: UInt64 = 0
+    /// When the abandoned call began to wait: the drain is bounded by its call timeout.
+    @usableFromInline var abandonedWaitStart: UInt64 = 0
+    /// The spin budget of async calls (``SpinPolicy/cooperative``), apart from the blocking calls'
+    /// one; made at the first async call.
+    @usableFromInline var cooperativeSpin: AdaptiveSpin?
     /// The longest a call waits for its response, in nanoseconds.
     public var callTimeoutNanoseconds: UInt64 = 10_000_000_000
 
@@ -103,6 +112,7 @@ public struct Lane: ~Copyable {
         request: (UnsafeMutableRawBufferPointer) -> Int,
         response: (UnsafeRawBufferPointer) -> Response
     ) -> Result<Response, CallError> {
+        if failure != nil || abandoned != 0, let error = settle() { return .failure(error) }
         let payload = view.payload
         let length = request(UnsafeMutableRawBufferPointer(start: payload, count: capacity))
         switch exchange(length: length) {
@@ -121,6 +131,7 @@ public struct Lane: ~Copyable {
     @inlinable
     package mutating func call(_ request: UnsafeRawBufferPointer,
                               into response: UnsafeMutableRawBufferPointer) -> Result<Int, CallError> {
+        if failure != nil || abandoned != 0, let error = settle() { return .failure(error) }
         guard request.count <= capacity else {
             return .failure(.payloadTooLarge(length: request.count, capacity: capacity))
         }
@@ -136,11 +147,22 @@ public struct Lane: ~Copyable {
         }
     }
 
-    /// The exchange itself, once the request is in the buffer: publish it, wait, and check the
-    /// response's status and length. Returns the response length.
+    /// Before a call writes its request: the lane's earlier failure, or the answer to a cancelled
+    /// async call still to wait for (it would land on the new request, in place). Returns why the
+    /// call cannot go on, or nil.
+    @usableFromInline @inline(never)
+    mutating func settle() -> CallError? {
+        if let failure { return failure }
+        let error = awaitResponse(abandoned, waitStart: abandonedWaitStart)
+        abandoned = 0
+        if let error { failure = error }
+        return error
+    }
+
+    /// The exchange itself, once the request is in the buffer (and the lane settled): publish it,
+    /// wait, and check the response's status and length. Returns the response length.
     @inlinable @inline(__always)
     mutating func exchange(length: Int) -> Result<Int, CallError> {
-        if let failure { return .failure(failure) }
         guard length >= 0, length <= capacity else {
             return .failure(.payloadTooLarge(length: length, capacity: capacity))
         }
@@ -175,6 +197,12 @@ public struct Lane: ~Copyable {
             lastExchangeNanoseconds = CShm_monotonic_ns() &- exchangeStart
             timeNextExchange = false
         }
+        return checkResponse()
+    }
+
+    /// Takes the response whose sequence number was just seen: its length, or why it is no answer.
+    @inlinable @inline(__always)
+    func checkResponse() -> Result<Int, CallError> {
         // Ordered by the acquire load of the response sequence that ended the wait.
         let status = view.status
         let responseLength = view.responseLength
@@ -274,9 +302,8 @@ public struct Lane: ~Copyable {
     @usableFromInline
     mutating func sleepForResponse(_ seq: UInt64, waitStart: UInt64) -> CallError? {
         let view = view
-        let deadline = (waitStart != 0 ? waitStart : CShm_monotonic_ns()) &+ callTimeoutNanoseconds
         spin.hadToSleep()
-        if counting { view.bump(.sleeps) }
+        let deadline = beginResponseSleep(waitStart: waitStart)
         while true {
             let now = CShm_monotonic_ns()
             if now >= deadline { return view.responseSeq == seq ? nil : .timedOut }
@@ -284,11 +311,31 @@ public struct Lane: ~Copyable {
             let outcome = view.parker.park(timeoutNanoseconds: min(strategy.spinPolicy.sleepTimeoutNanoseconds, deadline &- now)) {
                 view.responseSeqSeqCst == seq
             }
-            if outcome == .ready || view.responseSeq == seq { return nil }
-            if let problem = slowCheck() {
-                // The host may still have answered before it went; take it if it is there.
-                return view.responseSeq == seq ? nil : problem
-            }
+            if let end = afterResponseSleep(seq, outcome) { return end.error }
         }
+    }
+
+    /// The start of a sleep for a response, blocking or suspending: counts it, passes the turn if
+    /// someone waits for it, and returns the call's deadline.
+    mutating func beginResponseSleep(waitStart: UInt64) -> UInt64 {
+        if counting { view.bump(.sleeps) }
+        if holdsTurn { passTurnBeforeSleeping() }
+        return (waitStart != 0 ? waitStart : CShm_monotonic_ns()) &+ callTimeoutNanoseconds
+    }
+
+    /// How a sleep for a response ended the wait, if it did.
+    struct ResponseWaitEnd {
+        /// nil: the response is there.
+        let error: CallError?
+    }
+
+    /// After one park: the response is there, or the host went, or sleep again (nil).
+    func afterResponseSleep(_ seq: UInt64, _ outcome: Parker.Outcome) -> ResponseWaitEnd? {
+        if outcome == .ready || view.responseSeq == seq { return ResponseWaitEnd(error: nil) }
+        if let problem = slowCheck() {
+            // The host may still have answered before it went; take it if it is there.
+            return ResponseWaitEnd(error: view.responseSeq == seq ? nil : problem)
+        }
+        return nil
     }
 }

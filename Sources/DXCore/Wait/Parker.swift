@@ -34,7 +34,7 @@ package struct Parker {
 
     /// How a park ended.
     @usableFromInline
-    package enum Outcome: Sendable { case ready, posted, timedOut }
+    package enum Outcome: Sendable { case ready, posted, timedOut, cancelled }
 
     /// Sleeper side: arms the word, announces the sleep, re-checks `ready` and sleeps until a post
     /// or `timeoutNanoseconds` (CLOCK_MONOTONIC, re-armed with what remains after a spurious
@@ -69,6 +69,25 @@ package struct Parker {
             let now = CShm_monotonic_ns()
             guard now < deadline else { return .timedOut }
             remaining = deadline &- now
+        }
+    }
+
+    /// Sleeper side, for a task: the same handshake as ``park(timeoutNanoseconds:until:)``, but the
+    /// task suspends while the process's ``FutexWaiter`` waits on the word, so no thread blocks.
+    /// Returns `.cancelled` when the task is cancelled meanwhile.
+    package func suspend(isolation: isolated (any Actor)? = #isolation, timeoutNanoseconds: UInt64,
+                         until ready: () -> Bool) async -> Outcome {
+        arm()
+        defer { disarm() }
+        if ready() { return .ready }
+        let outcome = await FutexWaiter.shared.wait(on: word.assumingMemoryBound(to: UInt32.self), expected: 0,
+                                                    timeoutNanoseconds: timeoutNanoseconds)
+        // Acquire: pairs with the poster's release store of 1.
+        if CShm_load_acquire_u32(word) != 0 { return .posted }
+        switch outcome {
+        case .changed: return .posted  // a forged or flipped-back post: a spurious return, as above
+        case .timedOut: return .timedOut
+        case .cancelled: return .cancelled
         }
     }
 
