@@ -80,14 +80,13 @@ struct ServedLanes: ~Copyable {
                 if written >= 0, written <= capacity { length = written } else { status = .handlerFailed }
             }
         }
-        respond(slot: slot, seq: seq, length: length, status: status, counting: counting)
+        respond(lane, slot: slot, seq: seq, length: length, status: status, counting: counting)
     }
 
-    /// Publishes the response to `seq` on lane `slot` (its `length` bytes are in the payload),
-    /// counts it and wakes the guest if it sleeps.
+    /// Publishes the response to `seq` on lane `slot` (`lane`, already loaded by the caller; the
+    /// response's `length` bytes are in its payload), counts it and wakes the guest if it sleeps.
     @inline(__always)
-    private func respond(slot: Int, seq: UInt64, length: Int, status: ResponseStatus, counting: Bool) {
-        let lane = lanes[slot]
+    private func respond(_ lane: LaneView, slot: Int, seq: UInt64, length: Int, status: ResponseStatus, counting: Bool) {
         answered[slot] = seq
         if counting {
             bump(counters[slot] + HostCounters.Lane.roundTrips)
@@ -130,7 +129,7 @@ extension ServedLanes {
             }
             status = .badLength
         }
-        respond(slot: slot, seq: seq, length: 0, status: status, counting: counting)
+        respond(lane, slot: slot, seq: seq, length: 0, status: status, counting: counting)
         return nil
     }
 
@@ -153,7 +152,7 @@ extension ServedLanes {
         let lane = lanes[slot]
         guard lane.requestSeq == seq else { return false }
         guard lane.owner.value == owner else {
-            respond(slot: slot, seq: seq, length: 0, status: .cancelled, counting: counting)
+            respond(lane, slot: slot, seq: seq, length: 0, status: .cancelled, counting: counting)
             return false
         }
         var length = 0
@@ -172,7 +171,7 @@ extension ServedLanes {
         case .failed: status = .handlerFailed
         case .cancelled: status = .cancelled
         }
-        respond(slot: slot, seq: seq, length: length, status: status, counting: counting)
+        respond(lane, slot: slot, seq: seq, length: length, status: status, counting: counting)
         return true
     }
 }
