@@ -87,9 +87,17 @@ extension Ctl {
                      "\(lane.turn_waits)"]
                 }, leftAligned: [0, 2]))
             print("")
-            print(TextTable.render(["worker", "spin wins", "yields", "sleeps"], stats.workers.map {
-                ["\($0.worker)", "\($0.spin_wins)", "\($0.yields)", "\($0.sleeps)"]
-            }))
+            if stats.workers.contains(where: { $0.async_started != nil }) {
+                print(TextTable.render(["worker", "spin wins", "yields", "sleeps", "tasks started", "finished", "dropped"],
+                                       stats.workers.map {
+                    ["\($0.worker)", "\($0.spin_wins)", "\($0.yields)", "\($0.sleeps)", "\($0.async_started ?? 0)",
+                     "\($0.async_finished ?? 0)", "\($0.async_dropped ?? 0)"]
+                }))
+            } else {
+                print(TextTable.render(["worker", "spin wins", "yields", "sleeps"], stats.workers.map {
+                    ["\($0.worker)", "\($0.spin_wins)", "\($0.yields)", "\($0.sleeps)"]
+                }))
+            }
         }
     }
 

@@ -23,9 +23,18 @@ enum ControlBackendChoice: String, ExpressibleByArgument, CaseIterable {
     case auto, uring, poll
 }
 
-/// The handlers `--handler` offers.
+/// The handlers `--handler` offers: `delay` is the echo, answered by an async task after
+/// `--delay-us` (the load async serving is measured with).
 enum HandlerChoice: String, ExpressibleByArgument, CaseIterable {
-    case echo, checksum
+    case echo, checksum, delay
+}
+
+/// Parses `--delay-lanes`: a list like 0, 0,2 or 0-3.
+func parseLaneList(_ text: String) throws -> [Int] {
+    guard let lanes = CPUAffinity.parse(text) else {
+        throw ValidationError("--delay-lanes takes a lane list like 0, 0,2 or 0-3 (lanes 0...1023)")
+    }
+    return lanes
 }
 
 struct Run: AsyncParsableCommand {
@@ -44,8 +53,18 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Serving threads polling the lanes, 1...\(Layout.maxWorkers) (default: CPUs - 1, at least 1).")
     var workers: Int?
 
-    @Option(help: "Request handler: \(HandlerChoice.allCases.map(\.rawValue).joined(separator: ", ")).")
+    @Option(help: "Request handler: \(HandlerChoice.allCases.map(\.rawValue).joined(separator: ", ")) (delay: echo from an async task after --delay-us).")
     var handler: HandlerChoice = .echo
+
+    @Option(name: .customLong("delay-us"), help: "--handler delay: how long each request waits (suspended, in µs, 0...10000000) before its echo; 0 still suspends once.")
+    var delayMicroseconds: UInt64 = 0
+
+    @Option(name: .customLong("delay-lanes"), help: "--handler delay: only requests on these lanes (like 0 or 0-3) wait --delay-us; the others are echoed after one suspension (default: every lane).",
+            transform: parseLaneList)
+    var delayLanes: [Int]?
+
+    @Option(name: .customLong("max-tasks"), help: "--handler delay: async handler tasks at once, in all (default: --lanes; at least --workers).")
+    var maxTasks: Int?
 
     @Flag(help: "Also serve the raw ping-pong baseline channels (for dx-guest bench --baseline raw).")
     var raw = false
@@ -127,6 +146,22 @@ struct Run: AsyncParsableCommand {
         guard controlIdleTimeout > 0, controlIdleTimeout <= 86_400 else {
             throw ValidationError("--control-idle-timeout must be between 0 and 86400 seconds, not \(controlIdleTimeout)")
         }
+        if handler == .delay {
+            guard delayMicroseconds <= 10_000_000 else {
+                throw ValidationError("--delay-us must be between 0 and 10000000 (10 s), not \(delayMicroseconds)")
+            }
+            if let lane = delayLanes?.first(where: { $0 >= lanes }) {
+                throw ValidationError("--delay-lanes names lane \(lane), but there are \(lanes) lanes (0...\(lanes - 1))")
+            }
+            if let maxTasks, !(workerCount...Layout.maxLanes).contains(maxTasks) {
+                throw ValidationError("--max-tasks must be between the worker count (\(workerCount): each worker needs one) and \(Layout.maxLanes), not \(maxTasks)")
+            }
+            guard !privateRegions else {
+                throw ValidationError("--handler delay (an async handler) is not supported with --private: the pool workers answer in place only")
+            }
+        } else if delayMicroseconds != 0 || delayLanes != nil || maxTasks != nil {
+            throw ValidationError("--delay-us, --delay-lanes and --max-tasks go with --handler delay")
+        }
         if privateRegions {
             do { try limits.validate() } catch { throw ValidationError("\(error)") }
             guard !raw else { throw ValidationError("--raw serves a named region's baseline channels; it does not go with --private") }
@@ -170,7 +205,7 @@ struct Run: AsyncParsableCommand {
                 throw CommandFailure("cannot start the private host: \(error)", exit: .failure)
             }
             let service = switch handler {
-            case .echo: HostService(privateHost: host, handler: EchoHandler(), control: control, logger: logger)
+            case .echo, .delay: HostService(privateHost: host, handler: EchoHandler(), control: control, logger: logger)  // delay: refused by validate()
             case .checksum: HostService(privateHost: host, handler: ChecksumHandler(), control: control, logger: logger)
             }
             try await serve(service, stopSignals: stopSignals, logger: logger)
@@ -178,7 +213,7 @@ struct Run: AsyncParsableCommand {
         }
         let configuration = RegionConfiguration(
             laneCount: lanes, slotCapacity: slotSize, workerCount: workerCount, rawChannels: raw,
-            handler: handler == .echo ? .echo : .checksum)
+            handler: handler == .checksum ? .checksum : .echo)
         let host: Host
         do {
             host = try Host(name: name, configuration: configuration, spinPolicy: try wait.spinPolicy,
@@ -191,6 +226,10 @@ struct Run: AsyncParsableCommand {
         let service = switch handler {
         case .echo: HostService(host: host, handler: EchoHandler(), control: control, logger: logger)
         case .checksum: HostService(host: host, handler: ChecksumHandler(), control: control, logger: logger)
+        case .delay:
+            HostService(host: host, asyncHandler: DelayedEchoHandler(delayNanoseconds: delayMicroseconds &* 1000,
+                                                                     lanes: delayLanes.map(Set.init)),
+                        maxTasksInFlight: maxTasks, control: control, logger: logger)
         }
         try await serve(service, stopSignals: stopSignals, logger: logger)
         // A stop no one asked for: a supervisor should see it (and may restart the host).

@@ -110,6 +110,7 @@ extension CGuestTests {
         Pair("DX_STATUS_BAD_LENGTH", DX_STATUS_BAD_LENGTH, "ResponseStatus.badLength", ResponseStatus.badLength.rawValue),
         Pair("DX_STATUS_BAD_SEQUENCE", DX_STATUS_BAD_SEQUENCE, "ResponseStatus.badSequence", ResponseStatus.badSequence.rawValue),
         Pair("DX_STATUS_HANDLER_FAILED", DX_STATUS_HANDLER_FAILED, "ResponseStatus.handlerFailed", ResponseStatus.handlerFailed.rawValue),
+        Pair("DX_STATUS_CANCELLED", DX_STATUS_CANCELLED, "ResponseStatus.cancelled", ResponseStatus.cancelled.rawValue),
     ]
 
     @Test(arguments: pairs)

@@ -149,7 +149,7 @@ int dx_lane_call(dx_lane *lane, size_t request_length, size_t *response_length);
 /// response into `response` and sets *response_length to the number copied.
 int dx_call(dx_lane *lane, const void *request, size_t request_length, void *response,
             size_t response_capacity, size_t *response_length);
-/// The status word of the last response (1 bad length, 2 bad sequence, 3 handler failed).
+/// The status word of the last response (1 bad length, 2 bad sequence, 3 handler failed, 4 cancelled).
 uint32_t dx_lane_status(const dx_lane *lane);
 /// The longest a call waits, for its turn (and a private region's grant) and its response together
 /// (default 10 s). A turn or grant that does not come in time fails the call with DX_E_TIMEOUT before

@@ -127,7 +127,8 @@ enum {
     DX_STATUS_OK = 0,
     DX_STATUS_BAD_LENGTH = 1,      ///< the request length was larger than the slot
     DX_STATUS_BAD_SEQUENCE = 2,    ///< the request sequence number was not the last one plus one
-    DX_STATUS_HANDLER_FAILED = 3,  ///< the handler returned a length outside the slot
+    DX_STATUS_HANDLER_FAILED = 3,  ///< the handler returned a length outside the slot, or threw
+    DX_STATUS_CANCELLED = 4,       ///< answered without the handler's answer (host stopping, lane changed hands)
 };
 
 /// The distance between lanes (and between raw channels) for a slot capacity (Layout.laneStride).

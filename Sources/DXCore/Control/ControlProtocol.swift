@@ -152,6 +152,13 @@ public struct WorkerFields: Codable, Sendable {
     public var yields: UInt64
     /// Waits that ended in a sleep.
     public var sleeps: UInt64
+    /// Requests handed to async handler tasks (absent with a synchronous handler).
+    public var async_started: UInt64? = nil
+    /// Async handler tasks whose outcome the worker took back.
+    public var async_finished: UInt64? = nil
+    /// Async handler outcomes that did not reach their request's guest (the lane had moved on, or
+    /// the host stopped first).
+    public var async_dropped: UInt64? = nil
 }
 
 /// The reply to `stats`.

@@ -193,6 +193,8 @@ final class ControlService {
         let allRows = laneFields(stats: window)
         // A private host's rows are guest slots: only the taken ones are shown.
         let rows = isPrivate ? allRows.filter { $0.state != "free" } : allRows
+        // Async counters only from a host that serves with an async handler (a task started).
+        let servesAsync = window.now.workers.contains { $0.asyncStarted > 0 }
         return StatsReply(
             name: target.name, host_pid: target.hostPID, uptime_s: uptime, round_trips: total,
             ops_per_sec_last: Double(total &- window.then.roundTrips) / window.seconds,
@@ -204,7 +206,9 @@ final class ControlService {
             reclaimed_lanes: window.now.reclaimedLanes, control_dropped: droppedConnections,
             wait: target.spinPolicy, lanes: rows,
             workers: window.now.workers.map {
-                WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps)
+                WorkerFields(worker: $0.index, spin_wins: $0.spinWins, yields: $0.yields, sleeps: $0.sleeps,
+                             async_started: servesAsync ? $0.asyncStarted : nil, async_finished: servesAsync ? $0.asyncFinished : nil,
+                             async_dropped: servesAsync ? $0.asyncDropped : nil)
             },
             mode: isPrivate ? "private" : "named",
             process: ProcessFields(threads: Int(CShm_self_threads()), rss_kb: CShm_self_rss_kb(),

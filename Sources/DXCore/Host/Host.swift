@@ -58,14 +58,53 @@ public final class Host: ControlTarget, @unchecked Sendable {
         self.shutdownRequests = ShutdownRequests(logger: logger)
     }
 
-    /// Starts the serving workers, the raw baseline servers and the heartbeat thread.
+    /// Starts the serving workers, the raw baseline servers and the heartbeat thread. `handler`
+    /// answers each request in place, on the serving thread (the fast path).
     public func start<Handler: RequestHandler>(handler: Handler) throws(SystemError) {
         let region = region, policies = policies, stop = stopFlag, counting = counting, counters = counters
+        try startThreads { index in
+            let worker = Worker(region: region, index: index, handler: handler, policies: policies,
+                                stop: stop, counters: counters, counting: counting)
+            return { worker.run() }
+        }
+    }
+
+    /// Starts serving with an async handler: each request is handed to a task, and the serving
+    /// workers go on serving the other lanes meanwhile (see ``AsyncRequestHandler``).
+    ///
+    /// At most `maxTasksInFlight` tasks run at once (default: the lane count, i.e. one per lane,
+    /// which is no limit beyond the lanes themselves). The limit is shared evenly among the
+    /// serving workers, each of which gets at least one, so a limit below the worker count is
+    /// raised to it. A request that finds its worker at the limit waits in its lane, and the
+    /// worker waits without spinning until a task comes back.
+    ///
+    /// ``stop()`` cancels the tasks still running and answers their guests (see
+    /// ``ResponseStatus/cancelled``) before it lets go of the region.
+    public func start<Handler: AsyncRequestHandler>(asyncHandler handler: Handler,
+                                                   maxTasksInFlight: Int? = nil) throws(SystemError) {
+        let region = region, policies = policies, stop = stopFlag, counting = counting, counters = counters
+        let shares = Host.taskShares(limit: maxTasksInFlight ?? region.laneCount, workers: region.workerCount)
+        try startThreads { index in
+            let worker = AsyncWorker(region: region, index: index, handler: handler, maxTasks: shares[index],
+                                     policies: policies, stop: stop, counters: counters, counting: counting)
+            return { worker.run() }
+        }
+    }
+
+    /// Each worker's share of a task limit: even, the remainder to the first workers, at least one.
+    static func taskShares(limit: Int, workers: Int) -> [Int] {
+        let limit = max(limit, workers)
+        return (0..<workers).map { limit / workers + ($0 < limit % workers ? 1 : 0) }
+    }
+
+    /// Starts a thread per serving worker (running what `makeWorker` returns for its index), the
+    /// raw baseline servers and the housekeeping thread.
+    private func startThreads(_ makeWorker: (_ index: Int) -> @Sendable () -> Void) throws(SystemError) {
+        let region = region, stop = stopFlag, counters = counters
         let cpus = workerCPUs, logger = logger, metrics = metrics
         do {
             for index in 0..<region.workerCount {
-                let worker = Worker(region: region, index: index, handler: handler, policies: policies,
-                                    stop: stop, counters: counters, counting: counting)
+                let run = makeWorker(index)
                 let cpu = cpus.isEmpty ? nil : cpus[index % cpus.count]
                 threads.append(try Thread {
                     if let cpu {
@@ -73,7 +112,7 @@ public final class Host: ControlTarget, @unchecked Sendable {
                             logger.warning("cannot pin serving worker \(index) to CPU \(cpu): \(error)")
                         }
                     }
-                    worker.run()
+                    run()
                 })
             }
             for index in 0..<region.rawCount {
@@ -176,6 +215,12 @@ public final class Host: ControlTarget, @unchecked Sendable {
 
     /// Stops serving: publishes `stopping`, joins every thread, lets go of the host lock (guests
     /// check it), wakes sleeping guests and removes the region's name. Safe to call more than once.
+    ///
+    /// With an async handler, each serving worker first cancels its tasks still running and
+    /// answers their guests (the tasks' outcomes as they come back, for up to a second; then
+    /// ``ResponseStatus/cancelled``), so `stop` may take that long. A task that ignores its
+    /// cancellation and returns later keeps the region's memory mapped until it does; its answer is
+    /// dropped.
     public func stop() {
         if stopped { return }
         stopped = true

@@ -78,6 +78,22 @@ public final class HostService: Service, CustomStringConvertible, @unchecked Sen
         self.logger = logger
     }
 
+    /// A service that serves `host` with an async handler (``Host/start(asyncHandler:maxTasksInFlight:)``:
+    /// at most `maxTasksInFlight` tasks at once, by default one per lane) and, if `control` is given,
+    /// a control socket. Nothing starts before ``run()``. The service takes over `host`'s
+    /// ``Host/onShutdownRequest(_:)``.
+    public init<Handler: AsyncRequestHandler>(host: Host, asyncHandler: Handler, maxTasksInFlight: Int? = nil,
+                                              control: ControlSocket? = nil, logger: Logger = Logger(label: "dx.host")) {
+        self.host = host
+        self.privateHost = nil
+        self.target = host
+        self.startServing = { () throws(SystemError) in
+            try host.start(asyncHandler: asyncHandler, maxTasksInFlight: maxTasksInFlight)
+        }
+        self.controlSocket = control
+        self.logger = logger
+    }
+
     /// A service that serves a private host's guests with `handler`. The control socket is where
     /// guests ask for their regions, so a private host needs one.
     public init<Handler: RequestHandler>(privateHost: PrivateHost, handler: Handler, control: ControlSocket,

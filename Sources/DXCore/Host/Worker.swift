@@ -119,23 +119,24 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
         }
     }
 
-    /// Publishes the CPU this worker runs on when it changed, for guests that keep off it.
-    @inline(__always)
-    private func publishCPU(_ doorbell: DoorbellView, _ published: inout Int32) {
-        let cpu = CShm_current_cpu()
-        if cpu != published {
-            published = cpu
-            // Relaxed: a hint; a stale value costs a guest one more check.
-            doorbell.workerCPU = UInt32(bitPattern: cpu)
-        }
-    }
-
     /// Parks on the doorbell (`Parker` (Wait/Parker.swift)) for at most the strategy's sleep timeout, unless a lane
     /// has a request by the time the sleep is announced, or the host stops.
     private func sleep(doorbell: DoorbellView, timeout: UInt64) -> Parker.Outcome {
         doorbell.parker.park(timeoutNanoseconds: timeout) {
             stop.isSet || served.anyPendingSeqCst()
         }
+    }
+}
+
+/// Publishes the CPU a worker runs on when it changed, for guests that keep off it (``Worker``,
+/// ``AsyncWorker``).
+@inline(__always)
+func publishCPU(_ doorbell: DoorbellView, _ published: inout Int32) {
+    let cpu = CShm_current_cpu()
+    if cpu != published {
+        published = cpu
+        // Relaxed: a hint; a stale value costs a guest one more check.
+        doorbell.workerCPU = UInt32(bitPattern: cpu)
     }
 }
 

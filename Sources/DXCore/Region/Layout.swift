@@ -320,6 +320,9 @@ public enum ResponseStatus: UInt32, Sendable {
     case badLength = 1
     /// The request sequence number was not the last one plus one.
     case badSequence = 2
-    /// The handler returned a length outside the slot.
+    /// The handler returned a length outside the slot, or (an async handler) threw.
     case handlerFailed = 3
+    /// The request was answered without its handler's answer: the host stopped while an async
+    /// handler ran, or the lane changed hands (its guest died) before the handler returned.
+    case cancelled = 4
 }

@@ -18,6 +18,13 @@ final class HostCounters: @unchecked Sendable {
         static let spinWins = 0
         static let yields = 8
         static let sleeps = 16
+        /// Requests handed to async handler tasks.
+        static let asyncStarted = 24
+        /// Async handler tasks whose outcome the worker took back.
+        static let asyncFinished = 32
+        /// Async handler outcomes that did not reach their request's guest: the lane had moved on
+        /// (a new sequence number, a new owner), or the host stopped first.
+        static let asyncDropped = 40
     }
 
     static let line = 64

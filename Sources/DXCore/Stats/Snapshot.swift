@@ -48,6 +48,13 @@ public struct WorkerSnapshot: Sendable, Equatable {
     public var yields: UInt64
     /// Waits that ended in a sleep.
     public var sleeps: UInt64
+    /// Requests handed to async handler tasks (0 with a synchronous handler).
+    public var asyncStarted: UInt64 = 0
+    /// Async handler tasks whose outcome the worker took back.
+    public var asyncFinished: UInt64 = 0
+    /// Async handler outcomes that did not reach their request's guest: the lane had moved on (the
+    /// guest published again, or died and its lane was reclaimed), or the host stopped first.
+    public var asyncDropped: UInt64 = 0
 }
 
 /// Every counter of a host at one moment (CLOCK_MONOTONIC `time`).
@@ -88,7 +95,10 @@ extension HostCounters {
             let counters = worker(index)
             return WorkerSnapshot(
                 index: index, spinWins: read(counters + HostCounters.Worker.spinWins),
-                yields: read(counters + HostCounters.Worker.yields), sleeps: read(counters + HostCounters.Worker.sleeps))
+                yields: read(counters + HostCounters.Worker.yields), sleeps: read(counters + HostCounters.Worker.sleeps),
+                asyncStarted: read(counters + HostCounters.Worker.asyncStarted),
+                asyncFinished: read(counters + HostCounters.Worker.asyncFinished),
+                asyncDropped: read(counters + HostCounters.Worker.asyncDropped))
         }
         return RegionSnapshot(time: CShm_monotonic_ns(), lanes: lanes, workers: workers, reclaimedLanes: read(reclaimedLanes))
     }
