@@ -2,6 +2,7 @@ import CAllocationCounter
 import CShm
 import DXCore
 import Synchronization
+import DXTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -245,6 +246,60 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
         AllocationCounter_countThisThread(0)
         #expect(answered == 20_000)
         #expect(after - before == 0, "allocations on the async call path: \(after - before)")
+    }
+
+    /// A guest whose call waits on a slow (async) handler passes its turn before it sleeps, so the
+    /// worker's other lanes keep moving: B, queued for the turn, makes all its calls while A's
+    /// call is still in the handler. (The quantum is 1 s, so only that pass could let B in soon;
+    /// A's pass count says it happened.)
+    @Test func aCallWaitingOnASlowHandlerPassesItsTurn() throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 2, slotCapacity: 64))
+        let gate = Gate()
+        try host.start(asyncHandler: AsyncClosureHandler { request, _ in
+            if request.first == 0xA { try await gate.wait() }
+            return request
+        })
+        defer {
+            gate.open()
+            host.stop()
+        }
+        let region = try Region.attach(name: name)
+        let strategy = WaitStrategy(spinPolicy: SpinPolicy(spinMin: 100, spinMax: 5000, spinStart: 2000, yieldEvery: 128),
+                                    turnPolicy: TurnPolicy(turnCalls: 1 << 30, turnQuantumNanoseconds: 1_000_000_000))
+        let stage = Atomic<Int>(0)  // 1: A holds the turn; 2: B queued; 3: A's slow call returned
+        let bCalls = Atomic<Int>(0)
+        let aPasses = Atomic<UInt64>(0)
+        let a = try DXCore.Thread {
+            guard var lane = try? region.claimLane(strategy: strategy) else { return }
+            guard (try? lane.call([0xB]).get()) == [0xB] else { return }  // takes the turn
+            stage.store(1, ordering: .sequentiallyConsistent)
+            while stage.load(ordering: .sequentiallyConsistent) < 2 { usleep(100) }
+            if (try? lane.call([0xA, 1]).get()) == [0xA, 1] { stage.store(3, ordering: .sequentiallyConsistent) }
+            aPasses.store(lane.turnPasses, ordering: .sequentiallyConsistent)
+        }
+        #expect(waitUntil(seconds: 20) { stage.load(ordering: .sequentiallyConsistent) == 1 })
+        let b = try DXCore.Thread {
+            guard var lane = try? region.claimLane(strategy: strategy) else { return }
+            for call in 0..<100 where (try? lane.call([0xB, UInt8(call)]).get()) == [0xB, UInt8(call)] {
+                bCalls.add(1, ordering: .sequentiallyConsistent)
+            }
+        }
+        // B has taken its ticket (the turnstile's next counter moved to 2) before A calls.
+        #expect(waitUntil(seconds: 20) {
+            (try? withRawRegion(name) { base, _, _ in
+                CShm_load_seqcst_u64(base + Layout.Header.turnstiles + Layout.Header.turnNext)
+            }) == 2
+        })
+        stage.store(2, ordering: .sequentiallyConsistent)
+        #expect(waitUntil(seconds: 20) { bCalls.load(ordering: .sequentiallyConsistent) == 100 })
+        #expect(gate.arrived == 1 && stage.load(ordering: .sequentiallyConsistent) == 2,
+                "B finished while A's call was still in the handler")
+        gate.open()
+        a.join()
+        b.join()
+        #expect(stage.load(ordering: .sequentiallyConsistent) == 3)
+        #expect(aPasses.load(ordering: .sequentiallyConsistent) == 1)
     }
 }
 

@@ -65,7 +65,9 @@ final class RunningHost {
     let name: String
     let process = Process()
 
-    init(arguments: [String] = [], name: String = uniqueName()) throws {
+    /// `readyByCall`: ready when a call is answered (the default), or, for a host whose handler
+    /// takes its time, when `ctl stats` is.
+    init(arguments: [String] = [], name: String = uniqueName(), readyByCall: Bool = true) throws {
         self.name = name
         process.executableURL = Binaries.host
         process.arguments = ["--name", name, "--log-level", "warning"] + arguments
@@ -74,7 +76,8 @@ final class RunningHost {
         let deadline = Date().addingTimeInterval(10)
         while Date() < deadline {
             let control = arguments.firstIndex(of: "--control").map { ["--control", arguments[$0 + 1]] } ?? []
-            if let outcome = try? run(Binaries.guest, ["call", "--name", name, "ready?"] + control, timeout: 5), outcome.status == 0 {
+            let probe = readyByCall ? (Binaries.guest, ["call", "--name", name, "ready?"]) : (Binaries.host, ["ctl", "stats", "--name", name])
+            if let outcome = try? run(probe.0, probe.1 + control, timeout: 5), outcome.status == 0 {
                 return
             }
             guard process.isRunning else { break }
