@@ -10,10 +10,10 @@ import Glibc
 /// Exit status: 0 ok, 1 the key does not exist (GET, DEL), 3 any other failure (with a message on
 /// standard error), 64 a usage error.
 @main
-struct KVGuest: ParsableCommand {
+struct KVGuest: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "kv-guest", abstract: "Talk to a kv-host over dx shared memory.",
-        subcommands: [Get.self, Put.self, Del.self, Fill.self])
+        subcommands: [Get.self, Put.self, Del.self, Fill.self, Load.self])
 
     struct Options: ParsableArguments {
         @Option(help: "The kv-host's region name.")
@@ -73,6 +73,69 @@ struct KVGuest: ParsableCommand {
             let rate = Int(Double(2 * count) / seconds)
             print("\(2 * count) requests (\(count) PUT, \(count) GET, every value checked): \(rate) requests/s")
         }
+    }
+}
+
+/// Many tasks, few lanes: `--tasks` tasks share a `LanePool` of `--lanes` lanes, each task
+/// PUTting its own keys and reading them back with async calls.
+struct Load: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "From many tasks over a few lanes: PUT keys t<task>-<i> and read each back; print requests per second.")
+    @OptionGroup var options: KVGuest.Options
+    @Option(help: "Concurrent tasks.") var tasks = 1000
+    @Option(help: "Lanes the tasks share.") var lanes = 4
+    @Option(help: "Keys per task.") var keys = 10
+
+    func run() async throws {
+        let pool: LanePool
+        do {
+            pool = try LanePool(region: try Region.attach(name: options.name), width: lanes)
+        } catch {
+            throw failure("\(error)")
+        }
+        let keys = keys
+        let clock = ContinuousClock()
+        let start = clock.now
+        let wrong = try await withThrowingTaskGroup(of: Int.self) { group in
+            for task in 0..<tasks {
+                group.addTask {
+                    var wrong = 0
+                    for index in 0..<keys {
+                        let key = "t\(task)-\(index)", value = Array("value \(task) \(index)".utf8)
+                        _ = try await pool.withLane { try await $0.request(.put, key: key, value: value) }
+                        if try await pool.withLane({ try await $0.request(.get, key: key) }) != value { wrong += 1 }
+                    }
+                    return wrong
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        guard wrong == 0 else { throw failure("\(wrong) values read back wrong") }
+        let elapsed = clock.now - start
+        let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let requests = 2 * tasks * keys
+        print("\(requests) requests from \(tasks) tasks over \(lanes) lanes (every value checked): \(Int(Double(requests) / seconds)) requests/s")
+    }
+}
+
+extension Lane {
+    /// One KV request as an async call; returns the value (GET) or throws the status.
+    mutating func request(_ op: KV.Op, key: String, value: [UInt8] = []) async throws -> [UInt8] {
+        let key = Array(key.utf8)
+        var fits = true
+        let answer = try await call(
+            request: { buffer in
+                guard let length = KV.encode(op, key: key, value: value, into: buffer) else {
+                    fits = false
+                    return 0
+                }
+                return length
+            },
+            response: { KV.decode(response: $0) })
+        guard fits else { throw failure("the key must have 1...255 bytes and fit the lane with its value") }
+        guard let (status, value) = answer else { throw failure("kv-host sent a malformed response") }
+        guard status == .ok else { throw failure("kv-host: \(status)") }
+        return value
     }
 }
 

@@ -7,7 +7,7 @@ struct DXGuestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dx-guest",
         abstract: "Make requests to a dx host: benchmark it, or send one request.",
-        subcommands: [Bench.self, Call.self, Soak.self, Vandal.self, Scale.self, ScaleGuest.self])
+        subcommands: [Bench.self, Call.self, Soak.self, Vandal.self, Scale.self, ScaleGuest.self, AsyncBench.self])
 
     static func main() { runAndExit() }
 }

@@ -319,7 +319,7 @@ import Glibc
         }
         #expect(host!.snapshot().workers[0].asyncDropped == 1)
         #expect(!regionExists(name))
-        weak var mapping = host!.region
+        weak let mapping = host!.region
         host = nil
         #expect(mapping != nil, "the region went while a task that may wake its worker still ran")
         gate.open()

@@ -68,4 +68,48 @@ import Testing
         #expect(said.contains("stopped after"))
         #expect(!regionExists(name))
     }
+
+    /// The async side: kv-host with a journal (an async handler, in a ServiceGroup) and kv-guest's
+    /// `load` (1000 tasks over 4 lanes, async calls through a LanePool). What was answered is in
+    /// the journal: a second kv-host replays it.
+    @Test func asyncKVHostJournalsAndManyTasksShareFewLanes() throws {
+        let name = uniqueName()
+        let journal = FileManager.default.temporaryDirectory.appendingPathComponent("kv-\(name).journal").path
+        defer { unlink(journal) }
+        func startHost() throws -> Process {
+            let host = Process()
+            host.executableURL = Self.kvHost
+            host.arguments = ["--name", name, "--lanes", "4", "--journal", journal]
+            host.standardOutput = FileHandle.nullDevice
+            host.standardError = FileHandle.nullDevice
+            try host.run()
+            var ready = false
+            for _ in 0..<250 where !ready && host.isRunning {
+                ready = try run(Self.kvGuest, ["get", "--name", name, "t0-0"], timeout: 5).status != 3
+                if !ready { usleep(20_000) }
+            }
+            try #require(ready, "kv-host --journal did not become ready")
+            return host
+        }
+        let first = try startHost()
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+        let load = try run(Self.kvGuest, ["load", "--name", name, "--tasks", "1000", "--lanes", "4", "--keys", "3"], timeout: 100)
+        #expect(load.status == 0, "\(load.stderr)")
+        #expect(load.stdout.contains("6000 requests from 1000 tasks over 4 lanes (every value checked)"), "\(load.stdout)")
+        first.terminate()
+        first.waitUntilExit()
+        #expect(first.terminationStatus == 0)
+
+        let second = try startHost()
+        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        for key in ["t0-0", "t517-1", "t999-2"] {
+            let parts = key.dropFirst().split(separator: "-")
+            let get = try run(Self.kvGuest, ["get", "--name", name, key])
+            #expect(get.status == 0 && get.stdout == "value \(parts[0]) \(parts[1])\n", "\(key): \(get.stdout) \(get.stderr)")
+        }
+        second.terminate()
+        second.waitUntilExit()
+        #expect(second.terminationStatus == 0)
+        #expect(!regionExists(name))
+    }
 }

@@ -34,11 +34,35 @@ extension Lane {
         request: (UnsafeMutableRawBufferPointer) -> Int,
         response: (UnsafeRawBufferPointer) -> Response
     ) async throws -> Response {
+        // Every wait is a call of its own, made only when needed: a call answered within the spin
+        // costs no async frame beyond this one.
         if failure != nil || abandoned != 0 { try await settleSuspending(isolation: isolation) }
-        try Task.checkCancellation()
         let payload = view.payload
         let length = request(UnsafeMutableRawBufferPointer(start: payload, count: capacity))
-        let responseLength = try await exchangeSuspending(isolation: isolation, length: length)
+        guard length >= 0, length <= capacity else { throw CallError.payloadTooLarge(length: length, capacity: capacity) }
+        var waitStart: UInt64 = 0
+        if strategy.turnPolicy.turnCalls != 0 {
+            if callsUntilTurnCheck == 0 {
+                if !keepTurn() { try await acquireTurnSuspending(isolation: isolation, waitStart: &waitStart) }
+            } else {
+                callsUntilTurnCheck &-= 1
+            }
+        }
+        if grants, !grant.isGranted { try await waitForGrantSuspending(isolation: isolation, waitStart: &waitStart) }
+        let seq = sequence &+ 1
+        sequence = seq
+        view.setRequestLength(length)
+        // Publishes the request and orders it before the doorbell's flag load (the parker handshake).
+        view.publishRequest(seq)
+        if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
+        if counting { view.bump(.calls) }
+        // Acquire: makes the response length, status and payload visible.
+        if view.responseSeq == seq {
+            if counting { view.bump(.spinWins) }
+        } else {
+            try await awaitResponseSuspending(isolation: isolation, seq, waitStart: waitStart)
+        }
+        let responseLength = try checkResponse().get()
         return response(UnsafeRawBufferPointer(start: payload, count: responseLength))
     }
 
@@ -56,9 +80,9 @@ extension Lane {
     /// ``settle()`` for async calls: the lane's failure, or the cancelled call's answer to wait for.
     mutating func settleSuspending(isolation: isolated (any Actor)?) async throws {
         if let failure { throw failure }
-        let seq = abandoned
         do {
-            try await awaitResponseSuspending(isolation: isolation, seq, waitStart: abandonedWaitStart)
+            // A cancellation here leaves the request abandoned, for the next call to drain.
+            try await waitForResponseSuspending(isolation: isolation, abandoned, waitStart: abandonedWaitStart)
         } catch let error as CallError {
             abandoned = 0
             failure = error
@@ -67,54 +91,23 @@ extension Lane {
         abandoned = 0
     }
 
-    /// The exchange of ``exchange(length:)``, waiting by suspending. Returns the response length.
-    mutating func exchangeSuspending(isolation: isolated (any Actor)?, length: Int) async throws -> Int {
-        guard length >= 0, length <= capacity else { throw CallError.payloadTooLarge(length: length, capacity: capacity) }
-        var waitStart: UInt64 = 0
-        if strategy.turnPolicy.turnCalls != 0 {
-            if callsUntilTurnCheck == 0 {
-                if !keepTurn() {
-                    do {
-                        try await acquireTurnSuspending(isolation: isolation, waitStart: &waitStart)
-                    } catch {
-                        callsUntilTurnCheck = 0  // the next call asks for a turn again
-                        throw error
-                    }
-                }
-            } else {
-                callsUntilTurnCheck &-= 1
-            }
-        }
-        if grants, !grant.isGranted { try await waitForGrantSuspending(isolation: isolation, waitStart: &waitStart) }
-        let seq = sequence &+ 1
-        sequence = seq
-        view.setRequestLength(length)
-        // Publishes the request and orders it before the doorbell's flag load (the parker handshake).
-        view.publishRequest(seq)
-        if doorbell.parker.unpark(), counting { view.bump(.doorbells) }
-        if counting { view.bump(.calls) }
+    /// Spins the cooperative budget for the response, then suspends in bounded steps. On
+    /// cancellation the request is left to be drained by the next call (see the extension's
+    /// discussion).
+    mutating func awaitResponseSuspending(isolation: isolated (any Actor)?, _ seq: UInt64, waitStart: UInt64) async throws {
         do {
-            try await awaitResponseSuspending(isolation: isolation, seq, waitStart: waitStart)
+            try await waitForResponseSuspending(isolation: isolation, seq, waitStart: waitStart)
         } catch let error as CallError {
             failure = error
             if counting { view.bump(.errors) }
             throw error
         }
-        return try checkResponse().get()
     }
 
-    /// Spins the cooperative budget for the response, then suspends in bounded steps. On
-    /// cancellation the request is left to be drained by the next call (see the extension's
-    /// discussion).
-    mutating func awaitResponseSuspending(isolation: isolated (any Actor)?, _ seq: UInt64, waitStart: UInt64) async throws {
+    /// The wait of ``awaitResponseSuspending(isolation:_:waitStart:)``.
+    mutating func waitForResponseSuspending(isolation: isolated (any Actor)?, _ seq: UInt64, waitStart: UInt64) async throws {
         var spin = cooperativeSpin ?? AdaptiveSpin(SpinPolicy.cooperative)
         defer { cooperativeSpin = spin }
-        // Acquire: makes the response length, status and payload visible.
-        if view.responseSeq == seq {
-            spin.spinSucceeded()
-            if counting { view.bump(.spinWins) }
-            return
-        }
         var wait = SpinWait(budget: spin.budget, policy: SpinPolicy.cooperative)
         while wait.step() != .exhausted {
             if view.responseSeq == seq {
@@ -151,6 +144,16 @@ extension Lane {
     /// ``acquireTurn(waitStart:)``, suspending. A cancelled wait abandons its ticket (waiters
     /// skip it like a dead one's).
     mutating func acquireTurnSuspending(isolation: isolated (any Actor)?, waitStart: inout UInt64) async throws {
+        do {
+            try await waitForTurnSuspending(isolation: isolation, waitStart: &waitStart)
+        } catch {
+            callsUntilTurnCheck = 0  // the next call asks for a turn again
+            throw error
+        }
+    }
+
+    /// The wait of ``acquireTurnSuspending(isolation:waitStart:)``.
+    mutating func waitForTurnSuspending(isolation: isolated (any Actor)?, waitStart: inout UInt64) async throws {
         var wait = beginTurnWait()
         defer { endTurnWait(wait) }
         while true {
