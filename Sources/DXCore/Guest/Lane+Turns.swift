@@ -7,7 +7,9 @@ import CShm
 /// worker form a FIFO ticket queue in the worker's turnstile: one holds the turn and makes calls;
 /// the others sleep on a futex, so they take no CPU. A holder keeps its turn while nobody waits;
 /// when someone does, it passes the turn after `turnCalls` calls or its quantum, whichever comes
-/// first, between two calls, never in the middle of an exchange. Counting calls rather than time
+/// first, between two calls. The one pass in the middle of an exchange is a call about to sleep for
+/// its response (a slow handler) while someone waits: it passes first, so the worker's other
+/// lanes keep moving (``passTurnBeforeSleeping()``). Counting calls rather than time
 /// keeps lanes equal in round trips even when the machine's speed drifts. The quantum shrinks as
 /// waiters queue up (``TurnPolicy/quantum(waiters:)``, which also states the bound on a round).
 /// A holder that stops calling, or died, loses its turn once its lease is stale (twice the
