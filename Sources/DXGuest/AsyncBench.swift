@@ -31,6 +31,9 @@ struct AsyncBench: ParsableCommand {
     @Option(help: "Concurrent tasks (tasks).") var tasks = 1000
     @Option(help: "Lanes: the pool's width (tasks), or lanes used (slow-lane).") var lanes = 8
     @Flag(help: "Print one JSON object.") var json = false
+    @Flag(help: "tasks: the pool's lanes take turns (the auto preset) instead of the pool's default (cooperative: no turns).") var turns = false
+
+    var strategy: WaitStrategy { turns ? .auto : .cooperative }
 
     func validate() throws {
         guard duration > 0, duration <= 600 else { throw ValidationError("--duration must be in (0, 600]") }
@@ -139,7 +142,7 @@ struct AsyncBench: ParsableCommand {
 
     func runTasks(_ region: Region) throws -> String {
         let pool: LanePool
-        do { pool = try LanePool(region: region, width: lanes) } catch { throw CommandFailure("\(error)", exit: .callFailed) }
+        do { pool = try LanePool(region: region, width: lanes, strategy: strategy) } catch { throw CommandFailure("\(error)", exit: .callFailed) }
         let taskCount = tasks
         let nanoseconds = UInt64(duration * 1e9)
         let widest = Atomic<Int>(0)

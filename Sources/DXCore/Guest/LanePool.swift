@@ -55,8 +55,9 @@ public final class LanePool: Sendable {
     private let state = Mutex(State())
     private let lanes = Atomic<Int>(0)
 
-    /// Claims `width` lanes of `region` now (all or none).
-    public init(region: Region, width: Int, strategy: WaitStrategy = .auto) throws(LaneClaimError) {
+    /// Claims `width` lanes of `region` now (all or none). The lanes take no turns by default
+    /// (``WaitStrategy/cooperative``).
+    public init(region: Region, width: Int, strategy: WaitStrategy = .cooperative) throws(LaneClaimError) {
         precondition(width > 0, "a lane pool needs at least one lane")
         self.region = region
         self.strategy = strategy

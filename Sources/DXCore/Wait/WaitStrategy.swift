@@ -54,6 +54,13 @@ public struct WaitStrategy: Sendable, Equatable, CustomStringConvertible {
                                    avoidWorkerCPU: CPUAffinity.allowedCPUs > 1))
     }()
 
+    /// For lanes that tasks share (``LanePool``'s default): the cooperative spin
+    /// (``SpinPolicy/cooperative``) and no turns. Turns keep more spinning threads than CPUs off the
+    /// worker's back; tasks spin only on the cooperative pool's threads, as many as the CPUs, and
+    /// only for microseconds before they suspend, so turns would only add a hand-off per slow call
+    /// (measured: 1000 tasks over 8 lanes, 3× the round trips/s without them; BENCHMARKS.md, "Async").
+    public static let cooperative = WaitStrategy(spinPolicy: SpinPolicy.cooperative)
+
     /// The presets by the name `--wait` takes. (The first use measures the machine for `auto`:
     /// about 2.5 ms of spinning.)
     public static let presets: [(name: String, strategy: WaitStrategy)] = [
