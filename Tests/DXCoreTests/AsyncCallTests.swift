@@ -9,7 +9,8 @@ import Glibc
 #endif
 
 /// A gate a test's handler blocks on (on the serving worker, which a test may stall): closed until
-/// opened; it records the first byte of every request it saw, in order.
+/// opened; it records the first byte of every request it saw, in order, and answers 0xEE followed
+/// by the request. (DXTestSupport's `Gate` is its async counterpart, for async handlers.)
 final class HandlerGate: Sendable {
     private let open = Atomic<Bool>(false)
     private let entered = Atomic<Int>(0)
@@ -20,10 +21,12 @@ final class HandlerGate: Sendable {
             seen.withLock { $0.append(request.first ?? 0) }
             entered.add(1, ordering: .sequentiallyConsistent)
             while !open.load(ordering: .acquiring) { usleep(200) }
-            if let source = request.baseAddress, source != UnsafeRawPointer(response.baseAddress!) {
-                response.baseAddress!.copyMemory(from: source, byteCount: request.count)
-            }
-            return request.count
+            // Answers 0xEE and then the request, written in place over it (so a request written
+            // into the lane before this answer was taken would be overwritten by it).
+            let bytes = Array(request)
+            response[0] = 0xEE
+            for (offset, byte) in bytes.enumerated() where offset + 1 < response.count { response[offset + 1] = byte }
+            return min(bytes.count + 1, response.count)
         }
     }
 
@@ -84,7 +87,7 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
                 for index in 0..<width {
                     group.addTask {
                         let byte = UInt8(index + 1)
-                        return try await pool.withLane { try await $0.call([byte, byte]) } == [byte, byte]
+                        return try await pool.withLane { try await $0.call([byte, byte]) } == [0xEE, byte, byte]
                     }
                 }
                 return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
@@ -124,12 +127,14 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
         // The next call starts while the cancelled request is still being answered.
         let second = Task { try await pool.withLane { try await $0.call([0xBB, 9]) } }
         #expect(await eventually { FutexWaiter.shared.waiting >= 1 }, "the next call should wait for the late answer")
+        // The drain matters: without it the second request would be written into the lane before
+        // the first answer, which the host writes over it in place.
         gate.release()
-        #expect(try await second.value == [0xBB, 9])
+        #expect(try await second.value == [0xEE, 0xBB, 9])
         #expect(gate.requestsSeen == [0xAA, 0xBB])
         // The blocking call form drains the same way.
         let third = Task { try await pool.withLane { lane in try lane.call([0xCC]).get() } }
-        #expect(try await third.value == [0xCC])
+        #expect(try await third.value == [0xEE, 0xCC])
     }
 
     /// Tasks wait for a lane in FIFO order; one cancelled while it waits leaves the queue.
@@ -154,12 +159,39 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
         await #expect(throws: CancellationError.self) { _ = try await waiters[1].value }
         #expect(pool.waiting == 4)
         gate.release()
-        #expect(try await holder.value == [1])
+        #expect(try await holder.value == [0xEE, 1])
         for (offset, task) in waiters.enumerated() where offset != 1 {
-            #expect(try await task.value == [UInt8(offset + 2)])
+            #expect(try await task.value == [0xEE, UInt8(offset + 2)])
         }
         #expect(gate.requestsSeen == [1, 2, 4, 5, 6])
         #expect(pool.width == 1)
+    }
+
+    /// A pool whose only lane timed out (a host that was only slow) keeps it: the next borrower's
+    /// call waits for the late answer, drops it, and gets its own. The pool never shrinks.
+    @Test func aPoolSurvivesACallThatTimedOut() async throws {
+        let name = uniqueName()
+        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 1, slotCapacity: 64))
+        let gate = HandlerGate()
+        try host.start(handler: gate.handler)
+        defer {
+            gate.release()
+            host.stop()
+        }
+        let pool = try LanePool(region: try Region.attach(name: name), width: 1)
+        await #expect(throws: CallError.timedOut) {
+            try await pool.withLane { lane in
+                lane.callTimeoutNanoseconds = 100_000_000
+                return try await lane.call([0xAA])
+            }
+        }
+        #expect(pool.width == 1)
+        let next = Task { try await pool.withLane { try await $0.call([0xBB]) } }
+        #expect(await eventually { FutexWaiter.shared.waiting >= 1 })
+        gate.release()
+        #expect(try await next.value == [0xEE, 0xBB])
+        #expect(gate.requestsSeen == [0xAA, 0xBB])
+        #expect(try await pool.withLane { try await $0.call([0xCC]) } == [0xEE, 0xCC])
     }
 
     /// 1000 tasks over 8 lanes: every call answered with its own bytes, the pool never claims
@@ -215,6 +247,9 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
             return try await group.reduce(into: [(good: Int, waits: UInt64)]()) { $0.append($1) }
         }
         #expect(results.map(\.good) == [5_000, 5_000, 5_000, 5_000])
+        // With two or more CPUs the tasks run at once, and a task that finds the turn held waits
+        // for it (suspended): at least one wait happened.
+        if ProcessInfoCPUs.count >= 2 { #expect(results.map(\.waits).reduce(0, +) > 0) }
     }
 
     /// Calls that never suspend allocate nothing (a task's frames come from its own allocator).

@@ -162,6 +162,9 @@ extension Lane {
             case .failed(let error): throw error
             case .sleep(let word, let seen, let timeout):
                 if await FutexWaiter.shared.wait(on: word, expected: seen, timeoutNanoseconds: timeout) == .cancelled {
+                    // Served just as the task was cancelled: pass the turn on at once, rather than
+                    // leave the worker's other lanes waiting for its lease to go stale.
+                    if turnstile.servingAcquire == wait.ticket { passTurn(CShm_monotonic_ns()) }
                     throw CancellationError()
                 }
             }

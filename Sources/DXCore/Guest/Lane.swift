@@ -65,7 +65,7 @@ public struct Lane: ~Copyable {
     /// Times this lane's thread passed its turn to a waiter at a turn check, since the claim.
     public internal(set) var turnPasses: UInt64 = 0
 
-    /// Set it before a call to have that call's exchange timed: from publishing the request to
+    /// Set it before a (blocking) call to have that call's exchange timed: from publishing the request to
     /// seeing the response. The call clears it and leaves the time in ``lastExchangeNanoseconds``.
     public var timeNextExchange = false
     /// The exchange time of the last call made with ``timeNextExchange`` set.

@@ -1,3 +1,4 @@
+import CShm
 import Synchronization
 
 /// A fixed set of lanes that many tasks share: a task borrows a lane for the length of a closure
@@ -28,22 +29,37 @@ public final class LanePool: Sendable {
         init(_ lane: consuming Lane) { self.lane = lane }
     }
 
-    private struct Waiter {
-        let id: UInt64
-        let continuation: CheckedContinuation<Slot, any Error>
-    }
-
     private struct State {
         var free: [Slot] = []
-        /// Waiting tasks, first come first served (`head` is the next; earlier entries are spent).
-        var waiters: [Waiter?] = []
+        /// Waiting tasks by id, and their order (ids of cancelled ones are skipped, and dropped
+        /// once they outnumber the live ones).
+        var waiters: [UInt64: CheckedContinuation<Slot, any Error>] = [:]
+        var order: [UInt64] = []
         var head = 0
         var nextID: UInt64 = 0
 
-        /// Drops the spent front of the queue once it is half of it.
-        mutating func compactIfSpent() {
-            if head > 0, head * 2 >= waiters.count {
-                waiters.removeFirst(head)
+        /// The first waiter still waiting, taken out of the queue.
+        mutating func takeFirstWaiter() -> CheckedContinuation<Slot, any Error>? {
+            while head < order.count {
+                let id = order[head]
+                head += 1
+                if let continuation = waiters.removeValue(forKey: id) {
+                    compact()
+                    return continuation
+                }
+            }
+            compact()
+            return nil
+        }
+
+        /// Drops the spent front of the order, and cancelled ids once they outnumber the waiters.
+        mutating func compact() {
+            if head > 0, head * 2 >= order.count {
+                order.removeFirst(head)
+                head = 0
+            }
+            if order.count - head > 2 * waiters.count + 16 {
+                order = order[head...].filter { waiters[$0] != nil }
                 head = 0
             }
         }
@@ -53,7 +69,8 @@ public final class LanePool: Sendable {
     public let region: Region
     private let strategy: WaitStrategy
     private let state = Mutex(State())
-    private let lanes = Atomic<Int>(0)
+    /// The lanes the pool holds (fixed).
+    public let width: Int
 
     /// Claims `width` lanes of `region` now (all or none). The lanes take no turns by default
     /// (``WaitStrategy/cooperative``).
@@ -65,19 +82,15 @@ public final class LanePool: Sendable {
         for index in 0..<width {
             slots.append(Slot(try region.claimLane(strategy: strategy, startingAt: index)))
         }
-        lanes.store(width, ordering: .relaxed)
+        self.width = width
         state.withLock { $0.free = slots }
     }
 
-    /// The lanes the pool holds now.
-    public var width: Int { lanes.load(ordering: .relaxed) }
-
     /// Tasks waiting for a lane now.
-    public var waiting: Int { state.withLock { $0.waiters[$0.head...].reduce(0) { $0 + ($1 == nil ? 0 : 1) } } }
+    public var waiting: Int { state.withLock { $0.waiters.count } }
 
     /// Runs `body` with a lane of the pool, waiting (suspended, first come first served) while
-    /// every lane is in use. Throws `CancellationError` if the task is cancelled while it waits,
-    /// and ``LaneClaimError/noFreeLane(laneCount:)`` when the pool has lost every lane.
+    /// every lane is in use. Throws `CancellationError` if the task is cancelled while it waits.
     public func withLane<Result>(
         isolation: isolated (any Actor)? = #isolation,
         _ body: (inout Lane) async throws -> Result
@@ -89,7 +102,6 @@ public final class LanePool: Sendable {
 
     private func borrow(isolation: isolated (any Actor)? = #isolation) async throws -> Slot {
         if let slot = state.withLock({ $0.free.popLast() }) { return slot }
-        if width == 0 { throw LaneClaimError.noFreeLane(laneCount: region.laneCount) }
         let id = state.withLock { state -> UInt64 in
             state.nextID &+= 1
             return state.nextID
@@ -97,12 +109,14 @@ public final class LanePool: Sendable {
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation(isolation: isolation) { (continuation: CheckedContinuation<Slot, any Error>) in
                 let slot: Slot? = state.withLock { state in
-                    // A lane freed since the first look, or a cancellation that came first.
+                    // A lane freed since the first look.
                     if let slot = state.free.popLast() { return slot }
-                    state.waiters.append(Waiter(id: id, continuation: continuation))
+                    state.waiters[id] = continuation
+                    state.order.append(id)
                     return nil
                 }
                 if let slot { continuation.resume(returning: slot) }
+                // A cancellation that came before the waiter was queued found nothing to cancel.
                 if Task.isCancelled { cancelWaiter(id) }
             }
         } onCancel: {
@@ -112,52 +126,28 @@ public final class LanePool: Sendable {
 
     /// Removes a waiter that is still queued and ends its wait with `CancellationError`.
     private func cancelWaiter(_ id: UInt64) {
-        let waiter: Waiter? = state.withLock { state in
-            guard let position = state.waiters[state.head...].firstIndex(where: { $0?.id == id }) else { return nil }
-            defer { state.waiters[position] = nil }
-            return state.waiters[position]
+        let waiter = state.withLock { state in
+            defer { state.compact() }
+            return state.waiters.removeValue(forKey: id)
         }
-        waiter?.continuation.resume(throwing: CancellationError())
+        waiter?.resume(throwing: CancellationError())
     }
 
-    /// Hands the lane to the first waiter, or back to the free list. A broken lane is replaced.
+    /// Hands the lane to the first waiter, or back to the free list. A lane whose call timed out
+    /// is kept: its next call waits for that answer first (``Lane/recoverFromTimeout()``), since
+    /// the host may only have been slow. Any other broken lane is replaced by a fresh claim when
+    /// the region has a free lane; otherwise it stays, and its calls fail, so the pool never
+    /// shrinks.
     private func giveBack(_ slot: Slot) {
-        if slot.lane.isBroken {
-            if let fresh = try? region.claimLane(strategy: strategy) {
-                slot.lane = fresh  // the broken lane is released here
-            } else {
-                // The slot (and its broken lane, released when the slot goes) leaves the pool.
-                lanes.subtract(1, ordering: .relaxed)
-                // With no lane left, nobody queued could ever be served.
-                if width == 0 { failWaiters() }
-                return
-            }
+        if slot.lane.isBroken, !slot.lane.recoverFromTimeout(), let fresh = try? region.claimLane(strategy: strategy) {
+            slot.lane = fresh  // the broken lane is released here
         }
-        let next: Waiter? = state.withLock { state in
-            while state.head < state.waiters.count {
-                let waiter = state.waiters[state.head]
-                state.head += 1
-                if let waiter {
-                    state.compactIfSpent()
-                    return waiter
-                }
-            }
-            state.compactIfSpent()
+        let next: CheckedContinuation<Slot, any Error>? = state.withLock { state in
+            if let waiter = state.takeFirstWaiter() { return waiter }
             state.free.append(slot)
             return nil
         }
-        next?.continuation.resume(returning: slot)
-    }
-
-    private func failWaiters() {
-        let waiters: [Waiter] = state.withLock { state in
-            defer {
-                state.waiters.removeAll()
-                state.head = 0
-            }
-            return state.waiters[state.head...].compactMap { $0 }
-        }
-        for waiter in waiters { waiter.continuation.resume(throwing: LaneClaimError.noFreeLane(laneCount: region.laneCount)) }
+        next?.resume(returning: slot)
     }
 }
 
@@ -165,4 +155,17 @@ extension Lane {
     /// Whether a call on this lane failed: it stays failed (``CallError/laneBroken`` semantics);
     /// release it and claim another.
     public var isBroken: Bool { failure != nil }
+
+    /// For a lane that a pool keeps: when its failure was a call that timed out waiting for its
+    /// response, the host may only have been slow. The lane then forgets the failure and treats
+    /// the request as abandoned: its next call waits (up to its timeout, from now) for that answer
+    /// and drops it, as after a cancelled call, and fails for good only if the answer never comes.
+    /// Returns whether it recovered.
+    package mutating func recoverFromTimeout() -> Bool {
+        guard failure == .timedOut, abandoned == 0, view.requestSeq == sequence else { return false }
+        failure = nil
+        abandoned = sequence
+        abandonedWaitStart = CShm_monotonic_ns()
+        return true
+    }
 }

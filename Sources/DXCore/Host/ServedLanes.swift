@@ -144,8 +144,9 @@ extension ServedLanes {
     ///   (and perhaps claimed again). The answer is dropped, never written into the lane: the lane
     ///   gets an empty ``ResponseStatus/cancelled`` for `seq`, so that its sequences agree again
     ///   (a guest claims only a lane whose sequences agree: until this store, no conforming guest
-    ///   can have claimed it; a claimer that skipped the check and reused `seq` gets the status,
-    ///   never the old answer).
+    ///   can have claimed it). The checks come before the copy, so a guest that rewrites the
+    ///   sequence and owner words under the worker (a guest of the same region: one trust domain)
+    ///   can still have an answer land on a lane it took over meanwhile; the host is not at risk.
     /// - Otherwise the outcome is published: the answer if it fits the slot
     ///   (``ResponseStatus/handlerFailed`` if not, or if the handler threw), or ``ResponseStatus/cancelled``.
     func publish(slot: Int, seq: UInt64, owner: UInt64, outcome: TaskOutcome, counting: Bool) -> Bool {

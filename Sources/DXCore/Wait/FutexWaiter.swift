@@ -25,7 +25,10 @@ package final class FutexWaiter: @unchecked Sendable {
     package enum Outcome: Sendable { case changed, timedOut, cancelled }
 
     /// The process's waker (its thread starts at the first wait).
-    package static let shared = FutexWaiter()
+    package static let shared = FutexWaiter(useRing: true)
+
+    /// Whether this waker waits through io_uring when the kernel can (else it polls).
+    private let useRing: Bool
 
     /// One suspended wait. The waker thread owns it once it is in the mailbox.
     private final class Waiter: @unchecked Sendable {
@@ -71,7 +74,11 @@ package final class FutexWaiter: @unchecked Sendable {
     private static var mailboxData: UInt64 { 1 << 63 }
     private static var cancelData: UInt64 { 1 << 62 }
 
-    private init() {
+    /// A waker of its own: ``shared`` is the process's; tests make one that polls (`useRing`
+    /// false), as a kernel without io_uring futex waits would have it. Its thread runs for the
+    /// process's life.
+    package init(useRing: Bool) {
+        self.useRing = useRing
         parkerWords = .allocate(capacity: 2)
         parkerWords.initialize(repeating: 0, count: 2)
     }
@@ -127,7 +134,7 @@ package final class FutexWaiter: @unchecked Sendable {
 
     private func run() {
         var ring: OpaquePointer?
-        if CShm_ring_create(256, &ring) != 0 { ring = nil }
+        if !useRing || CShm_ring_create(256, &ring) != 0 { ring = nil }
         if let candidate = ring, !CShm_ring_has_futex(candidate) {
             CShm_ring_destroy(candidate)
             ring = nil

@@ -133,6 +133,8 @@ package struct Parker {
     package func post() {
         // Release: pairs with the sleeper's acquire load of the word.
         CShm_store_release_u32(word, 1)
-        _ = CShm_futex_wake(word.assumingMemoryBound(to: UInt32.self), 1)
+        // Everyone waiting on the word: its owner, and any wait a process's futex waker could not
+        // cancel in time (Wait/FutexWaiter.swift), which must not absorb the owner's wake-up.
+        _ = CShm_futex_wake(word.assumingMemoryBound(to: UInt32.self), Int32.max)
     }
 }
