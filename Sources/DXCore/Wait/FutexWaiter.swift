@@ -142,6 +142,8 @@ package final class FutexWaiter: @unchecked Sendable {
         var waiters: [UInt64: Waiter] = [:]
         var mailboxArmed = false
         var pollInterval: UInt64 = 20_000
+        /// Waits that end in this round (kept to reuse its storage).
+        var due: [(Waiter, Outcome)] = []
         while true {
             if mailboxCount.load(ordering: .sequentiallyConsistent) != 0 {
                 takeMessages(into: &waiters, ring: ring)
@@ -165,17 +167,20 @@ package final class FutexWaiter: @unchecked Sendable {
             // Words the ring does not watch are polled (all of them without a ring).
             let now = CShm_monotonic_ns()
             var nearest = now &+ 1_000_000_000
-            for waiter in Array(waiters.values) {
+            var polling = false
+            for waiter in waiters.values {
                 if !waiter.inRing, CShm_load_acquire_u32(UnsafeMutableRawPointer(waiter.word)) != waiter.expected {
-                    finish(waiter, .changed, in: &waiters, ring: ring)
+                    due.append((waiter, .changed))
                     changed = true
                 } else if waiter.deadline <= now {
-                    finish(waiter, .timedOut, in: &waiters, ring: ring)
+                    due.append((waiter, .timedOut))
                 } else {
                     nearest = min(nearest, waiter.deadline)
+                    polling = polling || !waiter.inRing
                 }
             }
-            let polling = waiters.values.contains { !$0.inRing }
+            for (waiter, outcome) in due { finish(waiter, outcome, in: &waiters, ring: ring) }
+            due.removeAll(keepingCapacity: true)
             if polling {
                 pollInterval = changed ? 20_000 : min(pollInterval * 2, 1_000_000)
                 nearest = min(nearest, now &+ pollInterval)
