@@ -47,12 +47,7 @@ final class AsyncWorker<Handler: AsyncRequestHandler>: @unchecked Sendable {
     func run() {
         let doorbell = region.doorbell(index)
         defer { inFlight.settleAtStop(served, doorbell: doorbell, counting: counting) }
-        var version = policies.version
-        var policy = policies.load()
-        var spin = AdaptiveSpin(policy)
-        var idle = SpinWait(budget: spin.budget, policy: policy)
-        var rounds: UInt32 = 0
-        var publishedCPU: Int32 = -1
+        var pace = WorkerPace(policies: policies, doorbell: doorbell, counters: counters, counting: counting)
         // Where the next scan starts: at the task limit, every lane gets its turn at a free task.
         var first = 0
         let count = served.count
@@ -70,45 +65,14 @@ final class AsyncWorker<Handler: AsyncRequestHandler>: @unchecked Sendable {
                 slot = slot + 1 == count ? 0 : slot + 1
             }
             first = first + 1 == count ? 0 : first + 1
-            rounds &+= 1
-            if rounds & 0x3FF == 0 {
-                if stop.isSet { return }
-                publishCPU(doorbell, &publishedCPU)
-                if policies.version != version {
-                    version = policies.version
-                    policy = policies.load()
-                    spin = AdaptiveSpin(policy)
-                    idle = SpinWait(budget: spin.budget, policy: policy)
-                }
+            switch pace.afterRound(worked: busy, stop: stop) {
+            case .poll: continue
+            case .stop: return
+            case .sleep:
+                // Parks on the doorbell unless, by the time the sleep is announced, a task came
+                // back or a lane the worker may serve now has a request.
+                if !pace.sleep(stop: stop, until: { stop.isSet || inFlight.hasWorkSeqCst(served) }) { return }
             }
-            if busy {
-                if idle.spins != 0 {
-                    spin.spinSucceeded()
-                    if counting { bump(counters + HostCounters.Worker.spinWins) }
-                    idle = SpinWait(budget: spin.budget, policy: policy)
-                }
-                continue
-            }
-            switch idle.step() {
-            case .spun:
-                continue
-            case .yielded:
-                if counting { bump(counters + HostCounters.Worker.yields) }
-                continue
-            case .exhausted:
-                break
-            }
-            spin.hadToSleep()
-            if counting { bump(counters + HostCounters.Worker.sleeps) }
-            defer { publishCPU(doorbell, &publishedCPU) }  // a wake-up may have moved us
-            // Parks on the doorbell (Wait/Parker.swift) unless, by the time the sleep is announced,
-            // a task came back or a lane the worker may serve now has a request.
-            let outcome = doorbell.parker.park(timeoutNanoseconds: policy.sleepTimeoutNanoseconds) {
-                stop.isSet || inFlight.hasWorkSeqCst(served)
-            }
-            if stop.isSet { return }
-            idle = SpinWait(budget: spin.budget, policy: policy)
-            if outcome == .timedOut { idle.spins = spin.budget &- 1 }
         }
     }
 }

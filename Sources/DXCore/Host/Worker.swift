@@ -44,18 +44,12 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
 
     /// Serves until the stop flag is set.
     func run() {
-        let doorbell = region.doorbell(index)
-        var version = policies.version
-        var policy = policies.load()
-        var spin = AdaptiveSpin(policy)
-        var idle = SpinWait(budget: spin.budget, policy: policy)
-        var rounds: UInt32 = 0
+        var pace = WorkerPace(policies: policies, doorbell: region.doorbell(index), counters: counters, counting: counting)
         // Focus: while one lane is the only busy one (the usual case with turns), poll it alone
         // and scan every lane only every `Worker.scanEvery` rounds. A scan that finds several busy
         // lanes ends the focus, so concurrently busy lanes are served in turn.
         var focus = -1
         var roundsSinceScan = 0
-        var publishedCPU: Int32 = -1
         while true {
             var served = false
             if focus >= 0, roundsSinceScan < Worker.scanEvery {
@@ -77,66 +71,15 @@ final class Worker<Handler: RequestHandler>: @unchecked Sendable {
                 if busy > 1 { focus = -1 }
                 served = busy > 0
             }
-            rounds &+= 1
-            if rounds & 0x3FF == 0 {
-                if stop.isSet { return }
-                publishCPU(doorbell, &publishedCPU)
-                if policies.version != version {
-                    // A new policy from the control plane: picked up between two polls.
-                    version = policies.version
-                    policy = policies.load()
-                    spin = AdaptiveSpin(policy)
-                    idle = SpinWait(budget: spin.budget, policy: policy)
-                }
+            switch pace.afterRound(worked: served, stop: stop) {
+            case .poll: continue
+            case .stop: return
+            case .sleep:
+                // Parks on the doorbell unless a lane has a request by the time the sleep is
+                // announced, or the host stops.
+                if !pace.sleep(stop: stop, until: { stop.isSet || self.served.anyPendingSeqCst() }) { return }
             }
-            if served {
-                if idle.spins != 0 {
-                    spin.spinSucceeded()
-                    if counting { bump(counters + HostCounters.Worker.spinWins) }
-                    idle = SpinWait(budget: spin.budget, policy: policy)
-                }
-                continue
-            }
-            switch idle.step() {
-            case .spun:
-                continue
-            case .yielded:
-                if counting { bump(counters + HostCounters.Worker.yields) }
-                continue
-            case .exhausted:
-                break
-            }
-            spin.hadToSleep()
-            if counting { bump(counters + HostCounters.Worker.sleeps) }
-            defer { publishCPU(doorbell, &publishedCPU) }  // a wake-up may have moved us
-            let outcome = sleep(doorbell: doorbell, timeout: policy.sleepTimeoutNanoseconds)
-            if stop.isSet { return }
-            idle = SpinWait(budget: spin.budget, policy: policy)
-            // Nobody came for a whole sleep: poll once more and sleep again, without spinning
-            // through the budget first (an idle host should cost next to nothing). Otherwise a
-            // request is there or about to be: spin again.
-            if outcome == .timedOut { idle.spins = spin.budget &- 1 }
         }
-    }
-
-    /// Parks on the doorbell (`Parker` (Wait/Parker.swift)) for at most the strategy's sleep timeout, unless a lane
-    /// has a request by the time the sleep is announced, or the host stops.
-    private func sleep(doorbell: DoorbellView, timeout: UInt64) -> Parker.Outcome {
-        doorbell.parker.park(timeoutNanoseconds: timeout) {
-            stop.isSet || served.anyPendingSeqCst()
-        }
-    }
-}
-
-/// Publishes the CPU a worker runs on when it changed, for guests that keep off it (``Worker``,
-/// ``AsyncWorker``).
-@inline(__always)
-func publishCPU(_ doorbell: DoorbellView, _ published: inout Int32) {
-    let cpu = CShm_current_cpu()
-    if cpu != published {
-        published = cpu
-        // Relaxed: a hint; a stale value costs a guest one more check.
-        doorbell.workerCPU = UInt32(bitPattern: cpu)
     }
 }
 
