@@ -768,6 +768,15 @@ static int sleep_for_response(dx_lane *l, uint64_t seq) {
     char *response_seq = l->base + DX_LANE_RESPONSE_SEQ;
     l->budget = l->budget / 2 > l->wait.spin_min ? l->budget / 2 : l->wait.spin_min;
     bump(l->base + DX_LANE_GUEST_COUNTERS + DX_COUNTER_SLEEPS);
+    // A holder about to sleep passes its turn when someone waits for it (LAYOUT.md, "Turns": before
+    // sleeping for a response), so that the worker's other lanes keep moving; the next call queues again.
+    if (l->holds_turn && load64(l->turnstile + DX_TURN_SERVING, ACQUIRE) == l->ticket &&
+        load64(l->turnstile + DX_TURN_NEXT, ACQUIRE) != l->ticket + 1) {
+        pass_turn(l, now_ns());
+        l->holds_turn = false;
+        restore_affinity(l);
+        l->calls_until_check = 0;
+    }
     for (;;) {
         uint64_t now = now_ns(), deadline = call_deadline(l, now);
         // Acquire: pairs with the worker's seq-cst store of the response sequence.
