@@ -35,6 +35,20 @@ final class HandlerGate: Sendable {
     var requestsSeen: [UInt8] { seen.withLock { $0 } }
 }
 
+/// An in-process host whose handler waits at a closed ``HandlerGate``. Close it with ``close(_:_:)``.
+func gatedHost(lanes: Int, _ label: String = #function) throws -> (DXCore.Host, HandlerGate) {
+    let host = try DXCore.Host(name: uniqueName(label), configuration: RegionConfiguration(laneCount: lanes, slotCapacity: 64))
+    let gate = HandlerGate()
+    try host.start(handler: gate.handler)
+    return (host, gate)
+}
+
+/// Opens the gate (the worker may be waiting at it) and stops the host.
+func close(_ host: DXCore.Host, _ gate: HandlerGate) {
+    gate.release()
+    host.stop()
+}
+
 /// Polls (suspending) until `condition` holds or `seconds` pass; returns whether it held.
 func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     let deadline = CShm_monotonic_ns() + UInt64(seconds * 1e9)
@@ -71,15 +85,10 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     /// While the host sits on every request, the calls are suspended, not blocking: the
     /// cooperative pool (as wide as the CPUs) still runs other tasks.
     @Test func aSlowHostHoldsNoPoolThread() async throws {
-        let name = uniqueName()
         let width = 8
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: width, slotCapacity: 64))
-        let gate = HandlerGate()
-        try host.start(handler: gate.handler)
-        defer {
-            gate.release()
-            host.stop()
-        }
+        let (host, gate) = try gatedHost(lanes: width)
+        defer { close(host, gate) }
+        let name = host.name
         let pool = try LanePool(region: try Region.attach(name: name), width: width)
         // More calls than CPUs, all waiting on the one worker that is stuck in the first request.
         let calls = Task {
@@ -111,14 +120,9 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     /// cancelled request's answer (the host writes it in place) and gets its own answer, never the
     /// late one.
     @Test func aCancelledCallsLateAnswerNeverReachesTheNextCall() async throws {
-        let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 1, slotCapacity: 64))
-        let gate = HandlerGate()
-        try host.start(handler: gate.handler)
-        defer {
-            gate.release()
-            host.stop()
-        }
+        let (host, gate) = try gatedHost(lanes: 1)
+        defer { close(host, gate) }
+        let name = host.name
         let pool = try LanePool(region: try Region.attach(name: name), width: 1)
         let first = Task { try await pool.withLane { try await $0.call([0xAA, 1, 2, 3]) } }
         #expect(await eventually { gate.requestsEntered == 1 })
@@ -139,14 +143,9 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
 
     /// Tasks wait for a lane in FIFO order; one cancelled while it waits leaves the queue.
     @Test func thePoolServesWaitersInOrderAndDropsCancelledOnes() async throws {
-        let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 4, slotCapacity: 64))
-        let gate = HandlerGate()
-        try host.start(handler: gate.handler)
-        defer {
-            gate.release()
-            host.stop()
-        }
+        let (host, gate) = try gatedHost(lanes: 4)
+        defer { close(host, gate) }
+        let name = host.name
         let pool = try LanePool(region: try Region.attach(name: name), width: 1)
         let holder = Task { try await pool.withLane { try await $0.call([1]) } }
         #expect(await eventually { gate.requestsEntered == 1 })
@@ -170,14 +169,9 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     /// A pool whose only lane timed out (a host that was only slow) keeps it: the next borrower's
     /// call waits for the late answer, drops it, and gets its own. The pool never shrinks.
     @Test func aPoolSurvivesACallThatTimedOut() async throws {
-        let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 1, slotCapacity: 64))
-        let gate = HandlerGate()
-        try host.start(handler: gate.handler)
-        defer {
-            gate.release()
-            host.stop()
-        }
+        let (host, gate) = try gatedHost(lanes: 1)
+        defer { close(host, gate) }
+        let name = host.name
         let pool = try LanePool(region: try Region.attach(name: name), width: 1)
         await #expect(throws: CallError.timedOut) {
             try await pool.withLane { lane in
@@ -197,14 +191,9 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     /// A suspended call ends by its timeout when the host never answers, and the lane reports it
     /// (broken for good, as a blocking call's would be).
     @Test func aSuspendedCallTimesOut() async throws {
-        let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 1, slotCapacity: 64))
-        let gate = HandlerGate()
-        try host.start(handler: gate.handler)
-        defer {
-            gate.release()
-            host.stop()
-        }
+        let (host, gate) = try gatedHost(lanes: 1)
+        defer { close(host, gate) }
+        let name = host.name
         var lane = try Region.attach(name: name).claimLane()
         lane.callTimeoutNanoseconds = 200_000_000
         await #expect(throws: CallError.timedOut) { _ = try await lane.call([1]) }
@@ -217,14 +206,9 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
     /// A host that goes away (it lets go of its lock and says it stops, without answering) ends a
     /// suspended call with `shutdown`, within a sleep step, not at the call timeout.
     @Test func aSuspendedCallEndsWhenTheHostGoes() async throws {
-        let name = uniqueName()
-        let host = try Host(name: name, configuration: RegionConfiguration(laneCount: 1, slotCapacity: 64))
-        let gate = HandlerGate()
-        try host.start(handler: gate.handler)
-        defer {
-            gate.release()
-            host.stop()
-        }
+        let (host, gate) = try gatedHost(lanes: 1)
+        defer { close(host, gate) }
+        let name = host.name
         let pool = try LanePool(region: try Region.attach(name: name), width: 1)
         let call = Task { try await pool.withLane { lane in
             lane.callTimeoutNanoseconds = 60_000_000_000  // far beyond the test's time limit
