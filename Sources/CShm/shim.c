@@ -23,6 +23,7 @@
 #include <sys/un.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -668,4 +669,37 @@ int CShm_self_open_fds(void) {
     }
     closedir(directory);
     return count - 1;  // the directory's own descriptor
+}
+
+// MARK: - A bare cross-process wake (the idle check's yardstick)
+
+uint64_t CShm_bare_process_wake_ns(uint32_t idle_ms) {
+    struct words { _Atomic uint32_t word; char pad[60]; _Atomic uint64_t woke; };
+    struct words *w = mmap(NULL, sizeof *w, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (w == MAP_FAILED) return 0;
+    atomic_store(&w->word, 0);
+    atomic_store(&w->woke, 0);
+    pid_t child = fork();
+    if (child < 0) {
+        munmap(w, sizeof *w);
+        return 0;
+    }
+    if (child == 0) {
+        // The child: raw system calls only (the parent may have had other threads).
+        while (atomic_load(&w->word) == 0) {
+            struct timespec step = {0, 50000000};
+            syscall(SYS_futex, &w->word, FUTEX_WAIT, 0, &step, NULL, 0);
+        }
+        atomic_store(&w->woke, CShm_monotonic_ns());
+        _exit(0);
+    }
+    usleep(idle_ms * 1000u);
+    uint64_t start = CShm_monotonic_ns();
+    atomic_store(&w->word, 1);
+    syscall(SYS_futex, &w->word, FUTEX_WAKE, 1, NULL, NULL, 0);
+    int status;
+    while (waitpid(child, &status, 0) < 0 && errno == EINTR) {}
+    uint64_t woke = atomic_load(&w->woke);
+    munmap(w, sizeof *w);
+    return woke > start ? woke - start : 0;
 }

@@ -20,16 +20,21 @@ struct IdleCheck {
         /// The median of 21 bare futex wakes of a thread that slept 50 ms (no library): the
         /// kernel's part of a first call after idle.
         var bareWakeNanoseconds: UInt64
+        /// The same with the sleeper in another process (median of 11), as dx's worker is: the
+        /// yardstick a first call after idle is fairly compared with.
+        var bareProcessWakeNanoseconds: UInt64
 
         var json: String {
             "{\"mode\":\"idle\",\"idle_s\":\(format(seconds, 3)),\"cpu_percent\":\(format(cpuPercent, 3)),"
-                + "\"first_call_ns\":\(firstCallNanoseconds),\"bare_futex_wake_ns\":\(bareWakeNanoseconds)}"
+                + "\"first_call_ns\":\(firstCallNanoseconds),\"bare_futex_wake_ns\":\(bareWakeNanoseconds),"
+                + "\"bare_process_wake_ns\":\(bareProcessWakeNanoseconds)}"
         }
 
         var text: String {
             "idle \(format(seconds, 1)) s with a lane claimed: host + guest used \(format(cpuPercent, 3)) % of one CPU; "
                 + "first call after it: \(format(Double(firstCallNanoseconds) / 1000, 1)) µs; "
-                + "a bare futex wake of a thread asleep 50 ms: \(format(Double(bareWakeNanoseconds) / 1000, 1)) µs (median of 21)"
+                + "a bare futex wake of a thread asleep 50 ms: \(format(Double(bareWakeNanoseconds) / 1000, 1)) µs (median of 21), "
+                + "of another process: \(format(Double(bareProcessWakeNanoseconds) / 1000, 1)) µs (median of 11)"
         }
     }
 
@@ -52,7 +57,7 @@ struct IdleCheck {
         }
         let cpu = Double((guest1 - guest0) + max(0, host1 - host0))
         return Report(seconds: Double(elapsed) / 1e9, cpuPercent: cpu / Double(elapsed) * 100, firstCallNanoseconds: firstCall,
-                      bareWakeNanoseconds: try IdleCheck.bareFutexWake())
+                      bareWakeNanoseconds: try IdleCheck.bareFutexWake(), bareProcessWakeNanoseconds: IdleCheck.bareProcessWake())
     }
 
     /// Two words a sleeper and a waker share: the futex word and when the sleeper woke.
@@ -87,6 +92,13 @@ struct IdleCheck {
             if woke > t0 { samples.append(woke - t0) }
         }
         return samples.isEmpty ? 0 : samples.sorted()[samples.count / 2]
+    }
+
+    /// ``bareFutexWake(rounds:)`` with the sleeper in a child process (`CShm_bare_process_wake_ns`):
+    /// the median of `rounds`.
+    static func bareProcessWake(rounds: Int = 11) -> UInt64 {
+        let samples = (0..<rounds).map { _ in CShm_bare_process_wake_ns(50) }.filter { $0 > 0 }.sorted()
+        return samples.isEmpty ? 0 : samples[samples.count / 2]
     }
 
     private func checksum(_ bytes: [UInt8]) -> [UInt8] {

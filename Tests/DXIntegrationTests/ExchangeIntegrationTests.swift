@@ -130,6 +130,7 @@ import Testing
         #expect((idle["idle_s"] as? Double ?? 0) >= 0.5)
         #expect((idle["first_call_ns"] as? Int ?? 0) > 0)
         #expect((idle["bare_futex_wake_ns"] as? Int ?? 0) > 0)
+        #expect((idle["bare_process_wake_ns"] as? Int ?? 0) > 0)
         #expect(try host.stop() == 0)
     }
 

@@ -285,6 +285,11 @@ uint64_t CShm_process_start_time(pid_t pid);
 int64_t CShm_process_cpu_ns(pid_t pid);
 /// CPU time of the calling process (all threads), in nanoseconds, or -1 when unknown.
 int64_t CShm_self_cpu_ns(void);
+/// A bare futex wake of another process, the kernel's part of waking a host's sleeping worker: a
+/// child (forked; it runs only this C code and `_exit`s) sleeps on a shared word in 50 ms timed
+/// waits; `idle_ms` later the caller stamps the time, sets the word and wakes it; the child stamps
+/// when it runs. Returns the nanoseconds between the two, or 0 if the child could not be made.
+uint64_t CShm_bare_process_wake_ns(uint32_t idle_ms);
 /// True when process `pid` exists and is not a zombie: `kill(pid, 0)` succeeds (or fails
 /// with EPERM) and /proc/PID/stat does not show state Z or X.
 bool CShm_process_alive(pid_t pid);
