@@ -107,10 +107,10 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
                 "the waiting calls should be suspended in the waker, not spinning or blocked")
         // Other tasks still run: twice as many as the pool has threads, each on the pool.
         let others = await withTaskGroup(of: Int.self) { group in
-            for value in 0..<(2 * ProcessInfoCPUs.count) { group.addTask { await Task.yield(); return value } }
+            for value in 0..<(2 * CPUAffinity.allowedCPUs) { group.addTask { await Task.yield(); return value } }
             return await group.reduce(0, +)
         }
-        #expect(others == (0..<(2 * ProcessInfoCPUs.count)).reduce(0, +))
+        #expect(others == (0..<(2 * CPUAffinity.allowedCPUs)).reduce(0, +))
         gate.release()
         #expect(try await calls.value == width)
         #expect(Set(gate.requestsSeen) == Set((1...width).map(UInt8.init)))
@@ -279,7 +279,7 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
         #expect(results.map(\.good) == [5_000, 5_000, 5_000, 5_000])
         // With two or more CPUs the tasks run at once, and a task that finds the turn held waits
         // for it (suspended): at least one wait happened.
-        if ProcessInfoCPUs.count >= 2 { #expect(results.map(\.waits).reduce(0, +) > 0) }
+        if CPUAffinity.allowedCPUs >= 2 { #expect(results.map(\.waits).reduce(0, +) > 0) }
     }
 
     /// Calls that never suspend allocate nothing (a task's frames come from its own allocator).
@@ -381,9 +381,4 @@ func eventually(seconds: Double = 20, _ condition: () -> Bool) async -> Bool {
 final class Box<Value: ~Copyable & Sendable>: Sendable {
     let value: Value
     init(_ value: consuming Value) { self.value = value }
-}
-
-/// The CPUs this process may run on (the cooperative pool's width).
-enum ProcessInfoCPUs {
-    static var count: Int { max(CPUAffinity.allowedCPUs, 1) }
 }

@@ -1,5 +1,6 @@
 import CShm
 import DXCore
+import DXTestSupport
 import Synchronization
 import Testing
 #if canImport(Glibc)

@@ -29,14 +29,3 @@ func withRawRegion<T>(_ name: String, _ body: (UnsafeMutableRawPointer, Int, Int
 func regionExists(_ name: String) -> Bool {
     access("/dev/shm/dx.\(name)", F_OK) == 0
 }
-
-/// Polls `condition` every millisecond until it holds (true) or `seconds` pass (false): a bounded
-/// wait for something another thread or process does, instead of a sleep that hopes it is done.
-func waitUntil(seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
-    let deadline = CShm_monotonic_ns() + UInt64(seconds * 1e9)
-    while CShm_monotonic_ns() < deadline {
-        if try condition() { return true }
-        usleep(1000)
-    }
-    return try condition()
-}

@@ -57,10 +57,10 @@ import Testing
     /// lane back.
     static func killGuestInFlight(_ name: String, host: DXCore.Host, gate: Gate) throws {
         let guest = try Background(Binaries.guest, ["call", "--name", name, "OLD"])
-        #expect(waitFor(seconds: 20) { gate.arrived == 1 }, "the guest's request never reached the handler")
+        #expect(waitUntil(seconds: 20) { gate.arrived == 1 }, "the guest's request never reached the handler")
         kill(guest.process.processIdentifier, SIGKILL)
         guest.process.waitUntilExit()
-        #expect(waitFor(seconds: 10) { host.laneState(0) == "free" }, "the dead guest's lane was not reclaimed")
+        #expect(waitUntil(seconds: 10) { host.laneState(0) == "free" }, "the dead guest's lane was not reclaimed")
     }
 
     /// The key case: a guest dies with its call in flight, its lane is reclaimed, and a new owner's
@@ -87,7 +87,7 @@ import Testing
             let result = lane.call(Array("NEW".utf8))
             first.withLock { $0 = result }
         }
-        #expect(waitFor(seconds: 10) { raw.requestSeq == 1 }, "the new owner never published")
+        #expect(waitUntil(seconds: 10) { raw.requestSeq == 1 }, "the new owner never published")
         gate.open()
         caller.join()
         let result = first.withLock { $0 }
@@ -117,7 +117,7 @@ import Testing
         gate.open()
         let raw = try RawLaneZero(name, capacity: 64)
         defer { raw.unmap() }
-        #expect(waitFor(seconds: 10) { raw.responseSeq == 1 })
+        #expect(waitUntil(seconds: 10) { raw.responseSeq == 1 })
         #expect(raw.status == ResponseStatus.cancelled.rawValue)
         var lane = try region.claimLane()
         #expect(try lane.call(Array("next".utf8)).get() == Array("answer:next".utf8))
@@ -142,7 +142,7 @@ import Testing
     @Test func aStoppingHostCancelsItsTasksAndAnswersTheirGuests() throws {
         let host = try RunningHost(arguments: ["--lanes", "2", "--handler", "delay", "--delay-us", "10000000"], readyByCall: false)
         let guests = try (0..<2).map { _ in try Background(Binaries.guest, ["call", "--name", host.name, "waiting"]) }
-        #expect(waitFor(seconds: 20) {
+        #expect(waitUntil(seconds: 20) {
             (try? run(Binaries.host, ["ctl", "stats", "--name", host.name, "--json"]))
                 .flatMap { try? JSONSerialization.jsonObject(with: Data($0.stdout.utf8)) as? [String: Any] }
                 .map { (($0["workers"] as? [[String: Any]]) ?? []).reduce(0) { $0 + ($1["async_started"] as? Int ?? 0) } >= 2 } ?? false
@@ -163,14 +163,4 @@ import Testing
             #expect(outcome.stderr.contains("--"), "\(outcome.stderr)")
         }
     }
-}
-
-/// Polls `condition` every millisecond until it holds (true) or `seconds` pass (false).
-func waitFor(seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
-    let deadline = CShm_monotonic_ns() + UInt64(seconds * 1e9)
-    while CShm_monotonic_ns() < deadline {
-        if try condition() { return true }
-        usleep(1000)
-    }
-    return try condition()
 }
