@@ -115,11 +115,18 @@ struct BenchRun {
     /// One call in this many (a power of two) is timed, chosen at random per call, so that the
     /// sample is not in step with anything periodic (turn checks every 64 calls); 1 times every call.
     var sampleEvery: UInt32 = 1
+    /// When set, the run starts at this `CLOCK_MONOTONIC` time (ns) instead of as soon as every
+    /// thread holds its lane, and ends `duration` after it: processes given the same start share
+    /// one window (`dx-guest scale`). A thread that is late starts late.
+    var startAt: UInt64?
 
     /// Whether this run times calls at all.
     private var timesCalls: Bool { timed && mode != .floor }
 
     func run() throws -> BenchResult {
+        // The clock calibrates (tens of ms) at its first use: before the start, not inside the
+        // measured window (with many guest processes starting at once, it was a second of it).
+        _ = BenchClock.shared
         let records = (0..<threads).map { _ in ThreadRecord() }
         let gate = Gate()
         var started: [DXCore.Thread] = []
@@ -133,9 +140,13 @@ struct BenchRun {
         while gate.arrived < threads, CShm_monotonic_ns() < readyDeadline {
             usleep(1000)
         }
+        if let startAt {
+            let now = CShm_monotonic_ns()
+            if startAt > now { CShm_sleep_ns(startAt - now) }
+        }
         let guestCPU0 = CShm_self_cpu_ns()
         let hostCPU0 = CShm_process_cpu_ns(region.hostPID)
-        let t0 = CShm_monotonic_ns()
+        let t0 = startAt ?? CShm_monotonic_ns()
         gate.open(at: t0)
         for thread in started { thread.join() }
         let elapsed = CShm_monotonic_ns() - t0
@@ -354,10 +365,17 @@ enum Interrupt {
     }
 }
 
-/// The start line: threads arrive when they hold their lane, then wait for the start time.
-final class Gate: Sendable {
+/// The start line: threads arrive when they hold their lane, then sleep until the start time is
+/// given (a futex word, not a polling loop: hundreds of threads polling would be the load that
+/// delays the start they wait for).
+final class Gate: @unchecked Sendable {
     private let ready = Atomic<Int>(0)
     private let start = Atomic<UInt64>(0)
+    /// 0 until the gate opens; the threads sleep on it.
+    private let word = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+
+    init() { word.initialize(to: 0) }
+    deinit { word.deallocate() }
 
     var arrived: Int { ready.load(ordering: .acquiring) }
 
@@ -372,13 +390,16 @@ final class Gate: Sendable {
             let time = start.load(ordering: .acquiring)
             if time != 0 { return time }
             if Interrupt.requested { return 1 }
-            usleep(100)
+            // Bounded, so that an interrupt is noticed.
+            _ = CShm_futex_wait(word, 0, 50_000_000)
         }
     }
 
     /// Lets every thread go, with `time` as the common start.
     func open(at time: UInt64) {
         start.store(max(time, 1), ordering: .releasing)
+        CShm_store_release_u32(UnsafeMutableRawPointer(word), 1)
+        _ = CShm_futex_wake(word, Int32.max)
     }
 }
 

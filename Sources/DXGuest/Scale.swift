@@ -274,7 +274,11 @@ final class ScaleGroup {
     /// collects their reports.
     func run(midway: () -> Void = {}) throws -> [ScaleGuestReport] {
         try waitReady()
-        for input in inputs { input.write(Data("go\n".utf8)) }
+        // One window for all: every guest starts at the same CLOCK_MONOTONIC time and runs for the
+        // duration from it, so that no guest runs alone at the start or the end (that would be
+        // counted as unfairness). The margin lets every process start its threads first.
+        let start = CShm_monotonic_ns() + 100_000_000 + UInt64(inputs.count) * 2_000_000
+        for input in inputs { input.write(Data("go \(start)\n".utf8)) }
         midway()
         for input in inputs { try? input.close() }
         var reports: [ScaleGuestReport] = []
@@ -368,7 +372,8 @@ struct ScaleGuest: ParsableCommand {
         }
         guard let region else { return }
         say(ScaleReady(ready: true, attach_ns: times[1], attach_cold_ns: times[0]))
-        guard readLine() == "go" else { return }
+        guard let go = readLine(), go.hasPrefix("go") else { return }
+        let startAt = go.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
         if idle {
             // Sit, connected, for the duration: the host's cost of idle guests is measured meanwhile.
             CShm_sleep_ns(UInt64(duration * 1e9))
@@ -378,6 +383,7 @@ struct ScaleGuest: ParsableCommand {
         var run = BenchRun(region: region, mode: .dx, threads: threads, payload: payload,
                            durationNanoseconds: UInt64(duration * 1e9), strategy: .auto)
         run.callTimeoutNanoseconds = owner.callTimeoutNanoseconds
+        run.startAt = startAt
         let result = try run.run()
         var report = ScaleGuestReport(ops: result.laneOps, errors: result.errors, failure: result.failure,
                                       durationSeconds: result.durationSeconds)
