@@ -383,8 +383,8 @@ struct dx_lane {
     bool holds_turn;
     uint64_t ticket, lease_start;
     uint32_t calls_until_check, calls_in_turn;
-    bool avoiding;            // affinity narrowed to keep off the worker's CPU; `saved` is the old mask
-    cpu_set_t saved;
+    bool avoiding;            // this lane keeps its thread off the worker's CPU (see keep_off_worker_cpu)
+    uint32_t avoided_cpu;     // the CPU kept off while `avoiding`
     // Granted turns ("Private regions", Granted turns): the header's grant block when the region's
     // host grants turns (read once, at claim), else NULL; and its grant quantum, read with it.
     char *grant;
@@ -652,20 +652,33 @@ static int acquire_turn(dx_lane *l) {
     return DX_OK;
 }
 
-/// A hint: moves this thread off its worker's CPU (published by the worker) while it holds the turn.
+// The thread's own mask before any of its lanes narrowed it, and how many of its lanes keep off a
+// worker's CPU now: per thread, not per lane, so that lanes released in any order give the thread
+// back its own mask (a per-lane copy saved while another lane had narrowed it would keep it narrowed).
+static _Thread_local cpu_set_t thread_mask;
+static _Thread_local int thread_avoiders;
+
+/// A hint: moves this thread off its worker's CPU (published by the worker) while it holds the turn
+/// and runs there; in a granted region ("Granted turns", placement), whenever the CPU is known and
+/// until the lane is released, waits included.
 static void keep_off_worker_cpu(dx_lane *l) {
     uint32_t worker = load32(l->doorbell + DX_DOORBELL_WORKER_CPU, RELAXED);
-    if (worker >= CPU_SETSIZE || sched_getcpu() != (int)worker) return;
-    if (!l->avoiding && pthread_getaffinity_np(pthread_self(), sizeof l->saved, &l->saved) != 0) return;
-    cpu_set_t set = l->saved;
+    if (worker >= CPU_SETSIZE || (l->avoiding && l->avoided_cpu == worker)) return;
+    if (!l->grant && sched_getcpu() != (int)worker) return;
+    if (thread_avoiders == 0 && pthread_getaffinity_np(pthread_self(), sizeof thread_mask, &thread_mask) != 0) return;
+    cpu_set_t set = thread_mask;
     CPU_CLR((int)worker, &set);
-    if (CPU_COUNT(&set) > 0 && pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0) l->avoiding = true;
+    if (CPU_COUNT(&set) > 0 && pthread_setaffinity_np(pthread_self(), sizeof set, &set) == 0) {
+        if (!l->avoiding) thread_avoiders++;
+        l->avoiding = true;
+        l->avoided_cpu = worker;
+    }
 }
 
 static void restore_affinity(dx_lane *l) {
     if (!l->avoiding) return;
-    pthread_setaffinity_np(pthread_self(), sizeof l->saved, &l->saved);
     l->avoiding = false;
+    if (--thread_avoiders == 0) pthread_setaffinity_np(pthread_self(), sizeof thread_mask, &thread_mask);
 }
 
 /// Keeps, passes or waits for the turn. Returns DX_OK, or why the call cannot go on (acquire_turn).
@@ -697,7 +710,7 @@ static int take_turns(dx_lane *l) {
             pass_turn(l, now);
         }
         l->holds_turn = false;  // passed, or taken by a waiter while we were away
-        restore_affinity(l);
+        if (!l->grant) restore_affinity(l);  // a granted region's thread keeps off until release
     }
     return acquire_turn(l);
 }

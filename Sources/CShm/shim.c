@@ -236,26 +236,27 @@ int CShm_current_cpu(void) {
     return sched_getcpu();
 }
 
+// The thread's own mask before any lane narrowed it, and how many lanes keep it off a CPU now:
+// per thread, so that lanes released in any order give it back its own mask.
 static _Thread_local cpu_set_t saved_affinity;
-static _Thread_local bool affinity_saved;
+static _Thread_local int avoiders;
 
-int CShm_avoid_cpu(int cpu) {
+int CShm_avoid_cpu(int cpu, bool counted) {
     if (cpu < 0 || cpu >= CPU_SETSIZE) return EINVAL;
-    if (!affinity_saved) {
+    if (avoiders == 0) {
         int rc = pthread_getaffinity_np(pthread_self(), sizeof saved_affinity, &saved_affinity);
         if (rc) return rc;
-        affinity_saved = true;
     }
     cpu_set_t set = saved_affinity;
     CPU_CLR(cpu, &set);
-    if (CPU_COUNT(&set) == 0) return 0;
-    return pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    int rc = CPU_COUNT(&set) == 0 ? 0 : pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (rc == 0 && !counted) avoiders++;
+    return rc;
 }
 
 void CShm_restore_affinity(void) {
-    if (!affinity_saved) return;
-    pthread_setaffinity_np(pthread_self(), sizeof saved_affinity, &saved_affinity);
-    affinity_saved = false;
+    if (avoiders == 0) return;
+    if (--avoiders == 0) pthread_setaffinity_np(pthread_self(), sizeof saved_affinity, &saved_affinity);
 }
 
 int CShm_thread_join(uint64_t thread) {

@@ -85,6 +85,55 @@ import Testing
         #expect(again.index == 0)
     }
 
+    /// Placement in a granted region (docs/LAYOUT.md, "Granted turns"): a thread that holds lanes of
+    /// a private host's region keeps off the worker's CPU while it holds them, between calls too,
+    /// and gets its own mask back when the last one goes, whatever the order. Swift lanes and C
+    /// lanes alike; two lanes on one thread released first-claimed-first once left the thread
+    /// narrowed for good (the C lane saved a mask another lane had already narrowed).
+    @Test(.enabled(if: CPUAffinity.allowedCPUs > 1)) func grantedLanesKeepTheirThreadOffTheWorkerCPUUntilReleased() throws {
+        let name = uniqueName()
+        let limits = PrivateHostLimits(maxLanes: 4, defaultLanes: 2, slotCapacity: 64)
+        let host = try PrivateHost(name: name, limits: limits, handler: .echo, poolSize: 1)
+        try host.start(handler: EchoHandler())
+        defer { host.stop() }
+        let server = try ControlServer(target: host, path: ControlPath.socket(for: name))
+        defer { server.stop() }
+        let allowed = CShm_available_cpus()
+
+        // Swift: 65 calls each cross a turn check, by when the worker's CPU is published.
+        let region = try Region.open(name: name, lanes: 2)
+        var first = try region.claimLane(strategy: .auto)
+        var second = try region.claimLane(strategy: .auto)
+        for _ in 0..<65 {
+            #expect(try first.call([1]).get() == [1])
+            #expect(try second.call([2]).get() == [2])
+        }
+        #expect(CShm_available_cpus() == allowed - 1)
+        _ = consume first
+        #expect(CShm_available_cpus() == allowed - 1)  // the second lane still keeps it off
+        _ = consume second
+        #expect(CShm_available_cpus() == allowed)
+
+        // C: the same, released in the order claimed.
+        var cRegion: OpaquePointer?
+        #expect(dx_connect(name, 2, nil, uid_t.max, &cRegion) == DX_OK.rawValue)
+        defer { dx_detach(cRegion) }
+        var lanes: [OpaquePointer?] = [nil, nil]
+        for index in 0..<2 { #expect(dx_lane_claim(cRegion, nil, &lanes[index]) == DX_OK.rawValue) }
+        var response = [UInt8](repeating: 0, count: 64)
+        for round in 0..<130 {
+            let request: [UInt8] = [UInt8(round & 0xFF)]
+            var got = 0
+            #expect(dx_call(lanes[round % 2], request, 1, &response, response.count, &got) == DX_OK.rawValue)
+            #expect(got == 1 && response[0] == request[0])
+        }
+        #expect(CShm_available_cpus() == allowed - 1)
+        dx_lane_release(lanes[0])
+        #expect(CShm_available_cpus() == allowed - 1)
+        dx_lane_release(lanes[1])
+        #expect(CShm_available_cpus() == allowed)
+    }
+
     /// dx_connect against a private host of this process, at its default socket path: a region of
     /// the lanes asked for, checked echoes on lanes claimed without locks, the host's refusal with
     /// its sentence, and the region freed by the host when dx_detach closes the connection.

@@ -319,11 +319,12 @@ int CShm_thread_join(uint64_t thread);
 int CShm_pin_self(int cpu);
 /// The CPU the calling thread runs on (`sched_getcpu`), or -1 when unknown.
 int CShm_current_cpu(void);
-/// Moves the calling thread off `cpu`: its affinity becomes the mask it had before the first
-/// call minus `cpu` (kept per thread, so repeated calls do not narrow it further). Does nothing
-/// when that would leave no CPU. Returns 0 or an errno value.
-int CShm_avoid_cpu(int cpu);
-/// Gives the calling thread back the affinity it had before CShm_avoid_cpu.
+/// Moves the calling thread off `cpu` for one lane: its affinity becomes the mask it had before
+/// any lane narrowed it, minus `cpu` (kept per thread, so repeated calls do not narrow it further).
+/// `counted`: the lane already keeps the thread off a CPU (a move to another CPU). Does not narrow
+/// when that would leave no CPU. Returns 0 (the lane counts) or an errno value.
+int CShm_avoid_cpu(int cpu, bool counted);
+/// One lane stops keeping the calling thread off a CPU; the last one gives it back its own mask.
 void CShm_restore_affinity(void);
 
 #endif

@@ -58,7 +58,8 @@ public struct Lane: ~Copyable {
     @usableFromInline var callsUntilTurnCheck: UInt32 = 0
     @usableFromInline var leaseStart: UInt64 = 0
     @usableFromInline var callsInTurn: UInt32 = 0
-    @usableFromInline var avoidingWorkerCPU = false
+    /// The worker CPU this thread keeps off (``keepOffWorkerCPU()``), or -1.
+    @usableFromInline var avoidedCPU: Int32 = -1
     /// Times this lane's thread slept waiting for a turn, since the claim (kept in the lane, so it
     /// counts with ``counting`` off too; the shared guest counter is a running total of anyone's).
     public internal(set) var turnWaits: UInt64 = 0

@@ -156,6 +156,7 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
         var spin = AdaptiveSpin(policy)
         var idle = SpinWait(budget: .max, policy: policy)
         var rounds: UInt32 = 0
+        cpu = CShm_current_cpu()
         while true {
             if CShm_load_acquire_u32(UnsafeMutableRawPointer(mailboxWord)) != 0 { takeCommands() }
             var servedAny = false
@@ -259,6 +260,8 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
                 // Armed, not queued: its guest's first call asks for the grant (rings), so a guest
                 // that connects and never calls, or reconnects over and over, costs no grant.
                 entries[entry.id] = entry
+                // Its guest's threads keep off this CPU from their first wait on.
+                entry.doorbell.workerCPU = UInt32(bitPattern: cpu)
                 if !arm(entry) { enqueue(entry) }
             case .remove(let id):
                 guard let entry = entries.removeValue(forKey: id) else { continue }

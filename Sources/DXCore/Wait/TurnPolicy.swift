@@ -17,7 +17,9 @@ public struct TurnPolicy: Sendable, Equatable, CustomStringConvertible {
     /// worker publishes it). Two spinners that share a CPU while the other CPU idles make every
     /// exchange wait for a context switch until the scheduler separates them. The thread's
     /// affinity is narrowed for the turn (its own mask minus that CPU) and given back when the turn
-    /// passes or the lane is released.
+    /// passes or the lane is released. In a private region (granted turns) it is narrowed from the
+    /// thread's first turn check until the lane is released, waits included: one worker serves
+    /// many guests there, and a waiter woken onto its CPU preempts it.
     public var avoidWorkerCPU: Bool
 
     /// A policy; ``validate()`` it before use.
