@@ -320,6 +320,11 @@ final class PoolWorker<Handler: RequestHandler>: @unchecked Sendable {
     @discardableResult
     private func release(_ entry: Entry) -> Entry.State {
         entry.advanceGrant(to: false)
+        // One last pass after the revoke: a request its guest published while the grant held
+        // is answered now, not a whole grant cycle later (its thread would spin for it meanwhile,
+        // on the CPU the next region's thread needs). A request published after this pass was
+        // published after the guest's check of the grant; it waits for the next grant.
+        _ = serveAll(entry)
         grantedHandle = nil
         if !entry.wantsGrant, arm(entry) { return .armed }
         enqueue(entry)
