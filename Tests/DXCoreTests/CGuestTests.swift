@@ -91,13 +91,10 @@ import Testing
     /// lanes alike; two lanes on one thread released first-claimed-first once left the thread
     /// narrowed for good (the C lane saved a mask another lane had already narrowed).
     @Test(.enabled(if: CPUAffinity.allowedCPUs > 1)) func grantedLanesKeepTheirThreadOffTheWorkerCPUUntilReleased() throws {
-        let name = uniqueName()
-        let limits = PrivateHostLimits(maxLanes: 4, defaultLanes: 2, slotCapacity: 64)
-        let host = try PrivateHost(name: name, limits: limits, handler: .echo, poolSize: 1)
-        try host.start(handler: EchoHandler())
-        defer { host.stop() }
-        let server = try ControlServer(target: host, path: ControlPath.socket(for: name))
-        defer { server.stop() }
+        try withPrivateHost(slotCapacity: 64) { name, _ in try grantedLanesKeepOffTheWorkerCPU(name: name) }
+    }
+
+    private func grantedLanesKeepOffTheWorkerCPU(name: String) throws {
         let allowed = CShm_available_cpus()
 
         // Swift: 65 calls each cross a turn check, by when the worker's CPU is published.
@@ -138,13 +135,23 @@ import Testing
     /// the lanes asked for, checked echoes on lanes claimed without locks, the host's refusal with
     /// its sentence, and the region freed by the host when dx_detach closes the connection.
     @Test func cGuestConnectsToAPrivateHost() throws {
+        try withPrivateHost(slotCapacity: 256) { name, host in try cGuestConnects(name: name, host: host) }
+    }
+
+    /// A private echo host of this process (lanes: 4 at most, 2 by default; one pool worker) and its
+    /// control socket at the default path, for the duration of `body`.
+    private func withPrivateHost(slotCapacity: Int, _ body: (String, PrivateHost) throws -> Void) throws {
         let name = uniqueName()
-        let limits = PrivateHostLimits(maxLanes: 4, defaultLanes: 2, slotCapacity: 256)
+        let limits = PrivateHostLimits(maxLanes: 4, defaultLanes: 2, slotCapacity: slotCapacity)
         let host = try PrivateHost(name: name, limits: limits, handler: .echo, poolSize: 1)
         try host.start(handler: EchoHandler())
         defer { host.stop() }
         let server = try ControlServer(target: host, path: ControlPath.socket(for: name))
         defer { server.stop() }
+        try body(name, host)
+    }
+
+    private func cGuestConnects(name: String, host: PrivateHost) throws {
 
         var region: OpaquePointer?
         #expect(dx_connect(name, 3, nil, uid_t.max, &region) == DX_OK.rawValue)
