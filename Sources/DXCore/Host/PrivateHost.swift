@@ -129,6 +129,8 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     /// A host named `name` with a pool of `poolSize` workers (default: the CPUs this process may
     /// use minus one, at least one: each worker and the guest thread it serves spin) granting
     /// turns of `grantQuantumNanoseconds` (10 µs...1 s). Nothing is served before ``start(handler:)``.
+    /// When the process may use more CPUs than there are workers, each worker runs pinned to one of
+    /// the last of them, and guests keep off it.
     ///
     /// It raises the process's soft limit of open descriptors to the hard limit (each guest holds
     /// two of the host's), and throws when even that is below what `limits.maxGuests` needs.
@@ -181,7 +183,19 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
                                               counters: workerCounters.worker(index), counting: counting,
                                               grantQuantum: grantQuantumNanoseconds, ringEntries: ringEntries))
             }
-            for worker in workers { threads.append(try Thread { worker.run() }) }
+            // Each worker gets a CPU of its own when the host may use more CPUs than it has
+            // workers (the last ones): its guests keep off that CPU (docs/LAYOUT.md, "Granted
+            // turns", placement), and a worker the scheduler moved would leave the guests that sleep
+            // narrowed to the very CPU it moved to. Best effort: an unpinned worker still works.
+            let cpus = (0..<Int32(1024)).filter { CShm_cpu_allowed($0) }.map { Int($0) }
+            let own = cpus.count > workers.count ? Array(cpus.suffix(workers.count)) : []
+            for (index, worker) in workers.enumerated() {
+                let cpu = own.isEmpty ? nil : own[index]
+                threads.append(try Thread {
+                    if let cpu { try? CPUAffinity.pinCurrentThread(to: cpu) }
+                    worker.run()
+                })
+            }
         } catch {
             stop()
             throw error
