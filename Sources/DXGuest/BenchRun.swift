@@ -88,6 +88,18 @@ final class ThreadRecord: @unchecked Sendable {
     static func newHistogram() -> Histogram<UInt64> {
         Histogram(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
     }
+
+    /// Hands the histograms (made with the record, before the run) to the loop, which keeps them
+    /// in locals and stores them back at the end. The record keeps tiny placeholders meanwhile, so
+    /// the loop's copies are unique: no copy-on-write of a megabyte at the first record. Making
+    /// them inside the window instead cost hundreds of threads starting together half a second.
+    func takeHistograms() -> (calls: Histogram<UInt64>, exchanges: Histogram<UInt64>) {
+        defer {
+            histogram = Histogram(lowestDiscernibleValue: 1, highestTrackableValue: 2, numberOfSignificantValueDigits: .one)
+            exchanges = histogram
+        }
+        return (histogram, exchanges)
+    }
 }
 
 /// Runs `threads` threads against the host for `duration` seconds and checks every response.
@@ -115,15 +127,17 @@ struct BenchRun {
     /// One call in this many (a power of two) is timed, chosen at random per call, so that the
     /// sample is not in step with anything periodic (turn checks every 64 calls); 1 times every call.
     var sampleEvery: UInt32 = 1
-    /// When set, the run starts at this `CLOCK_MONOTONIC` time (ns) instead of as soon as every
-    /// thread holds its lane, and ends `duration` after it: processes given the same start share
-    /// one window (`dx-guest scale`). A thread that is late starts late.
-    var startAt: UInt64?
 
     /// Whether this run times calls at all.
     private var timesCalls: Bool { timed && mode != .floor }
 
-    func run() throws -> BenchResult {
+    /// Runs the threads. `waitForStart` is called once every thread holds its lane and waits at
+    /// the start line: it returns the `CLOCK_MONOTONIC` time (ns) the run starts at, and the run
+    /// ends `duration` after it, so that processes given the same start share one window
+    /// (`dx-guest scale`); nil starts now. `waitForEnd` is called once the threads are done and
+    /// measured, before the results are put together (merging histograms costs CPU that other
+    /// processes of the same run, still in their last calls, would be measured waiting for).
+    func run(waitForStart: () -> UInt64? = { nil }, waitForEnd: () -> Void = {}) throws -> BenchResult {
         // The clock calibrates (tens of ms) at its first use: before the start, not inside the
         // measured window (with many guest processes starting at once, it was a second of it).
         _ = BenchClock.shared
@@ -140,6 +154,7 @@ struct BenchRun {
         while gate.arrived < threads, CShm_monotonic_ns() < readyDeadline {
             usleep(1000)
         }
+        let startAt = waitForStart()
         if let startAt {
             let now = CShm_monotonic_ns()
             if startAt > now { CShm_sleep_ns(startAt - now) }
@@ -153,6 +168,7 @@ struct BenchRun {
         let guestCPU = CShm_self_cpu_ns() - guestCPU0
         let hostCPU1 = CShm_process_cpu_ns(region.hostPID)
         let hostCPU = hostCPU0 >= 0 && hostCPU1 >= 0 ? hostCPU1 - hostCPU0 : 0
+        waitForEnd()
 
         var histogram = records[0].histogram
         var exchanges = records[0].exchanges
@@ -265,8 +281,7 @@ struct BenchRun {
         var ops: UInt64 = 0
         var errors: UInt64 = 0
         let clock = BenchClock.shared
-        var histogram = clock.newHistogram()
-        var exchanges = ThreadRecord.newHistogram()
+        var (histogram, exchanges) = record.takeHistograms()
         var failure: String?
         let limit = callsPerThread ?? .max
         let timed = timesCalls

@@ -274,12 +274,27 @@ final class ScaleGroup {
     /// collects their reports.
     func run(midway: () -> Void = {}) throws -> [ScaleGuestReport] {
         try waitReady()
-        // One window for all: every guest starts at the same CLOCK_MONOTONIC time and runs for the
-        // duration from it, so that no guest runs alone at the start or the end (that would be
-        // counted as unfairness). The margin lets every process start its threads first.
-        let start = CShm_monotonic_ns() + 100_000_000 + UInt64(inputs.count) * 2_000_000
-        for input in inputs { input.write(Data("go \(start)\n".utf8)) }
+        // One window for all. "go": every guest starts its threads, claims their lanes, makes their
+        // histograms and says it is armed; then every guest gets the same CLOCK_MONOTONIC start and
+        // runs for the duration from it, so that no guest runs alone at the start or the end (that
+        // would be counted as unfairness), and no guest's preparation falls in another's window.
+        for input in inputs { input.write(Data("go\n".utf8)) }
+        for (index, reader) in outputs.enumerated() {
+            guard let line = reader.next(), (try? JSONDecoder().decode(ScaleReady.self, from: Data(line.utf8)))?.armed == true else {
+                throw CommandFailure("guest process \(index) ended before it was armed", exit: .failure)
+            }
+        }
+        let start = CShm_monotonic_ns() + 20_000_000 + UInt64(inputs.count) * 200_000
+        for input in inputs { input.write(Data("start \(start)\n".utf8)) }
         midway()
+        // Reports only once every guest is done: putting one together (merging histograms, JSON)
+        // would take CPU from guests still in their last calls.
+        for (index, reader) in outputs.enumerated() {
+            guard let line = reader.next(), (try? JSONDecoder().decode(ScaleReady.self, from: Data(line.utf8)))?.finished == true else {
+                throw CommandFailure("guest process \(index) ended before it finished", exit: .failure)
+            }
+        }
+        for input in inputs { input.write(Data("report\n".utf8)) }
         for input in inputs { try? input.close() }
         var reports: [ScaleGuestReport] = []
         for (index, reader) in outputs.enumerated() {
@@ -305,6 +320,10 @@ struct ScaleReady: Codable {
     var ready: Bool
     /// The process is up and waits to be told to attach.
     var started: Bool? = nil
+    /// Its threads hold their lanes and wait for the start time.
+    var armed: Bool? = nil
+    /// Its threads are done; it waits to be asked for its report.
+    var finished: Bool? = nil
     /// The second attach of the process (what attaching costs), and its first (with start-up).
     var attach_ns: UInt64?
     var attach_cold_ns: UInt64? = nil
@@ -372,19 +391,30 @@ struct ScaleGuest: ParsableCommand {
         }
         guard let region else { return }
         say(ScaleReady(ready: true, attach_ns: times[1], attach_cold_ns: times[0]))
-        guard let go = readLine(), go.hasPrefix("go") else { return }
-        let startAt = go.split(separator: " ").dropFirst().first.flatMap { UInt64($0) }
+        guard readLine() == "go" else { return }
+        /// Says it is armed and reads the start time.
+        func waitForStart() -> UInt64? {
+            say(ScaleReady(ready: true, armed: true))
+            guard let line = readLine(), line.hasPrefix("start ") else { return nil }
+            return UInt64(line.dropFirst("start ".count))
+        }
+        /// Says it is done and waits to be asked for its report.
+        func waitForEnd() {
+            say(ScaleReady(ready: true, finished: true))
+            _ = readLine()
+        }
         if idle {
+            _ = waitForStart()
             // Sit, connected, for the duration: the host's cost of idle guests is measured meanwhile.
             CShm_sleep_ns(UInt64(duration * 1e9))
+            waitForEnd()
             say(ScaleGuestReport(ops: [], durationSeconds: duration))
             return
         }
         var run = BenchRun(region: region, mode: .dx, threads: threads, payload: payload,
                            durationNanoseconds: UInt64(duration * 1e9), strategy: .auto)
         run.callTimeoutNanoseconds = owner.callTimeoutNanoseconds
-        run.startAt = startAt
-        let result = try run.run()
+        let result = try run.run(waitForStart: waitForStart, waitForEnd: waitForEnd)
         var report = ScaleGuestReport(ops: result.laneOps, errors: result.errors, failure: result.failure,
                                       durationSeconds: result.durationSeconds)
         let clock = BenchClock.shared
