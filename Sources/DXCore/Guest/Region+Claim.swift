@@ -30,7 +30,13 @@ extension Region {
                 }
                 // Acquire: pairs with the worker's and the last owner's seq-cst stores.
                 guard lane.requestSeq == lane.responseSeq else { continue }  // dropping the claim releases it
-                return Lane(region: self, index: index, claim: claim, sequence: lane.responseSeq, strategy: strategy)
+                var claimed = Lane(region: self, index: index, claim: claim, sequence: lane.responseSeq, strategy: strategy)
+                // A granted region's thread keeps off its worker's CPU from the claim on (the first
+                // turn check would do it too, but as part of a call's latency).
+                if claimed.grants, strategy.turnPolicy.turnCalls != 0, strategy.turnPolicy.avoidWorkerCPU {
+                    claimed.keepOffWorkerCPU()
+                }
+                return claimed
             }
         }
         throw .noFreeLane(laneCount: laneCount)
