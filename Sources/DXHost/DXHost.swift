@@ -98,7 +98,7 @@ struct Run: AsyncParsableCommand {
     var allowGIDs: [UInt32] = []
 
     @Option(name: .customLong("grant-quantum-us"), help: "Private mode: how long a guest's turn at its pool worker lasts while others wait, in µs (10...1000000).")
-    var grantQuantumMicroseconds: UInt64 = 1000
+    var grantQuantumMicroseconds: UInt64 = 640
 
     @Option(name: .customLong("max-lanes"), help: "Private mode: the most lanes a guest may ask for.")
     var maxLanes: Int = 64

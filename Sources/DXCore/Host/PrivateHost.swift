@@ -135,7 +135,7 @@ public final class PrivateHost: ControlTarget, @unchecked Sendable {
     /// It raises the process's soft limit of open descriptors to the hard limit (each guest holds
     /// two of the host's), and throws when even that is below what `limits.maxGuests` needs.
     public init(name: String, limits: PrivateHostLimits = PrivateHostLimits(), handler: HandlerKind = .custom, poolSize: Int? = nil,
-                grantQuantumNanoseconds: UInt64 = 1_000_000,
+                grantQuantumNanoseconds: UInt64 = 640_000,
                 spinPolicy: SpinPolicy = WaitStrategy.auto.spinPolicy, counting: Bool = true,
                 logger: Logger = Logger(label: "dx.host")) throws(RegionCreateError) {
         guard Region.isValidName(name) else { throw .invalidName(name) }

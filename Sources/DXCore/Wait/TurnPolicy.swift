@@ -18,7 +18,7 @@ public struct TurnPolicy: Sendable, Equatable, CustomStringConvertible {
     /// exchange wait for a context switch until the scheduler separates them. The thread's
     /// affinity is narrowed for the turn (its own mask minus that CPU) and given back when the turn
     /// passes or the lane is released. In a private region (granted turns) it is narrowed from the
-    /// thread's first turn check until the lane is released, waits included: one worker serves
+    /// claim until the lane is released, waits included: one worker serves
     /// many guests there, and a waiter woken onto its CPU preempts it.
     public var avoidWorkerCPU: Bool
 
