@@ -548,7 +548,7 @@ uint64_t dx_turn_stale_lease_ns(uint64_t quantum_ns, uint64_t waiters) {
 uint64_t dx_turn_quantum_in_grant_ns(uint64_t quantum_ns, uint64_t waiters, uint64_t grant_quantum_ns) {
     uint64_t w = min64(waiters, DX_TURN_MAX_COUNTED_WAITERS);
     uint64_t grant = min64(max64(grant_quantum_ns, DX_TURN_GRANT_QUANTUM_MIN_NS), DX_TURN_GRANT_QUANTUM_MAX_NS);
-    return min64(dx_turn_quantum_ns(quantum_ns, w), max64(grant / (w + 1), DX_TURN_GRANT_SHARE_FLOOR_NS));
+    return min64(dx_turn_quantum_ns(quantum_ns, w), max64(grant / (2 * (w + 1)), DX_TURN_GRANT_SHARE_FLOOR_NS));
 }
 
 /// Whether the region holds its worker's grant (a private host's granted turns). Acquire: pairs

@@ -94,7 +94,7 @@ import Testing
             mismatches += 1
         }
         #expect(mismatches == 0)
-        // Within a private host's grant: min(quantum(w), max(G / (w + 1), 20 µs)), G clamped to 10 µs...1 s.
+        // Within a private host's grant: min(quantum(w), max(G / (2 (w + 1)), 20 µs)), G clamped to 10 µs...1 s.
         #expect(DX_TURN_GRANT_QUANTUM_MIN_NS == 10_000 && DX_TURN_GRANT_QUANTUM_MAX_NS == 1_000_000_000
             && DX_TURN_GRANT_SHARE_FLOOR_NS == 20_000)
         let grantQuanta: [UInt64] = [0, 1, 9_999, 10_000, 20_000, 100_000, 1_000_000, 4_000_000, 999_999_999,

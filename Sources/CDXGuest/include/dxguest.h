@@ -181,8 +181,9 @@ uint64_t dx_turn_stale_lease_ns(uint64_t quantum_ns, uint64_t waiters);
 #define DX_TURN_GRANT_QUANTUM_MAX_NS 1000000000ull
 #define DX_TURN_GRANT_SHARE_FLOOR_NS 20000ull
 /// The effective quantum in a region whose host grants turns: min(dx_turn_quantum_ns(quantum_ns, w),
-/// max(G / (w + 1), 20 us)), w = min(waiters, W) and G = grant_quantum_ns clamped to 10 us...1 s, so
-/// that every waiting thread of the guest gets a turn within one grant.
+/// max(G / (2 (w + 1)), 20 us)), w = min(waiters, W) and G = grant_quantum_ns clamped to 10 us...1 s:
+/// half an equal share, so that every waiting thread of the guest gets a turn within one grant with
+/// room for the hand-offs.
 uint64_t dx_turn_quantum_in_grant_ns(uint64_t quantum_ns, uint64_t waiters, uint64_t grant_quantum_ns);
 
 #ifdef __cplusplus
