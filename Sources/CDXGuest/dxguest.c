@@ -466,6 +466,8 @@ static dx_lane *new_lane(dx_region *r, uint32_t index, const dx_wait *wait, int 
     return l;
 }
 
+static void keep_off_worker_cpu(dx_lane *l);
+
 int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
     if (!r || !out) return DX_E_ARGUMENT;
     *out = NULL;
@@ -505,6 +507,9 @@ int dx_lane_claim(dx_region *r, const dx_wait *wait, dx_lane **out) {
                 errno = error;
                 return DX_E_SYSTEM;
             }
+            // A granted region's thread keeps off its worker's CPU from the claim on ("Granted
+            // turns", placement), not from its first call.
+            if (l->grant && l->wait.turn_calls != 0 && l->wait.avoid_worker_cpu) keep_off_worker_cpu(l);
             *out = l;
             return DX_OK;
         }
